@@ -122,6 +122,11 @@ def reset() -> None:
         _prefix = None
 
 
+def reset_periodic() -> None:
+    with _lock:
+        _periodic.clear()
+
+
 def set_prefix(prefix: Optional[str]) -> None:
     global _prefix
     _prefix = prefix
