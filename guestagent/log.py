@@ -30,7 +30,8 @@ _SIG = re.compile(r"\b(sig=)[^&\s\"'<>]+", re.IGNORECASE)
 _PEM_KEY = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(-----END \1PRIVATE KEY-----|$)", re.DOTALL)
 _XML_PASSWORD = re.compile(r"(<(?:[\w]+:)?(?:UserPassword|Password)>)(.*?)(</(?:[\w]+:)?(?:UserPassword|Password)>)",
                            re.DOTALL | re.IGNORECASE)
-_JSON_PROTECTED = re.compile(r"(\"protectedSettings\"\s*:\s*)(\"(?:[^\"\\]|\\.)*\"|\{.*?\})", re.DOTALL)
+# The value (a string or a nested object) is found by _protected_value_end: a regex cannot balance braces.
+_JSON_PROTECTED = re.compile(r'(\\?"protectedSettings\\?"\s*:\s*)(\\?"|\{)')
 _JSON_PASSWORD = re.compile(r"(\"(?:password|adminPassword|userPassword|commandToExecute_protected)\"\s*:\s*)"
                             r"\"(?:[^\"\\]|\\.)*\"", re.IGNORECASE)
 
@@ -45,13 +46,60 @@ def register_secret(value: Optional[str]) -> None:
             _secrets.add(value)
 
 
+def _protected_value_end(text: str, opener: str, i: int, escaped: bool) -> int:
+    """Index just past the JSON value that starts at ``i`` (after ``opener``); the end of the text if
+    the value is unterminated, so a truncated secret is redacted to the end rather than leaked."""
+    if opener == '\\"':
+        end = text.find('\\"', i)
+        return len(text) if end < 0 else end + 2
+    depth, in_str, esc = (1, False, False) if opener == "{" else (0, True, False)
+    while i < len(text):
+        c = text[i]
+        i += 1
+        if in_str and not escaped:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+                if depth == 0:
+                    return i
+        elif c == '"' and not escaped:
+            in_str = True
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(text)
+
+
+def _redact_protected(text: str) -> str:
+    """``"protectedSettings": <string or object>`` → ``"protectedSettings": "*<redacted>*"``, also when
+    the JSON is itself escaped inside a string (``\\"protectedSettings\\": ...``)."""
+    out, pos = [], 0
+    while True:
+        m = _JSON_PROTECTED.search(text, pos)
+        if m is None:
+            break
+        escaped = m.group(1).startswith("\\")
+        end = _protected_value_end(text, m.group(2), m.end(2), escaped)
+        quote = '\\"' if escaped else '"'
+        out.append(text[pos:m.end(1)] + quote + "*<redacted>*" + quote)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def redact(text: str) -> str:
     text = _SAS_URL.sub(r"\1<redacted>", text)
     text = _SAS_SV.sub(r"\1<redacted>", text)
     text = _SIG.sub(r"\1<redacted>", text)
     text = _PEM_KEY.sub("<redacted private key>", text)
     text = _XML_PASSWORD.sub(r"\1*<redacted>*\3", text)
-    text = _JSON_PROTECTED.sub(r'\1"*<redacted>*"', text)
+    text = _redact_protected(text)
     text = _JSON_PASSWORD.sub(r'\1"*<redacted>*"', text)
     if _secrets:
         with _lock:

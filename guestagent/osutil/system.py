@@ -213,3 +213,16 @@ def run(argv: Sequence[str], *, timeout: Optional[float] = DEFAULT_TIMEOUT, inpu
         raise CommandError([redact(a, secrets) for a in argv], result.returncode, result.stdout,
                            result.stderr, reason=reason)
     return result
+
+
+def spawn(argv: Sequence[str], *, new_session: bool = True, env: Optional[Mapping[str, str]] = None) -> int:
+    """Start a background process that outlives the caller (``waagent -start``): no shell, stdin,
+    stdout and stderr on /dev/null, its own session; returns its pid without waiting."""
+    argv = [os.fspath(a) for a in argv]
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=None if env is None else dict(env),
+                                start_new_session=new_session, close_fds=True)
+    except OSError as e:
+        raise CommandError(argv[:1], None, reason=str(e))
+    return proc.pid

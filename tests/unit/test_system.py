@@ -1,0 +1,64 @@
+"""osutil.system: the runner, the atomic writer and root mapping."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+
+import pytest
+
+from guestagent.errors import CommandError
+from guestagent.osutil import system
+
+
+def test_path_maps_under_root(tmp_root):
+    assert system.path("/var/lib/waagent/x") == tmp_root / "var/lib/waagent/x"
+    assert system.path(tmp_root / "a") == tmp_root / "a"
+
+
+def test_write_file_is_atomic_with_mode(tmp_root):
+    p = system.write_file("/etc/secret", "s3cret", mode=0o600)
+    assert p.read_text() == "s3cret"
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    system.write_file("/etc/secret", b"new", mode=0o600)
+    assert p.read_bytes() == b"new"
+    assert [n for n in os.listdir(p.parent) if n.endswith(".tmp")] == []
+
+
+def test_run_captures_output_and_exit_code():
+    r = system.run([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
+                   check=False)
+    assert (r.returncode, r.stdout.strip(), r.stderr.strip()) == (3, "out", "err")
+    with pytest.raises(CommandError) as e:
+        system.run([sys.executable, "-c", "import sys; sys.exit(4)"])
+    assert e.value.returncode == 4
+
+
+def test_run_redacts_secrets_in_output_and_errors():
+    secret = "hunter2-Passw0rd"
+    with pytest.raises(CommandError) as e:
+        system.run([sys.executable, "-c", f"import sys; print('{secret}', file=sys.stderr); sys.exit(1)"],
+                   secrets=[secret])
+    assert secret not in str(e.value)
+    r = system.run([sys.executable, "-c", "import sys; print(sys.stdin.read())"], input=secret, secrets=[secret])
+    assert secret not in r.stdout
+
+
+def test_run_timeout_kills_process_group():
+    start = time.monotonic()
+    r = system.run([sys.executable, "-c", "import subprocess,time; subprocess.Popen(['sleep','30']); time.sleep(30)"],
+                   timeout=0.5, check=False)
+    assert r.timed_out and time.monotonic() - start < 10
+
+
+def test_run_caps_output():
+    r = system.run([sys.executable, "-c", "print('x' * 200000)"], output_cap=1000)
+    assert len(r.stdout) < 1200 and "truncated" in r.stdout
+
+
+def test_run_missing_binary_is_clear():
+    with pytest.raises(CommandError) as e:
+        system.run(["/nonexistent/binary"])
+    assert "/nonexistent/binary" in str(e.value)
