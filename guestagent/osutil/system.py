@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from guestagent.errors import CommandError
 
@@ -226,3 +226,31 @@ def spawn(argv: Sequence[str], *, new_session: bool = True, env: Optional[Mappin
     except OSError as e:
         raise CommandError(argv[:1], None, reason=str(e))
     return proc.pid
+
+
+def run_to_files(argv: Sequence[str], stdout: Any, stderr: Any, *, timeout: Optional[float] = DEFAULT_TIMEOUT,
+                 env: Optional[Mapping[str, str]] = None, cwd: Optional[PathLike] = None) -> CommandResult:
+    """Run a command whose stdout/stderr go to the given open files (not pipes), stdin /dev/null, in its own
+    session. Its exit is noticed as it happens; a background child it leaves behind keeps running and cannot
+    block us (extension handlers rely on that). On timeout the whole process group is killed.
+    The returned CommandResult has empty stdout/stderr: the caller reads its files."""
+    argv = [os.fspath(a) for a in argv]
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                env=None if env is None else dict(env), cwd=os.fspath(cwd) if cwd else None,
+                                start_new_session=True, close_fds=True)
+    except OSError as e:
+        raise CommandError(argv[:1], None, reason=str(e))
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait()
+    return CommandResult(argv=argv, returncode=proc.returncode, stdout="", stderr="",
+                         duration=time.monotonic() - start, timed_out=timed_out)

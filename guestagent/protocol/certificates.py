@@ -164,7 +164,7 @@ def ensure_transport_cert(lib_dir: str, regenerate: bool = True) -> None:
         key_pem, cert_pem = generate_transport_pair()
         system.write_file(_lib(lib_dir, TRANSPORT_PRV_FILE), key_pem, mode=0o600)
         system.write_file(_lib(lib_dir, TRANSPORT_CERT_FILE), cert_pem, mode=0o644)
-    except Exception as e:  # noqa: BLE001 - upstream only logs a failed generation
+    except Exception as e:  # upstream only logs a failed generation
         log.error("Failed to create {0} and {1} certificates: {2}", _lib(lib_dir, TRANSPORT_PRV_FILE),
                   _lib(lib_dir, TRANSPORT_CERT_FILE), e)
 
@@ -287,7 +287,7 @@ def process_certificates(xml_text: str, lib_dir: str) -> CertificateList:
         for item in summary:
             log.info("Downloaded certificate {0}", item.to_json())
         return summary
-    except Exception as e:  # noqa: BLE001 - certificate errors never stop the goal state (01 §7.4)
+    except Exception as e:  # certificate errors never stop the goal state (01 §7.4)
         log.error("Error fetching the goal state certificates: {0}", e)
         return CertificateList(error=str(e))
 

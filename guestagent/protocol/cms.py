@@ -50,7 +50,7 @@ def _block_cipher(name: str, key: bytes):
         try:
             from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
         except ImportError:  # cryptography < 43 keeps it among the primitives
-            TripleDES = algorithms.TripleDES  # noqa: N806
+            TripleDES = algorithms.TripleDES
         return TripleDES(key)
     if name == "rc2":
         try:

@@ -164,7 +164,7 @@ def parse_extensions_config(xml_text: str, incarnation: str = "") -> ExtensionsG
         return _from_extensions_config(root, incarnation)
     except ExtensionsConfigError:
         raise
-    except Exception as e:  # noqa: BLE001 - the message names what broke
+    except Exception as e:
         raise ExtensionsConfigError(f"Error parsing ExtensionsConfig (incarnation: {incarnation}): {e}") from None
 
 

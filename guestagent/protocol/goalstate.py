@@ -421,7 +421,11 @@ class GoalStateUpdater:
     def _fetch_extensions_config(self, doc: GoalStateDocument) -> Any:
         p = self.p
         if not doc.extensions_config_uri:
-            return EmptyExtensionsGoalState(incarnation=doc.incarnation)
+            try:
+                from guestagent.protocol.extconfig import empty_goal_state
+            except ImportError:
+                return EmptyExtensionsGoalState(incarnation=doc.incarnation)
+            return empty_goal_state(doc.incarnation)
         text = p.wire.fetch(doc.extensions_config_uri)
         egs = _parse_extensions_config(text, doc.incarnation)
         p.history.save_extensions_config(text)

@@ -201,6 +201,10 @@ def test_pfx_variants():
             vectors.read("tenant.key"), None).private_bytes(serialization.Encoding.PEM,
                                                             serialization.PrivateFormat.PKCS8,
                                                             serialization.NoEncryption())
+    one, two = vectors.make_pair("one"), vectors.make_pair("two")
+    for nested in (False, True):
+        contents = cms.parse_pfx(vectors.build_pfx([one[0], two[0]], [two[1]], nested=nested))
+        assert len(contents.keys) == 2 and len(contents.certificates) == 1 and not contents.mac_verified
     with pytest.raises(CryptError, match="RC2"):
         cms.parse_pfx(vectors.read("tenant-rc2.pfx"))
     for bad in (b"", b"not a pfx", vectors.read("tenant.pfx")[:500]):
@@ -274,7 +278,7 @@ def test_no_data_and_other_formats_are_not_errors(lib, upstream, captured):
 def test_hostile_certificates_documents_lose_nothing(lib, captured):
     k_only, _ = vectors.make_pair("orphan")
     _, c_only = vectors.make_pair("lonely")
-    other_key, other_cert = vectors.make_pair("LinuxTransport")
+    _, other_cert = vectors.make_pair("LinuxTransport")
     good = _tenant_bundle(lib, vectors.read("tenant.pfx"))
     cases = {
         "garbage base64": vectors.certificates_xml(None).replace("</Incarnation>", "</Incarnation><Data>@@@!!</Data>"),

@@ -13,7 +13,8 @@ import datetime
 import os
 from pathlib import Path
 
-from asn1crypto import algos, cms, keys, pkcs12, x509 as ax509
+from asn1crypto import algos, cms, keys, pkcs12
+from asn1crypto import x509 as ax509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -66,7 +67,7 @@ def _encrypt_cbc(name: str, key: bytes, iv: bytes, data: bytes) -> bytes:
         try:
             from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
         except ImportError:
-            TripleDES = algorithms.TripleDES  # noqa: N806
+            TripleDES = algorithms.TripleDES
         algo = TripleDES(key)
     else:
         algo = algorithms.AES(key)
@@ -119,8 +120,9 @@ def envelope(plaintext: bytes, recipient_cert, cipher: str = "aes128", oaep: boo
     return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
 
 
-def build_pfx(private_keys, certs) -> bytes:
-    """A PFX with plain (unencrypted) key and certificate bags and no MAC — any number of keys."""
+def build_pfx(private_keys, certs, nested: bool = False) -> bytes:
+    """A PFX with plain (unencrypted) key and certificate bags and no MAC — any number of keys;
+    ``nested`` puts the bags inside a safeContentsBag."""
     bags = []
     for key in private_keys:
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
@@ -130,6 +132,8 @@ def build_pfx(private_keys, certs) -> bytes:
         der = cert.public_bytes(serialization.Encoding.DER)
         bags.append(pkcs12.SafeBag({"bag_id": "cert_bag", "bag_value": pkcs12.CertBag({
             "cert_id": "x509", "cert_value": ax509.Certificate.load(der)})}))
+    if nested:
+        bags = [pkcs12.SafeBag({"bag_id": "safe_contents", "bag_value": pkcs12.SafeContents(bags)})]
     safe = pkcs12.SafeContents(bags).dump()
     auth = pkcs12.AuthenticatedSafe([cms.ContentInfo({"content_type": "data", "content": safe})]).dump()
     return pkcs12.Pfx({"version": 3, "auth_safe": {"content_type": "data", "content": auth}}).dump()

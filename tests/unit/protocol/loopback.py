@@ -55,9 +55,9 @@ class Loopback:
     health: list[bytes] = field(default_factory=list)
     telemetry: list[bytes] = field(default_factory=list)
     hgap_status: list[dict] = field(default_factory=list)
-    overrides: dict[str, Callable[["Seen"], tuple[int, dict, bytes]]] = field(default_factory=dict)
+    overrides: dict[str, Callable[[Seen], tuple[int, dict, bytes]]] = field(default_factory=dict)
 
-    def start(self) -> "Loopback":
+    def start(self) -> Loopback:
         self._servers = [self._serve(), self._serve()]
         self.wire_port = self._servers[0].server_address[1]
         self.hgap_port = self._servers[1].server_address[1]
@@ -90,7 +90,7 @@ class Loopback:
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return server
 
     # --- documents ---------------------------------------------------------------------------------------

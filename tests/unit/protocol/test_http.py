@@ -148,10 +148,8 @@ def test_400_is_retried_first_when_a_retry_code(client, sleeps):
 
 def test_reset_truncated_bad_status_are_retried(client):
     s = Script([("reset",), ("truncate",), ("raw", b"garbage\r\n\r\n"), ("status", 200, b"ok")])
-    before = http.take_io_error_counts()
     assert client.get(s.url).body == b"ok"
     assert len(s.requests) == 4
-    assert sum(http.take_io_error_counts().values()) >= 1 or before is not None
 
 
 def test_timeout_then_retry(client):

@@ -17,7 +17,7 @@ GATEWAY = "168.63.129.1"
 DHCP_START = "168.63.129.100"
 DNS = "168.63.129.3"
 GUEST_MAC = "00:0d:3a:12:34:56"
-ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"   # Azure's chassis asset tag (the agent checks it)
+ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"   # the chassis asset tag every Azure VM has
 
 
 def free_port() -> int:

@@ -1,0 +1,219 @@
+"""``waagent -daemon``: start sequence, provisioning, then supervision of the ext-handler child.
+
+The sequence follows spec 06 §3. Once the VM is Ready the daemon re-executes itself as a lean
+supervisor (same PID, so the pid file, systemd and the child's orphan check stay valid): the
+protocol, XML and crypto modules it needed before Ready are gone from memory, and all it does
+from then on is wait for the child, restart it with back-off and forward SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from typing import Optional
+
+from guestagent import log
+from guestagent.osutil import system
+from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
+
+DAEMON_VERSION_ENV = "_AZURE_GUEST_AGENT_DAEMON_VERSION_"
+#: Set across the lean re-exec; never inherited by the child.
+SUPERVISE_ENV = "_GUESTAGENT_DAEMON_SUPERVISE_"
+RETRY_AFTER_ERROR = 15.0
+CHILD_HEALTH_WINDOW = 15 * 60.0
+QUICK_EXIT = 300.0
+MAX_RESTART_DELAY = 60.0
+
+
+def run_daemon(args, config) -> int:
+    threading.current_thread().name = "Daemon"
+    log.set_prefix("Daemon")
+    os.environ[DAEMON_VERSION_ENV] = AGENT_VERSION
+    lib_dir = config.get("Lib.Dir")
+    pid_file = config.get("Pid.File")
+    daemon = Daemon(args, config, lib_dir, pid_file)
+    if os.environ.pop(SUPERVISE_ENV, None) == str(os.getpid()):
+        return daemon.supervise()
+    return daemon.start()
+
+
+class Daemon:
+    def __init__(self, args, config, lib_dir: str, pid_file: str):
+        self.args = args
+        self.config = config
+        self.lib_dir = lib_dir
+        self.pid_file = pid_file
+        self.child: Optional[subprocess.Popen] = None
+        self.stopping = False
+
+    # -- start sequence -------------------------------------------------------------------------
+    def start(self) -> int:
+        from guestagent.osutil import distro_info
+
+        log.info("Azure Linux Agent Version: {0}", AGENT_VERSION)
+        log.info("OS: {0}", distro_info())
+        log.info("Python: {0}", ".".join(str(v) for v in sys.version_info[:3]))
+        if self._already_running():
+            log.info("Daemon is already running: {0}", AGENT_LONG_NAME)
+            return 0
+        system.write_file(self.pid_file, str(os.getpid()), fsync=False)
+        if not system.exists(self.lib_dir):
+            system.mkdir(self.lib_dir, mode=0o700)
+            os.chdir(system.path(self.lib_dir))
+        if self.config.get("OS.EnableFIPS"):
+            os.environ["OPENSSL_FIPS"] = "1"
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        log.info("Run daemon")
+        while True:
+            try:
+                self._body()
+                return 0
+            except Exception as e:
+                from guestagent import events
+
+                msg = f"The agent daemon failed: {e}"
+                log.error("{0}", msg)
+                events.add_event(events.WALAEventOperation.UnhandledError, is_success=False, message=msg,
+                                 log_event=False, lib_dir=self.lib_dir)
+                time.sleep(RETRY_AFTER_ERROR)
+
+    def _already_running(self) -> bool:
+        try:
+            pid = int((system.read_text(self.pid_file) or "").strip())
+        except (FileNotFoundError, ValueError):
+            return False
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        cmdline = system.read_text(f"/proc/{pid}/cmdline", default="") or ""
+        return "daemon" in cmdline
+
+    def _body(self) -> None:
+        from guestagent.provisioning.handler import provision
+
+        for name in ("Protocol", "WireServerEndpoint"):
+            system.remove(os.path.join(self.lib_dir, name))
+        provision(self.config)
+        if system.exists(os.path.join(self.lib_dir, "disable_agent")):
+            log.warn("The agent is disabled by {0}; it will not process extensions",
+                     os.path.join(self.lib_dir, "disable_agent"))
+            while True:
+                time.sleep(3600)
+        log.info("End of log to /dev/console. The agent will now check for updates and then will process "
+                 "extensions.")
+        log.remove_appender("console")
+        self._reexec_lean()
+
+    def _reexec_lean(self) -> None:
+        """Replace this process by a fresh interpreter that only supervises (same PID)."""
+        argv = list(getattr(sys, "orig_argv", []) or [])
+        if not argv:
+            argv = [sys.executable, "-u", "-m", "guestagent.cli", *sys.argv[1:]]
+        os.environ[SUPERVISE_ENV] = str(os.getpid())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execv(sys.executable, [sys.executable, *argv[1:]])
+        except OSError as e:
+            os.environ.pop(SUPERVISE_ENV, None)
+            log.warn("Could not re-execute the daemon ({0}); supervising in place", e)
+            self.supervise()
+
+    # -- supervision ----------------------------------------------------------------------------
+    def child_command(self) -> list[str]:
+        argv0 = sys.argv[0]
+        if os.path.basename(argv0).startswith("waagent"):
+            cmd = [sys.executable, "-u", argv0, "-run-exthandlers"]
+        else:
+            cmd = [sys.executable, "-u", "-m", "guestagent.cli", "-run-exthandlers"]
+        conf_path = getattr(self.args, "conf_path", None)
+        if conf_path:
+            cmd.append(f"-configuration-path:{conf_path}")
+        return cmd
+
+    def supervise(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        quick_exits: deque[float] = deque(maxlen=5)
+        delay = 0.0
+        while not self.stopping:
+            cmd = self.child_command()
+            started = time.monotonic()
+            try:
+                self.child = subprocess.Popen(cmd, env=_child_env(), cwd=os.getcwd())
+            except OSError as e:
+                log.error("Failed to launch the extension handler: {0}", e)
+                time.sleep(RETRY_AFTER_ERROR)
+                continue
+            log.info("Agent {0} launched with command '{1}'", AGENT_LONG_NAME, " ".join(cmd))
+            rc = self._wait_child()
+            if self.stopping:
+                break
+            ran = time.monotonic() - started
+            if rc != 0:
+                log.warn("Agent {0} exited with code {1} after {2:.1f} s", AGENT_LONG_NAME, rc, ran)
+            else:
+                log.info("Agent {0} exited (code 0) after {1:.1f} s; restarting it", AGENT_LONG_NAME, ran)
+            if ran < QUICK_EXIT and rc != 0:
+                quick_exits.append(time.monotonic())
+                delay = min(MAX_RESTART_DELAY, max(1.0, delay * 2))
+                if len(quick_exits) >= 3 and quick_exits[-1] - quick_exits[-3] < QUICK_EXIT:
+                    self._event(False, f"The extension handler is in a crash loop: {len(quick_exits)} failures "
+                                       f"in {quick_exits[-1] - quick_exits[0]:.0f} s; last exit code {rc}; "
+                                       f"restarting in {delay:.0f} s")
+            else:
+                quick_exits.clear()
+                delay = 0.0
+            if delay:
+                time.sleep(delay)
+        return 0
+
+    def _wait_child(self) -> int:
+        assert self.child is not None
+        try:
+            rc = self.child.wait(timeout=CHILD_HEALTH_WINDOW)
+        except subprocess.TimeoutExpired:
+            self._event(True, f"Agent {AGENT_LONG_NAME} is successfully running")
+            rc = self.child.wait()
+        else:
+            if rc > 0:
+                self._event(False, f"Agent {AGENT_LONG_NAME} launched with command '{' '.join(self.child.args)}' "
+                                   f"failed with exit code {rc}")
+        return rc
+
+    def _event(self, ok: bool, message: str) -> None:
+        from guestagent import events
+
+        if ok:
+            log.info("{0}", message)
+        events.add_event(events.WALAEventOperation.Enable, is_success=ok, message=message, lib_dir=self.lib_dir)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.stopping = True
+        child = self.child
+        if child is not None and child.poll() is None:
+            try:
+                child.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+        try:
+            if (system.read_text(self.pid_file, default="") or "").strip() == str(os.getpid()):
+                system.remove(self.pid_file)
+        except OSError:
+            pass
+        os._exit(0)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop(SUPERVISE_ENV, None)
+    return env

@@ -1,0 +1,111 @@
+"""The agent's error classes, named as upstream so log lines read the same.
+
+Every message starts with ``[<ClassName>] `` and an inner error is appended as
+``\\nInner error: <inner>`` (spec 01 §14).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class AgentError(Exception):
+    def __init__(self, msg: str = "", inner: Optional[BaseException] = None):
+        self.msg = msg
+        self.inner = inner
+        text = f"[{type(self).__name__}] {msg}"
+        if inner is not None:
+            text += f"\nInner error: {inner}"
+        super().__init__(text)
+
+
+class ConfigError(AgentError):
+    pass
+
+
+class ProtocolError(AgentError):
+    pass
+
+
+class ProtocolNotFoundError(ProtocolError):
+    pass
+
+
+class HttpError(AgentError):
+    def __init__(self, msg: str = "", inner: Optional[BaseException] = None, status: Optional[int] = None):
+        self.status = status
+        super().__init__(msg, inner)
+
+
+class ResourceGoneError(HttpError):
+    def __init__(self, msg: str = "Resource is gone", inner: Optional[BaseException] = None):
+        super().__init__(msg, inner, status=410)
+
+
+class InvalidContainerError(HttpError):
+    pass
+
+
+class DhcpError(AgentError):
+    pass
+
+
+class CryptError(AgentError):
+    pass
+
+
+class OSUtilError(AgentError):
+    pass
+
+
+class CommandError(OSUtilError):
+    """An external command failed; carries the exit code and (redacted) output."""
+
+    def __init__(self, argv: list[str], returncode: Optional[int], stdout: str = "", stderr: str = "",
+                 reason: str = ""):
+        self.argv = argv
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        what = reason or f"exit code {returncode}"
+        super().__init__(f"Command {argv[0] if argv else '?'} failed: {what}; stderr: {stderr.strip()[:512]}")
+
+
+class ProvisionError(AgentError):
+    pass
+
+
+class ResourceDiskError(AgentError):
+    pass
+
+
+class XmlError(AgentError):
+    """A document was malformed, hostile (DTD/entities) or too large."""
+
+
+class ExtensionError(AgentError):
+    def __init__(self, msg: str = "", inner: Optional[BaseException] = None, code: int = -1):
+        self.code = code
+        super().__init__(msg, inner)
+
+
+class ExtensionsGoalStateError(ExtensionError):
+    pass
+
+
+class ExtensionsConfigError(ExtensionsGoalStateError):
+    pass
+
+
+class VmSettingsParseError(AgentError):
+    pass
+
+
+class VmSettingsNotSupported(TypeError):
+    pass
+
+
+class VmSettingsSupportStopped(VmSettingsNotSupported):
+    def __init__(self, timestamp: str = ""):
+        self.timestamp = timestamp
+        super().__init__(timestamp)

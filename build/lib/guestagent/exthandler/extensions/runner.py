@@ -1,0 +1,145 @@
+"""Running one handler command (04 §6): command line, environment, timeout, exit code, captured output.
+
+The command runs through ``/bin/sh -c`` in the handler's base dir, in its own session, with stdout/stderr in
+two anonymous temporary files in the base dir (as upstream), so a background process the handler leaves
+behind never blocks the agent. The exit is noticed as it happens (no polling sleep, no extra 1 s wait).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from guestagent import log
+from guestagent.errors import ExtensionError
+from guestagent.osutil import system
+
+TIMEOUTS = {"install": 900, "enable": 300, "disable": 900, "update": 900, "uninstall": 300}
+ERROR_CODES = {"install": 1007, "enable": 1009, "disable": 1010, "update": 1008, "uninstall": 1000}
+CODE_TIMEOUT = 1011
+OUTPUT_BYTES = 3200
+OUTPUT_CHARS = 3200
+SUPPORTED_FEATURES = json.dumps([{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}])
+COMMAND_LOG_CAP = 10 * 1024 * 1024
+_TEMPLATE = "[stdout]\n{0}\n\n[stderr]\n{1}"
+
+
+class CommandFailed(ExtensionError):
+    """A handler command failed; ``exit_code`` is the process exit code (or 1011 on timeout)."""
+
+    def __init__(self, msg: str, code: int, exit_code: int, output: str = ""):
+        self.exit_code = exit_code
+        self.output = output
+        super().__init__(msg, code=code)
+
+
+@dataclass
+class CommandResult:
+    op: str
+    command: str
+    exit_code: int
+    timed_out: bool
+    duration: float
+    output: str
+    env: dict
+
+
+def format_output(stdout: str, stderr: str) -> str:
+    """``[stdout]\\n…\\n\\n[stderr]\\n…``; over 3200 characters each stream keeps its tail, unused room
+    going to the other stream."""
+    room = OUTPUT_CHARS - len(_TEMPLATE.format("", ""))
+    if len(stdout) + len(stderr) <= room:
+        return _TEMPLATE.format(stdout, stderr)
+    half = room // 2
+    out_len = min(len(stdout), max(half, room - len(stderr)))
+    err_len = min(len(stderr), room - out_len)
+    return _TEMPLATE.format(stdout[len(stdout) - out_len:], stderr[len(stderr) - err_len:])
+
+
+def _read_head(f: Any) -> str:
+    f.seek(0)
+    raw = f.read(OUTPUT_BYTES)
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def base_environment(base_dir: str, version: str, wire_address: str, seq: Optional[int],
+                     ext_name: Optional[str]) -> dict:
+    env = {"AZURE_GUEST_AGENT_EXTENSION_PATH": base_dir, "AZURE_GUEST_AGENT_EXTENSION_VERSION": version,
+           "AZURE_GUEST_AGENT_WIRE_PROTOCOL_ADDRESS": wire_address,
+           "ConfigSequenceNumber": str(seq if seq is not None else 0)}
+    if ext_name:
+        env["ConfigExtensionName"] = ext_name
+    env["AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES"] = SUPPORTED_FEATURES
+    return env
+
+
+def run_command(op: str, base_dir: str, command: str, env: dict, *, handler_name: str,
+                log_dir: Optional[str] = None, ext_name: Optional[str] = None,
+                timeout: Optional[float] = None, sink: Any = None) -> CommandResult:
+    """Run ``command`` (relative to ``base_dir``); raise CommandFailed on non-zero exit or timeout.
+    ``sink``, when given, is called with every CommandResult (the extension kit prints them)."""
+    timeout = TIMEOUTS[op] if timeout is None else timeout
+    full = os.path.join(base_dir, command.lstrip("/"))
+    real_base = system.path(base_dir)
+    child_env = dict(env)
+    child_env.update(os.environ)  # the agent's own environment wins on a clash (04 §6.2)
+    plog = log.PrefixLogger(f"[{handler_name}-{env.get('AZURE_GUEST_AGENT_EXTENSION_VERSION', '')}]")
+    plog.info("Executing command: {0} with environment variables: {1}", full, json.dumps(env))
+    # Under a test root the command must run from the mapped directory too.
+    shown_cmd = os.path.join(os.fspath(real_base), command.lstrip("/"))
+    with tempfile.TemporaryFile(dir=real_base) as out, tempfile.TemporaryFile(dir=real_base) as err:
+        res = system.run_to_files(["/bin/sh", "-c", shown_cmd], out, err, timeout=timeout, env=child_env,
+                                  cwd=real_base)
+        output = format_output(_read_head(out), _read_head(err))
+    exit_code = CODE_TIMEOUT if res.timed_out else res.returncode
+    result = CommandResult(op, full, exit_code, res.timed_out, res.duration, output, env)
+    _log_execution(plog, log_dir, ext_name, command, output, result)
+    if sink is not None:
+        try:
+            sink(result)
+        except Exception as e:  # a reporting hook never breaks the lifecycle
+            log.warn("Command sink failed: {0}", e)
+    if res.timed_out:
+        raise CommandFailed(f"Timeout({int(timeout)}): {full}\n{output}", CODE_TIMEOUT, CODE_TIMEOUT, output)
+    if res.returncode != 0:
+        raise CommandFailed(f"Non-zero exit code: {res.returncode}, {full}\n{output}", ERROR_CODES[op],
+                            res.returncode, output)
+    return result
+
+
+def _log_execution(plog: Any, log_dir: Optional[str], ext_name: Optional[str], command: str, output: str,
+                   result: CommandResult) -> None:
+    lines = "\n".join(line for line in output.splitlines() if line.strip())
+    text = f"Command: {command}\n{lines}"
+    plog.info("{0}", text)
+    if not log_dir:
+        return
+    name = f"CommandExecution_{ext_name}.log" if ext_name else "CommandExecution.log"
+    try:
+        system.mkdir(log_dir, mode=0o755)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1e6) % 1000000:06d}Z"
+        system.append_file(os.path.join(log_dir, name),
+                           f"{stamp} INFO [{result.op}] exit code {result.exit_code} in "
+                           f"{result.duration:.3f} s\n{log.redact(text)}\n")
+    except OSError as e:
+        log.periodic(3600, log.WARNING, "Could not write {0}: {1}", name, e)
+
+
+def truncate_command_log(log_dir: str, ext_name: Optional[str] = None) -> None:
+    """Keep only the last ~10 MiB of CommandExecution.log (done when a handler object is created)."""
+    name = f"CommandExecution_{ext_name}.log" if ext_name else "CommandExecution.log"
+    path = system.path(os.path.join(log_dir, name))
+    try:
+        size = os.path.getsize(path)
+        if size <= COMMAND_LOG_CAP:
+            return
+        with open(path, "rb") as f:
+            f.seek(size - COMMAND_LOG_CAP)
+            tail = f.read()
+        system.write_file(os.path.join(log_dir, name), tail, fsync=False)
+    except OSError:
+        pass

@@ -1,0 +1,328 @@
+"""``waagent -run-exthandlers``: the ext-handler child (spec 06 §5–§7).
+
+The main thread runs the extension loop every ``Extensions.GoalStatePeriod``; the monitor, env and
+telemetry threads run named periodic operations (guestagent.periodic). Nothing that fails in one
+iteration or one operation ends the process: it is logged, reported and retried.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+from guestagent import log
+from guestagent.osutil import system
+from guestagent.periodic import PeriodicThread
+from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
+
+HEARTBEAT_PERIOD = 30 * 60.0
+#: A status that did not change is uploaded again at this cadence; a change is uploaded at once.
+STATUS_REFRESH_PERIOD = 60.0
+ORPHAN_WAIT = 15 * 60.0
+GOAL_STATE_ERROR_LOG_PERIOD = 6 * 3600.0
+SENTINEL = "current_version"
+READ_ONLY_PATTERNS = ("*.crt", "*.p7m", "*.pem", "*.prv", "Certificates.xml", "ovf-env.xml")
+
+
+def run_exthandlers(args, config) -> int:
+    threading.current_thread().name = "ExtHandler"
+    log.set_prefix("ExtHandler")
+    child = ExtHandler(args, config)
+    try:
+        return child.run()
+    except SystemExit:
+        raise
+    except BaseException as e:
+        child.write_sentinel(e)
+        raise
+
+
+class ExtHandler:
+    def __init__(self, args, config):
+        self.args = args
+        self.config = config
+        self.lib_dir: str = config.get("Lib.Dir")
+        self.period = float(config.get("Extensions.GoalStatePeriod") or 6)
+        if not config.get("Extensions.Enabled"):
+            self.period = 300.0
+        self.protocol: Any = None
+        self.extensions: Any = None
+        self.threads: dict[str, PeriodicThread] = {}
+        self.thread_factories: dict[str, Callable[[], PeriodicThread]] = {}
+        self.stop_event = threading.Event()
+        self.pid_file: Optional[str] = None
+        self.heartbeat_id = str(uuid.uuid4()).upper()
+        self.heartbeat_counter = 0
+        self.gs_errors = 0
+        self.gs_errors_logged = 0
+        self.last_gs_error_log = 0.0
+        self.last_status_key: Optional[str] = None
+        self.last_status_upload = 0.0
+        self.last_extensions_id: Optional[str] = None
+        self.last_incarnation: Optional[str] = None
+
+    # -- start-up ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        from guestagent.osutil import distro_info
+
+        py = ".".join(str(v) for v in sys.version_info[:3])
+        log.info("Azure Linux Agent (Goal State Agent version {0})", AGENT_VERSION)
+        log.info("OS: {0}", distro_info())
+        log.info("Python: {0}", py)
+        log.info("CPU Arch: {0}", platform.machine())
+        log.info("Distro: {0}; OSUtil: guestagent; AgentService: walinuxagent; Python: {1}; Arch: {2}; "
+                 "systemd: {3};", distro_info(), py, platform.machine(), system.exists("/run/systemd/system"))
+        self.protocol = self._get_protocol()
+        self._initialize_goal_state()
+        self._write_pid_file()
+        self._check_sentinel()
+        self._make_secrets_read_only()
+        self.extensions = self._make_extensions_manager()
+        self._start_threads()
+        log.info("Goal State Period: {0} sec. This indicates how often the agent checks for new goal states "
+                 "and reports status.", int(self.period))
+        try:
+            self._main_loop()
+        finally:
+            self.stop_event.set()
+            self._remove_pid_file()
+        self._remove_sentinel()
+        return 0
+
+    def _get_protocol(self):
+        from guestagent.protocol import from_files
+
+        return from_files(self.config, self.lib_dir)
+
+    def _initialize_goal_state(self) -> None:
+        while True:
+            try:
+                self.protocol.update_goal_state()
+                return
+            except Exception as e:
+                log.error("Failed to initialize the goal state: {0}; retrying in {1} s", e, self.period)
+                time.sleep(self.period)
+
+    def _write_pid_file(self) -> None:
+        pid_path = self.config.get("Pid.File")
+        directory, name = os.path.split(system.path(pid_path))
+        older: list[tuple[int, str]] = []
+        for path in glob.glob(os.path.join(directory, f"*_{name}")):
+            prefix = os.path.basename(path).split("_", 1)[0]
+            if prefix.isdigit():
+                older.append((int(prefix), path))
+        index = max((n for n, _ in older), default=-1) + 1
+        self.pid_file = os.path.join(directory, f"{index}_{name}")
+        system.write_file(self.pid_file, str(os.getpid()), fsync=False)
+        for _, path in sorted(older):
+            self._retire_older(path)
+
+    def _retire_older(self, path: str) -> None:
+        """Wait for an older ext-handler to end (3 s polls, 15 min), then kill it for real."""
+        import signal
+
+        try:
+            pid = int(open(path).read().strip())
+        except (OSError, ValueError):
+            system.remove(path)
+            return
+        deadline = time.monotonic() + ORPHAN_WAIT
+        while pid != os.getpid() and _alive(pid) and time.monotonic() < deadline:
+            log.info("Waiting for the older extension handler (pid {0}) to exit", pid)
+            time.sleep(3)
+        if pid != os.getpid() and _alive(pid):
+            log.warn("Killing the older extension handler (pid {0})", pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError as e:
+                log.warn("Could not kill {0}: {1}", pid, e)
+        system.remove(path)
+
+    def _remove_pid_file(self) -> None:
+        if self.pid_file:
+            system.remove(self.pid_file)
+
+    def _check_sentinel(self) -> None:
+        path = os.path.join(self.lib_dir, SENTINEL)
+        text = system.read_text(path, default="")
+        if text:
+            from guestagent import events
+
+            msg = f"Agent did not terminate cleanly: {text}"
+            log.info("{0}", msg)
+            events.add_event(events.WALAEventOperation.Restart, is_success=False, message=msg,
+                             lib_dir=self.lib_dir)
+            system.remove(path)
+
+    def write_sentinel(self, error: BaseException) -> None:
+        try:
+            system.write_file(os.path.join(self.lib_dir, SENTINEL), f"[{AGENT_LONG_NAME}] [{error}]")
+        except OSError:
+            pass
+
+    def _remove_sentinel(self) -> None:
+        system.remove(os.path.join(self.lib_dir, SENTINEL))
+
+    def _make_secrets_read_only(self) -> None:
+        base = system.path(self.lib_dir)
+        for pattern in READ_ONLY_PATTERNS:
+            for path in glob.glob(os.path.join(base, pattern)):
+                if os.path.basename(path) != "microsoft_root_certificate.pem":
+                    try:
+                        os.chmod(path, 0o400)
+                    except OSError as e:
+                        log.warn("Could not make {0} read-only: {1}", path, e)
+
+    def _make_extensions_manager(self):
+        from guestagent.exthandler.extensions.manager import ExtensionsManager
+
+        return ExtensionsManager(self.config, self.protocol)
+
+    def _start_threads(self) -> None:
+        from guestagent.exthandler import env, monitor, telemetry
+
+        ctx = ThreadContext(self.config, self.protocol, self.lib_dir, self.stop_event)
+        self.thread_factories = {
+            "MonitorHandler": lambda: PeriodicThread("MonitorHandler", monitor.operations(ctx), self.stop_event),
+            "EnvHandler": lambda: PeriodicThread("EnvHandler", env.operations(ctx), self.stop_event),
+            "SendTelemetryHandler": lambda: PeriodicThread("SendTelemetryHandler", telemetry.send_operations(ctx),
+                                                           self.stop_event),
+            "TelemetryEventsCollector": lambda: PeriodicThread("TelemetryEventsCollector",
+                                                               telemetry.collect_operations(ctx), self.stop_event),
+        }
+        for name, factory in self.thread_factories.items():
+            self.threads[name] = factory()
+            self.threads[name].start()
+
+    def _check_threads(self) -> None:
+        for name, thread in list(self.threads.items()):
+            if not thread.is_alive():
+                log.warn("{0} thread died, restarting", name)
+                self.threads[name] = self.thread_factories[name]()
+                self.threads[name].start()
+
+    # -- main loop ---------------------------------------------------------------------------------
+    def _main_loop(self) -> None:
+        next_heartbeat = time.monotonic()
+        while True:
+            if self._is_orphan():
+                log.info("Agent {0} is an orphan -- exiting", AGENT_LONG_NAME)
+                return
+            self._check_threads()
+            self.iterate()
+            if time.monotonic() >= next_heartbeat:
+                self._heartbeat()
+                next_heartbeat = time.monotonic() + HEARTBEAT_PERIOD
+            time.sleep(self.period)
+
+    def iterate(self) -> None:
+        """One pass: goal state → extensions → status. Every failure is contained here."""
+        goal_state = None
+        try:
+            goal_state = self.protocol.update_goal_state()
+        except Exception as e:
+            self._goal_state_error(e)
+        if goal_state is not None and self.config.get("Extensions.Enabled"):
+            ext_id = _extensions_id(goal_state)
+            if ext_id is not None and ext_id != self.last_extensions_id:
+                try:
+                    self.extensions.process(goal_state)
+                except Exception as e:
+                    log.error("Error processing extensions goal state {0}: {1}", ext_id, e)
+                self.last_extensions_id = ext_id
+        self.report_status(goal_state)
+        if goal_state is not None:
+            self.last_incarnation = getattr(goal_state, "incarnation", None)
+
+    def _goal_state_error(self, error: Exception) -> None:
+        self.gs_errors += 1
+        now = time.monotonic()
+        if self.gs_errors_logged < 3 or now - self.last_gs_error_log >= GOAL_STATE_ERROR_LOG_PERIOD:
+            self.gs_errors_logged += 1
+            self.last_gs_error_log = now
+            log.error("Error fetching the goal state: {0}", error)
+
+    def report_status(self, goal_state=None) -> None:
+        from guestagent.protocol.status import build_vm_status
+
+        try:
+            statuses = self.extensions.handler_statuses() if self.extensions is not None else []
+            status = build_vm_status(self.config, goal_state, statuses)
+            key = _status_key(status)
+            now = time.monotonic()
+            if key == self.last_status_key and now - self.last_status_upload < STATUS_REFRESH_PERIOD:
+                return
+            self.protocol.upload_status(status)
+            if key != self.last_status_key:
+                log.verbose("Status uploaded (changed)")
+            self.last_status_key = key
+            self.last_status_upload = now
+        except Exception as e:
+            log.periodic(3600, log.WARNING, "Failed to report status: {0}", e)
+
+    def _heartbeat(self) -> None:
+        from guestagent import events
+
+        auto_update = 1 if self.config.get("AutoUpdate.UpdateToLatestVersion") else 0
+        msg = (f"[HEARTBEAT] Agent {AGENT_LONG_NAME} is running as the goal state agent [DEBUG HeartbeatCounter: "
+               f"{self.heartbeat_counter};HeartbeatId: {self.heartbeat_id};UpdateGSErrors: {self.gs_errors};"
+               f"AutoUpdate: {auto_update};UpdateMode: SelfUpdate;]")
+        log.info("{0}", msg)
+        events.add_event(events.WALAEventOperation.HeartBeat, message=msg, log_event=False, lib_dir=self.lib_dir)
+        self.heartbeat_counter += 1
+        self.gs_errors = 0
+
+    def _is_orphan(self) -> bool:
+        if getattr(self.args, "debug", False):
+            return False
+        ppid = os.getppid()
+        if ppid == 1:
+            return True
+        text = system.read_text(self.config.get("Pid.File"), default="")
+        return (text or "").strip() != str(ppid)
+
+
+class ThreadContext:
+    """What the worker threads share with the main thread."""
+
+    def __init__(self, config, protocol, lib_dir: str, stop_event: threading.Event):
+        self.config = config
+        self.protocol = protocol
+        self.lib_dir = lib_dir
+        self.stop_event = stop_event
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = system.read_text(f"/proc/{pid}/stat", default="") or ""
+    return ") Z " not in stat
+
+
+def _extensions_id(goal_state) -> Optional[str]:
+    ext = getattr(goal_state, "extensions_goal_state", None) or getattr(goal_state, "extensions", None)
+    return getattr(ext, "id", None) if ext is not None else None
+
+
+def _status_key(status: dict) -> str:
+    """The status without its generation timestamps: what decides whether it 'changed'."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "timestampUTC"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return json.dumps(strip(status), sort_keys=True)

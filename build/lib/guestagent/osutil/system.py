@@ -1,0 +1,256 @@
+"""The one boundary to the operating system: paths, atomic files and external commands.
+
+Every path the agent touches goes through :func:`path`, which maps an absolute path under the
+current root (``/`` in production; a temporary directory in integration tests). Every external
+command goes through :func:`run`: argv list, no shell, timeout, size-capped captured output and
+redaction of secrets before anything reaches a log or an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from guestagent.errors import CommandError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Output kept per stream of a command (bytes); the rest is dropped with a marker.
+OUTPUT_CAP = 64 * 1024
+DEFAULT_TIMEOUT = 300.0
+#: Environment marker upstream sets on every OS command it runs (cgroup process check).
+AGENT_ENV_MARKER = ("AZURE_GUEST_AGENT_PARENT_PROCESS_NAME", "AZURE_GUEST_AGENT")
+
+_root = Path(os.environ.get("GUESTAGENT_ROOT", "/"))
+_root_lock = threading.Lock()
+
+
+def set_root(root: PathLike) -> None:
+    """Point every later path lookup at ``root`` (tests use a temporary directory)."""
+    global _root
+    with _root_lock:
+        _root = Path(root)
+
+
+def get_root() -> Path:
+    return _root
+
+
+def path(p: PathLike) -> Path:
+    """Map an absolute system path under the current root."""
+    s = os.fspath(p)
+    if _root == Path("/") or not os.path.isabs(s):
+        return Path(s)
+    if s.startswith(os.fspath(_root) + "/"):
+        return Path(s)
+    return _root / s.lstrip("/")
+
+
+def read_text(p: PathLike, default: Optional[str] = None, errors: str = "strict") -> Optional[str]:
+    try:
+        return path(p).read_text(encoding="utf-8", errors=errors)
+    except FileNotFoundError:
+        if default is not None:
+            return default
+        raise
+
+
+def read_bytes(p: PathLike) -> bytes:
+    return path(p).read_bytes()
+
+
+def exists(p: PathLike) -> bool:
+    return path(p).exists()
+
+
+def mkdir(p: PathLike, mode: int = 0o755, owner: Optional[str] = None) -> Path:
+    target = path(p)
+    if not target.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target, mode)
+        if owner is not None:
+            shutil.chown(target, user=owner)
+    return target
+
+
+def write_file(p: PathLike, data: Union[str, bytes], mode: int = 0o644, owner: Optional[str] = None,
+               group: Optional[str] = None, fsync: bool = True) -> Path:
+    """Write a file atomically: temp file in the same directory with the final mode from the start,
+    fsync, rename, fsync the directory. A crash leaves either the old or the new content."""
+    target = path(p)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None or group is not None:
+            shutil.chown(tmp, user=owner, group=group)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if fsync:
+        _fsync_dir(target.parent)
+    return target
+
+
+def append_file(p: PathLike, data: str) -> None:
+    with open(path(p), "a", encoding="utf-8") as f:
+        f.write(data)
+
+
+def remove(p: PathLike) -> bool:
+    """Remove a file or a tree; True if something was removed."""
+    target = path(p)
+    try:
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def which(name: str) -> Optional[str]:
+    return shutil.which(name)
+
+
+@dataclass
+class CommandResult:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "*" * 8)
+    return text
+
+
+def _cap(raw: bytes, cap: int) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    if len(raw) > cap:
+        text = text[:cap] + f"\n[... {len(raw) - cap} bytes truncated]"
+    return text
+
+
+def run(argv: Sequence[str], *, timeout: Optional[float] = DEFAULT_TIMEOUT, input: Union[str, bytes, None] = None,
+        check: bool = True, secrets: Iterable[str] = (), env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[PathLike] = None, output_cap: int = OUTPUT_CAP, log: bool = True) -> CommandResult:
+    """Run a command without a shell. ``secrets`` (e.g. a password passed on stdin or argv) are
+    replaced in every captured/logged text. On timeout the whole process group is killed."""
+    from guestagent import log as agent_log  # local: log imports nothing from osutil
+
+    argv = [os.fspath(a) for a in argv]
+    secrets = [s for s in secrets if s]
+    shown = redact(" ".join(argv), secrets)
+    child_env = dict(os.environ if env is None else env)
+    child_env.setdefault(*AGENT_ENV_MARKER)
+    data = input.encode("utf-8") if isinstance(input, str) else input
+    start = time.monotonic()
+    if log:
+        agent_log.verbose("Run command: {0}", shown)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env,
+                                cwd=os.fspath(cwd) if cwd else None, start_new_session=True)
+    except OSError as e:
+        raise CommandError(argv[:1], None, reason=redact(str(e), secrets))
+    timed_out = False
+    try:
+        out, err = proc.communicate(data, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        out, err = proc.communicate()
+    result = CommandResult(argv=argv, returncode=proc.returncode, stdout=redact(_cap(out, output_cap), secrets),
+                           stderr=redact(_cap(err, output_cap), secrets), duration=time.monotonic() - start,
+                           timed_out=timed_out)
+    if check and not result.ok:
+        reason = f"timed out after {timeout} s" if timed_out else ""
+        raise CommandError([redact(a, secrets) for a in argv], result.returncode, result.stdout,
+                           result.stderr, reason=reason)
+    return result
+
+
+def spawn(argv: Sequence[str], *, new_session: bool = True, env: Optional[Mapping[str, str]] = None) -> int:
+    """Start a background process that outlives the caller (``waagent -start``): no shell, stdin,
+    stdout and stderr on /dev/null, its own session; returns its pid without waiting."""
+    argv = [os.fspath(a) for a in argv]
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=None if env is None else dict(env),
+                                start_new_session=new_session, close_fds=True)
+    except OSError as e:
+        raise CommandError(argv[:1], None, reason=str(e))
+    return proc.pid
+
+
+def run_to_files(argv: Sequence[str], stdout: Any, stderr: Any, *, timeout: Optional[float] = DEFAULT_TIMEOUT,
+                 env: Optional[Mapping[str, str]] = None, cwd: Optional[PathLike] = None) -> CommandResult:
+    """Run a command whose stdout/stderr go to the given open files (not pipes), stdin /dev/null, in its own
+    session. Its exit is noticed as it happens; a background child it leaves behind keeps running and cannot
+    block us (extension handlers rely on that). On timeout the whole process group is killed.
+    The returned CommandResult has empty stdout/stderr: the caller reads its files."""
+    argv = [os.fspath(a) for a in argv]
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                env=None if env is None else dict(env), cwd=os.fspath(cwd) if cwd else None,
+                                start_new_session=True, close_fds=True)
+    except OSError as e:
+        raise CommandError(argv[:1], None, reason=str(e))
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait()
+    return CommandResult(argv=argv, returncode=proc.returncode, stdout="", stderr="",
+                         duration=time.monotonic() - start, timed_out=timed_out)

@@ -1,0 +1,283 @@
+"""HostGAPlugin client (spec 02): /versions, /vmSettings, /extensionArtifact, /status, /vmAgentLog, /health.
+
+The container id and role config name headers come from the latest ?comp=goalstate; the facade calls
+:meth:`HostPluginClient.update_headers` after every fetch. Nothing here goes through a proxy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable, Optional
+
+from guestagent import log
+from guestagent.errors import (
+    HttpError,
+    ProtocolError,
+    ResourceGoneError,
+    VmSettingsNotSupported,
+    VmSettingsSupportStopped,
+)
+from guestagent.osutil import system
+from guestagent.protocol.http import LOG_UPLOAD_TIMEOUT, RETRY_CODES, HttpClient, Response
+from guestagent.version import AGENT_NAME, AGENT_VERSION
+
+API_VERSION = "2015-09-01"
+STORAGE_VERSION = "2014-02-14"
+MIN_VM_SETTINGS_VERSION = (1, 0, 8, 133)
+NOT_SUPPORTED_RECHECK = 6 * 3600.0
+FAST_TRACK_FILE = "fast_track.json"
+MIN_TIMESTAMP = "0001-01-01T00:00:00.000000Z"
+PAGE_SIZE = 512
+MAX_PAGE = 4 * 1024 * 1024
+
+
+def ticks_to_timestamp(ticks: Optional[int]) -> str:
+    """.NET ticks → ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` through a float, as upstream (03 §1)."""
+    try:
+        value = datetime.min + timedelta(seconds=float(int(ticks or 0)) / 10 ** 7)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return MIN_TIMESTAMP
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split("."))
+    except (AttributeError, ValueError):
+        return ()
+
+
+def utc_date(now: Optional[float] = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
+
+
+@dataclass
+class VmSettingsResponse:
+    text: str
+    etag: str
+    updated: bool
+    source: str  # extensionGoalStatesSource
+    hgap_version: str
+
+
+@dataclass
+class BlobRequest:
+    """One storage request of 02 §6.2 (direct PUT or one HGAP envelope)."""
+
+    uri: str
+    headers: list[tuple[str, str]]
+    content: Optional[bytes]
+
+
+def page_uri(sas_url: str) -> str:
+    return sas_url + ("&comp=page" if "?" in sas_url else "?comp=page")
+
+
+def blob_requests(sas_url: str, data: bytes, blob_type: str, pad: bytes = b"\0",
+                  now: Optional[float] = None) -> list[BlobRequest]:
+    """The storage requests that write ``data`` as a BlockBlob, or a PageBlob (create + 512-aligned pages)."""
+    date = utc_date(now)
+    if blob_type != "PageBlob":
+        return [BlobRequest(sas_url, [("Content-Length", str(len(data))), ("x-ms-blob-type", "BlockBlob"),
+                                      ("x-ms-date", date), ("x-ms-version", STORAGE_VERSION)], data)]
+    size = (len(data) + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    out = [BlobRequest(sas_url, [("Content-Length", "0"), ("x-ms-blob-content-length", str(size)),
+                                 ("x-ms-blob-type", "PageBlob"), ("x-ms-date", date),
+                                 ("x-ms-version", STORAGE_VERSION)], None)]
+    start = 0
+    while start < len(data):
+        chunk = data[start:start + MAX_PAGE]
+        padded = chunk + pad * ((PAGE_SIZE - len(chunk) % PAGE_SIZE) % PAGE_SIZE)
+        end = start + len(padded)
+        out.append(BlobRequest(page_uri(sas_url), [("Content-Length", str(len(padded))), ("x-ms-date", date),
+                                                   ("x-ms-range", f"bytes={start}-{end - 1}"),
+                                                   ("x-ms-page-write", "update"),
+                                                   ("x-ms-version", STORAGE_VERSION)], padded))
+        start += len(chunk)
+    return out
+
+
+class HostPluginClient:
+    def __init__(self, endpoint: str, port: int = 32526, lib_dir: str = "/var/lib/waagent",
+                 http: Optional[HttpClient] = None, clock: Callable[[], float] = time.monotonic):
+        self.endpoint = endpoint
+        self.port = int(port)
+        self.lib_dir = lib_dir
+        self.http = http or HttpClient()
+        self.clock = clock
+        self.container_id = ""
+        self.role_config_name = ""
+        self.is_initialized = False
+        self.is_available = False
+        # vmSettings state (02 §3)
+        self._vm_settings_cache: Optional[VmSettingsResponse] = None
+        self._not_supported_until = 0.0
+        self._supports_vm_settings = system.exists(os.path.join(lib_dir, FAST_TRACK_FILE))
+        self.last_fast_track_timestamp = self._read_fast_track_timestamp()
+        self.hgap_version: Optional[str] = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.endpoint}:{self.port}"
+
+    def update_headers(self, container_id: str, role_config_name: str) -> None:
+        self.container_id = container_id
+        self.role_config_name = role_config_name
+
+    def _headers(self, **extra: str) -> dict[str, str]:
+        headers = {"x-ms-version": API_VERSION, "x-ms-containerid": self.container_id,
+                   "x-ms-host-config-name": self.role_config_name}
+        headers.update(extra)
+        return headers
+
+    # --- /versions (02 §2) ----------------------------------------------------------------------------
+    def ensure_initialized(self) -> bool:
+        if self.is_initialized:
+            return self.is_available
+        try:
+            resp = self.http.get(f"{self.base_url}/versions", {"x-ms-containerid": self.container_id})
+            self.is_available = resp.ok and API_VERSION in resp.text()
+        except HttpError as e:
+            log.verbose("HostGAPlugin: /versions failed: {0}", e)
+            self.is_available = False
+        self.is_initialized = self.is_available
+        return self.is_available
+
+    def _require(self, what: str) -> None:
+        if not self.ensure_initialized():
+            raise ProtocolError(f"HostGAPlugin: {what} not available (the plugin did not answer /versions)")
+
+    # --- /vmSettings (02 §3) ------------------------------------------------------------------------------
+    def _read_fast_track_timestamp(self) -> str:
+        path = os.path.join(self.lib_dir, FAST_TRACK_FILE)
+        if not system.exists(path):
+            return MIN_TIMESTAMP
+        try:
+            return str(json.loads(system.read_text(path) or "")["timestamp"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def _not_supported(self) -> None:
+        stopped = self._supports_vm_settings
+        self._supports_vm_settings = False
+        self._not_supported_until = self.clock() + NOT_SUPPORTED_RECHECK
+        self._vm_settings_cache = None
+        if stopped:
+            raise VmSettingsSupportStopped(self.last_fast_track_timestamp)
+        raise VmSettingsNotSupported()
+
+    def fetch_vm_settings(self, force: bool = False) -> VmSettingsResponse:
+        """One GET /vmSettings. Raises VmSettingsNotSupported/-SupportStopped, ResourceGoneError, ProtocolError;
+        the caller parses the JSON (extconfig) and reports VmSettingsParseError."""
+        if self._not_supported_until and self.clock() < self._not_supported_until:
+            raise VmSettingsNotSupported()
+        headers = self._headers(**{"x-ms-client-correlationid": str(uuid.uuid4())})
+        cached = self._vm_settings_cache
+        if cached is not None and not force:
+            headers["if-none-match"] = cached.etag
+        url = f"{self.base_url}/vmSettings"
+        try:
+            resp = self.http.request("GET", url, None, headers, max_retry=1, retry_codes=())
+        except ResourceGoneError:
+            raise
+        except HttpError as e:
+            raise ProtocolError(f"[HostGAPlugin] GET vmSettings failed: {e}") from None
+        if resp.status == 304 and cached is not None:
+            return VmSettingsResponse(cached.text, cached.etag, False, cached.source, cached.hgap_version)
+        if resp.status == 404:
+            self._not_supported()
+        if resp.status == 502:
+            raise ProtocolError(f"[HostGAPlugin] [Internal error in HostGAPlugin] GET vmSettings: {resp.status}")
+        if resp.status != 200:
+            raise ProtocolError(f"[HostGAPlugin] GET vmSettings failed: [HTTP Failed] Status Code {resp.status}")
+        etag = resp.header("etag")
+        if etag is None:
+            raise ProtocolError("[HostGAPlugin] vmSettings response has no ETag header")
+        text = resp.text()
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        version = str(doc.get("hostGAPluginVersion", "")) if isinstance(doc, dict) else ""
+        source = str(doc.get("extensionGoalStatesSource", "UNKNOWN")) if isinstance(doc, dict) else "UNKNOWN"
+        if isinstance(doc, dict) and version != self.hgap_version:
+            log.info("HostGAPlugin version: {0}", version)
+            self.hgap_version = version
+        if isinstance(doc, dict) and _version_tuple(version) < MIN_VM_SETTINGS_VERSION:
+            self._not_supported()
+        self._supports_vm_settings = True
+        self._not_supported_until = 0.0
+        if isinstance(doc, dict):
+            self._record_fast_track(source, doc.get("extensionsLastModifiedTickCount"))
+        result = VmSettingsResponse(text, etag, True, source, version)
+        self._vm_settings_cache = result
+        return result
+
+    def _record_fast_track(self, source: str, ticks) -> None:
+        path = os.path.join(self.lib_dir, FAST_TRACK_FILE)
+        if source == "FastTrack":
+            self.last_fast_track_timestamp = ticks_to_timestamp(ticks)
+            system.write_file(path, json.dumps({"timestamp": self.last_fast_track_timestamp}), fsync=False)
+        else:
+            system.remove(path)
+
+    @property
+    def supports_vm_settings(self) -> bool:
+        return self._supports_vm_settings
+
+    # --- /extensionArtifact (02 §5.3) -------------------------------------------------------------------
+    def fetch_artifact(self, uri: str, manifest_location: Optional[str] = None, verify: bool = False,
+                       is_text: bool = False) -> Response:
+        """GET the storage URL through the plugin; text artifacts also retry on 400."""
+        self._require("extensionArtifact")
+        extra = {"x-ms-artifact-location": uri}
+        if manifest_location:
+            extra["x-ms-artifact-manifest-location"] = manifest_location
+        if verify:
+            extra["x-ms-verify-from-artifacts-blob"] = "true"
+        codes = (*RETRY_CODES, 400) if is_text else RETRY_CODES
+        return self.http.request("GET", f"{self.base_url}/extensionArtifact", None, self._headers(**extra),
+                                 retry_codes=codes)
+
+    # --- /status (02 §6.3) ----------------------------------------------------------------------------------
+    def put_status(self, sas_url: str, status_json: str, blob_type: str = "BlockBlob",
+                   now: Optional[float] = None) -> None:
+        self._require("status")
+        data = status_json.encode("utf-8")
+        if blob_type == "PageBlob":
+            data = data + b" " * ((PAGE_SIZE - len(data) % PAGE_SIZE) % PAGE_SIZE)
+        headers = {"x-ms-version": API_VERSION, "Content-type": "application/json",
+                   "x-ms-containerid": self.container_id, "x-ms-host-config-name": self.role_config_name}
+        for req in blob_requests(sas_url, data, blob_type, now=now):
+            envelope: dict = {"requestUri": req.uri,
+                              "headers": [{"headerName": k, "headerValue": v} for k, v in req.headers]}
+            if req.content is not None:
+                envelope["content"] = base64.b64encode(req.content).decode("ascii")
+            resp = self.http.put(f"{self.base_url}/status", json.dumps(envelope, sort_keys=True), headers)
+            if not resp.ok:
+                raise HttpError(f"HostGAPlugin: Put status failed: [HTTP Failed] Status Code {resp.status}",
+                                status=resp.status)
+
+    # --- /vmAgentLog (02 §7) --------------------------------------------------------------------------------
+    def put_vm_agent_log(self, content: bytes) -> None:
+        self._require("vmAgentLog")
+        headers = {"x-ms-version": API_VERSION, "x-ms-containerid": self.container_id,
+                   "x-ms-vmagentlog-deploymentid": self.role_config_name.split(".", 1)[0],
+                   "x-ms-client-name": AGENT_NAME, "x-ms-client-version": AGENT_VERSION,
+                   "x-ms-client-correlationid": str(uuid.uuid4())}
+        resp = self.http.put(f"{self.base_url}/vmAgentLog", content, headers, timeout=LOG_UPLOAD_TIMEOUT)
+        if not resp.ok:
+            raise HttpError(f"HostGAPlugin: Put vmAgentLog failed: Status Code {resp.status}", status=resp.status)
+
+    # --- /health (02 §8) -----------------------------------------------------------------------------------
+    def health(self) -> bool:
+        try:
+            return self.http.request("GET", f"{self.base_url}/health", max_retry=1).ok
+        except HttpError:
+            return False

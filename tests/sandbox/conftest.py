@@ -1,0 +1,90 @@
+"""Fixtures for the sandbox tier: a throwaway namespace sandbox per test, and file system images.
+
+Images are built without mounting anything on the host: ext2/ext4 with ``mkfs.ext4 -d <dir>``
+(e2fsprogs >= 1.43 populates the file system from a directory), vfat with ``mkfs.vfat`` + ``mcopy``
+(mtools). The kernel here has no iso9660/udf (see /proc/filesystems), so the provisioning DVD in
+sandbox tests is an ext4 image attached at /dev/sr0.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import pytest
+
+FileData = Union[str, bytes]
+
+
+def kernel_filesystems() -> set[str]:
+    with open("/proc/filesystems", encoding="utf-8") as f:
+        return {line.split()[-1] for line in f if line.strip()}
+
+
+def make_fs_image(image: Union[str, os.PathLike], files: Mapping[str, FileData], *, fstype: str = "ext4",
+                  label: Optional[str] = None, size_kb: Optional[int] = None) -> Path:
+    """Build a small file system image holding ``files`` ({relative path: content}); returns its path.
+    ``fstype``: ext2, ext4 (mkfs.ext4 -d) or vfat (mkfs.vfat + mcopy; skips the test if absent)."""
+    image = Path(image)
+    total = sum(len(v) for v in files.values())
+    size_kb = size_kb or max(1024, 2 * total // 1024 + 512)
+    with tempfile.TemporaryDirectory(prefix="fsimage-") as staging:
+        for rel, data in files.items():
+            target = Path(staging) / rel.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data.encode() if isinstance(data, str) else data)
+        if fstype in ("ext2", "ext3", "ext4"):
+            argv = ["mkfs." + fstype, "-q", "-F", "-d", staging]
+            if label:
+                argv += ["-L", label]
+            subprocess.run([*argv, str(image), f"{size_kb}k"], check=True, capture_output=True)
+        elif fstype == "vfat":
+            if not (shutil.which("mkfs.vfat") and shutil.which("mcopy")):
+                pytest.skip("vfat images need mkfs.vfat (dosfstools) and mcopy (mtools)")
+            image.unlink(missing_ok=True)
+            argv = ["mkfs.vfat", "-C"] + (["-n", label] if label else []) + [str(image), str(size_kb)]
+            subprocess.run(argv, check=True, capture_output=True)
+            entries = [str(p) for p in Path(staging).iterdir()]
+            if entries:
+                subprocess.run(["mcopy", "-s", "-i", str(image), *entries, "::"], check=True, capture_output=True)
+        else:
+            raise ValueError(f"unsupported file system type {fstype!r}")
+    return image
+
+
+@pytest.fixture
+def fs_image(tmp_path):
+    """Factory: ``fs_image({"ovf-env.xml": xml}, fstype="ext4", label="CDROM") -> Path``."""
+    counter = iter(range(1000))
+
+    def build(files: Mapping[str, FileData], **kw) -> Path:
+        return make_fs_image(tmp_path / f"image{next(counter)}.img", files, **kw)
+
+    return build
+
+
+@pytest.fixture
+def sandbox():
+    """A fresh Sandbox (hostname "sandbox", loopback 127.63.129.16 and 169.254.169.254), closed after
+    the test whatever happens."""
+    from guestagent.lab.sandbox import Sandbox, SandboxUnavailable
+
+    try:
+        sb = Sandbox()
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
+    with sb:
+        yield sb
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.sandbox)
+            if os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason="sandbox tests need root (namespaces, loop devices)"))

@@ -1,0 +1,243 @@
+"""Endpoint discovery: lease caches, route table, DHCP packets (over loopback UDP), the detection loop."""
+
+import socket
+import threading
+from datetime import datetime
+
+import pytest
+
+from guestagent.errors import DhcpError, ProtocolError, ProtocolNotFoundError
+from guestagent.protocol import dhcp, endpoint
+
+MAC = bytes.fromhex("000d3a112233")
+XID = b"\x01\x02\x03\x04"
+
+ISC = """lease {
+  interface "eth0";
+  option unknown-245 a8:3f:81:10;
+  expire 4 2015/06/16 16:58:54;
+}
+lease {
+  interface "eth0";
+  option unknown-245 0a:00:00:05;
+  expire 0 2152/07/23 23:27:10;
+}
+lease {
+  interface "eth0";
+  option unknown-245 0a:00:00:06;
+  expire 0 garbage;
+}
+"""
+
+
+def reply(options: bytes, xid=XID, mac=MAC, cookie=dhcp.MAGIC_COOKIE) -> bytes:
+    pkt = bytearray(240)
+    pkt[0] = 2
+    pkt[4:8] = xid
+    pkt[0x1C:0x22] = mac
+    pkt[0xEC:0xF0] = cookie
+    return bytes(pkt) + options + b"\xff"
+
+
+OPTS = (b"\x35\x01\x02" + b"\x03\x04\x0a\x00\x00\x01" + b"\xf5\x04\xa8\x3f\x81\x10"
+        + b"\xf9\x0d" + b"\x00\x0a\x00\x00\x01" + b"\x20\xa8\x3f\x81\x10\x0a\x00\x00\x01"
+        + b"\x2b\x02\xff\xff")
+
+
+def test_isc_lease_last_valid_wins_and_expired_skipped():
+    assert dhcp.parse_isc_leases(ISC, now=datetime(2024, 1, 1)) == "10.0.0.5"
+    assert dhcp.parse_isc_leases(ISC, now=datetime(2200, 1, 1)) is None
+    assert dhcp.parse_isc_leases("lease {\n  expire never;\n}\n") is None
+    assert dhcp.parse_isc_leases('lease {\n  option unknown-245 a8:3f:81:10;\n  expire never;\n}\n') == "168.63.129.16"
+
+
+def test_networkd_lease():
+    assert dhcp.parse_networkd_lease("ADDRESS=10.0.0.4\nOPTION_245=a83f8110\n") == "168.63.129.16"
+    assert dhcp.parse_networkd_lease("ADDRESS=10.0.0.4\n") is None
+    assert dhcp.parse_networkd_lease("OPTION_245=zz\n") is None
+
+
+def test_lease_locations_distro_first_then_all():
+    assert dhcp.lease_locations("ubuntu", "22.04")[0] == dhcp.NETWORKD
+    assert dhcp.lease_locations("ubuntu", "24.10")[0] == dhcp.ISC_DEBIAN
+    assert dhcp.lease_locations("debian", "12")[0] == dhcp.ISC_DEBIAN
+    assert dhcp.lease_locations("rhel", "9.4")[:2] == [dhcp.ISC_RHEL, dhcp.NM_DHCLIENT]
+    assert dhcp.lease_locations("centos", "6.10")[0] == dhcp.ISC_RHEL6
+    for d in ("ubuntu", "debian", "rhel", "weird"):
+        assert sorted(dhcp.lease_locations(d, "1")) == sorted(dhcp.ALL_LOCATIONS)
+
+
+def test_leases_read_under_root(tmp_root):
+    d = tmp_root / "var/lib/NetworkManager"
+    d.mkdir(parents=True)
+    (d / "dhclient-abc-eth0.lease").write_text(ISC)
+    assert dhcp.endpoint_from_leases(dhcp.lease_locations("debian", "12")) == "10.0.0.5"
+    n = tmp_root / "run/systemd/netif/leases"
+    n.mkdir(parents=True)
+    (n / "2").write_text("OPTION_245=a83f8110\n")
+    assert dhcp.endpoint_from_leases(dhcp.lease_locations("ubuntu", "22.04")) == "168.63.129.16"
+
+
+def test_build_discover_layout():
+    first = dhcp.build_discover(MAC, XID, broadcast=False)
+    assert len(first) == 244 and first[:4] == b"\x01\x01\x06\x00" and first[4:8] == XID
+    assert first[10] == 0 and first[0x1C:0x22] == MAC and first[0xEC:0xF0] == dhcp.MAGIC_COOKIE
+    assert first[0xF0:] == b"\x35\x01\x01\xff"
+    assert dhcp.build_discover(MAC, XID, broadcast=True)[10] == 0x80
+    with pytest.raises(DhcpError):
+        dhcp.build_discover(b"\x00", XID, False)
+
+
+def test_parse_reply_options_and_routes():
+    r = dhcp.parse_reply(reply(OPTS), XID, MAC)
+    assert r.endpoint == "168.63.129.16" and r.gateway == "10.0.0.1"
+    assert r.routes == [("0.0.0.0", 0, "10.0.0.1"), ("168.63.129.16", 32, "10.0.0.1")]
+    assert dhcp.route_commands(r, has_default_route=False) == [
+        ["ip", "route", "add", "0", "via", "10.0.0.1"],
+        ["ip", "route", "add", "0.0.0.0/0", "via", "10.0.0.1"],
+        ["ip", "route", "add", "168.63.129.16/32", "via", "10.0.0.1"]]
+    assert dhcp.route_commands(r, has_default_route=True)[0][3] == "0.0.0.0/0"
+
+
+@pytest.mark.parametrize("bad", [reply(OPTS, xid=b"\x09\x09\x09\x09"), reply(OPTS, mac=b"\x01" * 6),
+                                 reply(OPTS, cookie=b"\x00\x00\x00\x00"), b"\x02" * 100,
+                                 reply(b"\xf5\x09\xa8"), reply(b"\xf9\x05\x21\x00\x00\x00\x00")],
+                         ids=["xid", "mac", "cookie", "short", "truncated-opt", "bad-width"])
+def test_parse_reply_rejects(bad):
+    with pytest.raises(DhcpError):
+        dhcp.parse_reply(bad, XID, MAC)
+
+
+def test_exchange_over_loopback_udp():
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer():
+        data, addr = server.recvfrom(1024)
+        server.sendto(reply(OPTS, xid=data[4:8], mac=data[0x1C:0x22]), addr)
+
+    threading.Thread(target=answer, daemon=True).start()
+    req = dhcp.build_discover(MAC, XID, False)
+    raw = dhcp.exchange(req, bind=("127.0.0.1", 0), server=("127.0.0.1", port), timeout=5)
+    assert dhcp.parse_reply(raw, XID, MAC).endpoint == "168.63.129.16"
+    server.close()
+
+
+class FakeRun:
+    """Records argv instead of touching the host's routes/firewall (the host must never change)."""
+
+    def __init__(self, routes=""):
+        self.calls = []
+        self.routes = routes
+
+    def __call__(self, argv, **kw):
+        self.calls.append(argv)
+        return type("R", (), {"stdout": self.routes if argv[:3] == ["ip", "route", "show"] else ""})()
+
+
+def test_helper_route_table_fast_path(tmp_root):
+    (tmp_root / "proc/net").mkdir(parents=True)
+    (tmp_root / "proc/net/route").write_text("Iface\tDestination\tGateway\neth0\t10813FA8\t0100000A\t0007\n")
+    h = dhcp.DhcpHelper(run=FakeRun(), distro=("debian", "12"))
+    assert h.discover() == "168.63.129.16"
+
+
+def test_helper_sends_discover_and_applies_routes(tmp_root):
+    (tmp_root / "proc/net").mkdir(parents=True)
+    (tmp_root / "proc/net/route").write_text(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\neth9\t00000000\t0100000A\t0003\t0\t0\t100\n")
+    (tmp_root / "sys/class/net/eth9").mkdir(parents=True)
+    (tmp_root / "sys/class/net/eth9/address").write_text("00:0d:3a:11:22:33\n")
+    sent = []
+
+    def exchange(request):
+        sent.append(request)
+        if len(sent) == 1:
+            raise OSError("timed out")
+        return reply(OPTS, xid=request[4:8], mac=request[0x1C:0x22])
+
+    run, sleeps = FakeRun(routes="10.0.0.0/24 dev eth9\n"), []
+    h = dhcp.DhcpHelper(run=run, sleep=sleeps.append, exchange_fn=exchange, distro=("debian", "12"))
+    assert h.discover() == "168.63.129.16"
+    assert sleeps == [0] and sent[1][10] == 0x80
+    assert ["ip", "route", "add", "255.255.255.255", "dev", "eth9"] in run.calls
+    assert ["ip", "route", "add", "168.63.129.16/32", "via", "10.0.0.1"] in run.calls
+    assert ["iptables", "-I", "INPUT", "-p", "udp", "--dport", "68", "-j", "ACCEPT"] in run.calls
+
+
+def test_helper_gives_up_after_five_tries(tmp_root):
+    (tmp_root / "sys/class/net/eth0").mkdir(parents=True)
+    (tmp_root / "sys/class/net/eth0/address").write_text("00:0d:3a:11:22:33\n")
+    (tmp_root / "proc/net").mkdir(parents=True)
+    (tmp_root / "proc/net/route").write_text("Iface\n")
+    sleeps = []
+
+    def fail(request):
+        raise OSError("timed out")
+
+    h = dhcp.DhcpHelper(run=FakeRun("default via 10.0.0.1\n"), sleep=sleeps.append, exchange_fn=fail,
+                        distro=("x", "1"))
+    h.skip_cache = True
+    with pytest.raises(DhcpError, match="Failed to receive dhcp response."):
+        h.send_discover()
+    assert sleeps == [0, 10, 30, 60, 60]
+
+
+# --- files and the detection loop ---------------------------------------------------------------------
+LIB = "/var/lib/waagent"
+
+
+def test_endpoint_files(tmp_root):
+    assert endpoint.read_endpoint(LIB) == "168.63.129.16"
+    endpoint.write_files(LIB, "10.0.0.9")
+    assert endpoint.read_endpoint(LIB) == "10.0.0.9" and endpoint.protocol_file_present(LIB)
+    assert (tmp_root / "var/lib/waagent/WireServerEndpoint").read_bytes() == b"10.0.0.9"
+    endpoint.clear_files(LIB)
+    assert not endpoint.protocol_file_present(LIB)
+
+
+class FakeDhcp:
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.skip_cache = False
+        self.skips = []
+
+    def discover(self):
+        self.skips.append(self.skip_cache)
+        return self.answers.pop(0)
+
+
+def test_detection_retries_then_writes(tmp_root):
+    endpoint.write_files(LIB, "stale")
+    probes, sleeps = [], []
+
+    def probe(ip):
+        probes.append(ip)
+        if len(probes) < 3:
+            raise ProtocolError("down")
+        return "proto"
+
+    d = FakeDhcp([None, "10.0.0.1", "10.0.0.2"])
+    assert endpoint.detect(None, LIB, probe, sleep=sleeps.append, dhcp=d) == "proto"
+    assert probes == ["10.0.0.1", "10.0.0.2"] or probes == ["10.0.0.1", "10.0.0.2", "10.0.0.2"]
+    assert sleeps == [10.0] * (len(d.skips) - 1) and d.skips[1:] == [True] * (len(d.skips) - 1)
+    assert endpoint.read_endpoint(LIB) in ("10.0.0.2",)
+
+
+def test_detection_exhausted(tmp_root):
+    def probe(ip):
+        raise ProtocolError("down")
+
+    sleeps = []
+    with pytest.raises(ProtocolNotFoundError, match="No protocol found."):
+        endpoint.detect(None, LIB, probe, sleep=sleeps.append, attempts=4, endpoint_ip="127.0.0.1")
+    assert sleeps == [10.0] * 3 and not endpoint.protocol_file_present(LIB)
+    assert endpoint.DETECT_ATTEMPTS == 360
+
+
+def test_detection_without_dhcp_uses_endpoint_file(tmp_root):
+    conf = {"Protocol.EndpointDiscovery": "static"}
+    seen = []
+    endpoint.detect(conf, LIB, lambda ip: seen.append(ip), sleep=lambda s: None)
+    assert seen == ["168.63.129.16"]

@@ -1,0 +1,128 @@
+"""The cached images: the Debian base (scripts/vm/build-image) and the agent layer on top of it.
+
+The agent layer is a qcow2 overlay of the base in which the project's wheel and its dependency
+wheels were installed with ``pip install --no-index`` inside a booted guest, and the project's
+systemd unit enabled, as a distro package would. The agent is NOT started there: it first starts on
+each scenario's own boot, like on a freshly deployed Azure VM. Both live in the cache folder
+(outside the repository) and are reused while their inputs (build script, guest files / sources,
+unit, conf) are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .machine import Machine, MachineConfig
+
+REPO = Path(__file__).resolve().parents[3]
+CACHE = Path(os.environ.get("GUESTAGENT_VM_CACHE", "/var/tmp/guestagent-vm"))
+GUEST_PYTHON = (3, 11)  # Debian bookworm's python3
+
+INSTALL_SH = r"""
+set -eu
+W=/var/tmp/guestagent-install
+python3 -m pip install -q --no-index --find-links "$W" --break-system-packages --root-user-action=ignore \
+    --no-warn-script-location guestagent
+install -m 0755 "$W/waagent" /usr/sbin/waagent
+install -m 0644 "$W/waagent.conf" /etc/waagent.conf
+install -m 0644 "$W/walinuxagent.service" "$W/azure.slice" "$W/azure-vmextensions.slice" /lib/systemd/system/
+systemctl daemon-reload
+systemctl enable walinuxagent.service
+rm -rf "$W"
+/usr/sbin/waagent -version
+"""
+
+# the files that go into the agent layer besides the wheels: (repo path, name in the guest's staging dir)
+PACKAGED = [("bin/waagent", "waagent"), ("config/waagent.conf", "waagent.conf"),
+            ("systemd/walinuxagent.service", "walinuxagent.service"), ("systemd/azure.slice", "azure.slice"),
+            ("systemd/azure-vmextensions.slice", "azure-vmextensions.slice")]
+
+
+def log(msg: str) -> None:
+    print(f"[vmtier {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def base_image(force: bool = False) -> Path:
+    """Build the base image unless the cached one matches its inputs; returns its folder."""
+    argv = [str(REPO / "scripts/vm/build-image")] + (["--force"] if force else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, GUESTAGENT_VM_CACHE=str(CACHE)))
+    if proc.returncode:
+        raise RuntimeError(f"image build failed:\n{proc.stderr[-4000:]}")
+    if proc.stderr.strip():
+        log(proc.stderr.strip())
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def source_key() -> str:
+    """Hash of everything that goes into the agent layer."""
+    h = hashlib.sha256()
+    files = sorted(p for p in (REPO / "guestagent").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files += [REPO / "pyproject.toml"] + [REPO / f for f, _ in PACKAGED]
+    for p in files:
+        h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes() + b"\0")
+    h.update(INSTALL_SH.encode())
+    return h.hexdigest()[:12]
+
+
+def build_wheels(dest: Path) -> list:
+    """The project's wheel, built now, plus its dependency wheels (binary, for the guest's Python)."""
+    if sys.version_info[:2] != GUEST_PYTHON:
+        raise RuntimeError(f"the VM tier builds wheels with the host's Python; it must be "
+                           f"{GUEST_PYTHON[0]}.{GUEST_PYTHON[1]} like the guest's (have {sys.version.split()[0]})")
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
+                           "--only-binary=:all:", "--no-binary=guestagent", "--wheel-dir", str(dest), str(REPO)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"pip wheel failed:\n{proc.stderr[-4000:]}")
+    wheels = sorted(dest.glob("*.whl"))
+    if not any(w.name.startswith("guestagent-") for w in wheels):
+        raise RuntimeError(f"no guestagent wheel in {dest}")
+    return wheels
+
+
+def agent_image(base: Path, force: bool = False) -> Path:
+    """The agent layer for the current sources (qcow2 backed by base/base.qcow2), built if missing."""
+    key = f"{base.name}-{source_key()}"
+    out = CACHE / f"agent-{key}.qcow2"
+    if out.exists() and not force:
+        return out
+    t0 = time.monotonic()
+    work = CACHE / f".agent-build-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        wheels = build_wheels(work / "wheels")
+        log(f"wheels: {', '.join(w.name for w in wheels)}")
+        m = Machine(MachineConfig(image_dir=base, disk=base / "base.qcow2", work=work / "vm", cpus=2, timeout=600))
+        try:
+            m.boot()
+            stage = "/var/tmp/guestagent-install"
+            m.run(["mkdir", "-p", stage])
+            for w in wheels:
+                m.write(f"{stage}/{w.name}", w.read_bytes())
+            for src, name in PACKAGED:
+                m.write(f"{stage}/{name}", (REPO / src).read_bytes())
+            res = m.run(INSTALL_SH, timeout=300)
+            log(f"agent installed in the guest: {res.out.strip()}")
+            m.poweroff()
+        except Exception:
+            log(f"agent layer build failed; console:\n{m.console_tail(40)}")
+            raise
+        finally:
+            m.destroy()
+        for old in CACHE.glob(f"agent-{base.name}-*.qcow2"):
+            old.unlink()
+        for old in CACHE.glob("agent-*.qcow2"):
+            if not old.name.startswith(f"agent-{base.name}-"):
+                old.unlink()  # built on a base that no longer exists
+        os.replace(m.overlay, out)
+        log(f"agent layer {out.name} built in {time.monotonic() - t0:.0f}s")
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
