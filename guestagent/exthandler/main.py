@@ -237,9 +237,21 @@ class ExtHandler:
                 except Exception as e:
                     log.error("Error processing extensions goal state {0}: {1}", ext_id, e)
                 self.last_extensions_id = ext_id
+                self.report_status(goal_state)
+                self._archive_history()
+                return
         self.report_status(goal_state)
         if goal_state is not None:
             self.last_incarnation = getattr(goal_state, "incarnation", None)
+
+    def _archive_history(self) -> None:
+        history = getattr(self.protocol, "history", None)
+        if history is None:
+            return
+        try:
+            history.archive()
+        except Exception as e:
+            log.periodic(3600, log.WARNING, "Failed to archive the goal-state history: {0}", e)
 
     def _goal_state_error(self, error: Exception) -> None:
         self.gs_errors += 1
@@ -253,8 +265,9 @@ class ExtHandler:
         from guestagent.protocol.status import build_vm_status
 
         try:
-            statuses = self.extensions.handler_statuses() if self.extensions is not None else []
-            status = build_vm_status(self.config, goal_state, statuses)
+            statuses = self.extensions.handler_statuses()
+            status = build_vm_status(self.config, goal_state or self.protocol.goal_state, statuses,
+                                     goal_state_status=self.extensions.goal_state_status())
             key = _status_key(status)
             now = time.monotonic()
             if key == self.last_status_key and now - self.last_status_upload < STATUS_REFRESH_PERIOD:

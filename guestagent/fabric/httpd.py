@@ -41,15 +41,15 @@ class Response:
     headers: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8", **headers) -> "Response":
+    def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8", **headers) -> Response:
         return cls(status, text.encode("utf-8"), {"Content-Type": content_type, **headers})
 
     @classmethod
-    def xml(cls, text: str, status: int = 200) -> "Response":
+    def xml(cls, text: str, status: int = 200) -> Response:
         return cls.text(status, text, "text/xml; charset=utf-8")
 
     @classmethod
-    def json(cls, text: str, status: int = 200, **headers) -> "Response":
+    def json(cls, text: str, status: int = 200, **headers) -> Response:
         return cls.text(status, text, "application/json; charset=utf-8", **headers)
 
 
@@ -58,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "GuestAgentFabric"
     sys_version = ""
 
-    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+    def log_message(self, format, *args):
         pass  # the fabric keeps its own structured request log
 
     def handle(self):

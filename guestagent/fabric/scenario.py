@@ -116,6 +116,11 @@ class Scenario:
     source: Optional[Path] = None
     _tenant: Any = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if not self.steps:
+            self.steps = [Step(incarnation="1")]
+        _number_incarnations(self)
+
     def key_pair_names(self) -> List[str]:
         names: List[str] = []
         for key in self.ovf.public_keys + self.ovf.key_pairs:
@@ -347,9 +352,6 @@ def parse_scenario(data: Any, base_dir: Optional[Path] = None, origin: str = "<s
         steps=[_step(r, s, f"steps[{i}]", i) for i, s in enumerate(r.lst(data.get("steps"), "steps"))],
         source=Path(origin) if origin != "<scenario>" else None,
     )
-    if not sc.steps:
-        sc.steps = [Step(incarnation="1")]
-    _number_incarnations(sc)
     for i, step in enumerate(sc.steps):
         for j, ext in enumerate(step.extensions):
             if ext.state == "enabled" and not sc.handler_versions(ext.name):

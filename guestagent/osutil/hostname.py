@@ -15,8 +15,7 @@ from typing import Callable, Optional
 
 from guestagent import log
 from guestagent.errors import CommandError
-from guestagent.osutil import dhcpclient, system
-from guestagent.osutil import distro as distros
+from guestagent.osutil import dhcpclient, distros, system
 
 CLOUD_INIT_HOSTNAME = "/var/lib/cloud/data/set-hostname"
 

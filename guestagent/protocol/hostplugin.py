@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
 
 from guestagent import log
@@ -43,7 +43,12 @@ def ticks_to_timestamp(ticks: Optional[int]) -> str:
         value = datetime.min + timedelta(seconds=float(int(ticks or 0)) / 10 ** 7)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         return MIN_TIMESTAMP
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_timestamp(value)
+
+
+def format_timestamp(value: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` with a 4-digit year (strftime drops leading zeros of year 1)."""
+    return f"{value.year:04d}-{value:%m-%dT%H:%M:%S.%f}Z"
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -161,7 +166,7 @@ class HostPluginClient:
         try:
             return str(json.loads(system.read_text(path) or "")["timestamp"])
         except (OSError, ValueError, KeyError, TypeError):
-            return datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            return format_timestamp(datetime.now(timezone.utc))
 
     def _not_supported(self) -> None:
         stopped = self._supports_vm_settings

@@ -95,6 +95,6 @@ class ImdsClient:
             self._last_healthy = now
         elif self._last_healthy is None:
             self._last_healthy = now
-        healthy = now - (self._last_healthy or now) < UNHEALTHY_AFTER
+        healthy = now - self._last_healthy < UNHEALTHY_AFTER
         return {"ObservationName": "InstanceMetadataHeartbeat", "IsHealthy": healthy, "Description": "",
                 "Value": ""}

@@ -19,8 +19,7 @@ from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.errors import AgentError, CommandError, ProtocolError
-from guestagent.osutil import dhcpclient, hostname, system, users
-from guestagent.osutil import distro as distros
+from guestagent.osutil import dhcpclient, distros, hostname, system, users
 
 LEASE_DIRS = ("/var/lib/dhclient", "/var/lib/dhcpcd", "/var/lib/dhcp")
 LEASE_FILES = ("/var/db/dhclient.leases.*", "/var/lib/NetworkManager/dhclient-*.lease", "/run/systemd/netif/leases/*")

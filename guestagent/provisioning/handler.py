@@ -17,8 +17,7 @@ from typing import Any, Callable, Optional
 
 from guestagent import events, log
 from guestagent.errors import AgentError, ProtocolError, ProvisionError
-from guestagent.osutil import distro as distros
-from guestagent.osutil import system
+from guestagent.osutil import distros, system
 from guestagent.provisioning import cloudinit, marker
 
 Detect = Callable[[Any, str], Any]

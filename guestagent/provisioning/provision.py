@@ -12,8 +12,7 @@ from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.errors import CommandError, CryptError, OSUtilError, ProvisionError
-from guestagent.osutil import distro as distros
-from guestagent.osutil import hostname, ssh, users
+from guestagent.osutil import distros, hostname, ssh, users
 from guestagent.provisioning import customdata
 from guestagent.provisioning.ovfenv import OvfEnv
 

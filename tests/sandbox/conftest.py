@@ -9,9 +9,6 @@ sandbox tests is an ext4 image attached at /dev/sr0.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -29,31 +26,12 @@ def make_fs_image(image: Union[str, os.PathLike], files: Mapping[str, FileData],
                   label: Optional[str] = None, size_kb: Optional[int] = None) -> Path:
     """Build a small file system image holding ``files`` ({relative path: content}); returns its path.
     ``fstype``: ext2, ext4 (mkfs.ext4 -d) or vfat (mkfs.vfat + mcopy; skips the test if absent)."""
-    image = Path(image)
-    total = sum(len(v) for v in files.values())
-    size_kb = size_kb or max(1024, 2 * total // 1024 + 512)
-    with tempfile.TemporaryDirectory(prefix="fsimage-") as staging:
-        for rel, data in files.items():
-            target = Path(staging) / rel.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data.encode() if isinstance(data, str) else data)
-        if fstype in ("ext2", "ext3", "ext4"):
-            argv = ["mkfs." + fstype, "-q", "-F", "-d", staging]
-            if label:
-                argv += ["-L", label]
-            subprocess.run([*argv, str(image), f"{size_kb}k"], check=True, capture_output=True)
-        elif fstype == "vfat":
-            if not (shutil.which("mkfs.vfat") and shutil.which("mcopy")):
-                pytest.skip("vfat images need mkfs.vfat (dosfstools) and mcopy (mtools)")
-            image.unlink(missing_ok=True)
-            argv = ["mkfs.vfat", "-C"] + (["-n", label] if label else []) + [str(image), str(size_kb)]
-            subprocess.run(argv, check=True, capture_output=True)
-            entries = [str(p) for p in Path(staging).iterdir()]
-            if entries:
-                subprocess.run(["mcopy", "-s", "-i", str(image), *entries, "::"], check=True, capture_output=True)
-        else:
-            raise ValueError(f"unsupported file system type {fstype!r}")
-    return image
+    from guestagent.lab.sandbox import SandboxUnavailable, build_image
+
+    try:
+        return build_image(image, files, fstype=fstype, label=label, size_kb=size_kb)
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture

@@ -30,23 +30,82 @@ class WALAEventOperation:
 
     ActivateResourceDisk = "ActivateResourceDisk"
     AgentDisabled = "AgentDisabled"
+    AgentEnabled = "AgentEnabled"
+    AgentMemory = "AgentMemory"
+    AgentUpgrade = "AgentUpgrade"
+    ArtifactsProfileBlob = "ArtifactsProfileBlob"
+    CGroupsCleanUp = "CGroupsCleanUp"
+    CGroupsDisabled = "CGroupsDisabled"
+    CGroupsInfo = "CGroupsInfo"
+    CloudInit = "CloudInit"
+    CollectEventErrors = "CollectEventErrors"
+    CollectEventUnicodeErrors = "CollectEventUnicodeErrors"
     ConfigurationChange = "ConfigurationChange"
+    CustomData = "CustomData"
+    DefaultChannelChange = "DefaultChannelChange"
     Deploy = "Deploy"
+    Disable = "Disable"
+    Downgrade = "Downgrade"
     Download = "Download"
     Enable = "Enable"
+    ExtensionHandlerManifest = "ExtensionHandlerManifest"
+    ExtensionPolicy = "ExtensionPolicy"
+    ExtensionProcessing = "ExtensionProcessing"
+    ExtensionResourceGovernance = "ExtensionResourceGovernance"
+    ExtensionTelemetryEventProcessing = "ExtensionTelemetryEventProcessing"
+    FetchGoalState = "FetchGoalState"
     Firewall = "Firewall"
+    GoalState = "GoalState"
+    GoalStateCertificates = "GoalStateCertificates"
+    GoalStateUnsupportedFeatures = "GoalStateUnsupportedFeatures"
+    HealthCheck = "HealthCheck"
+    HealthObservation = "HealthObservation"
     HeartBeat = "HeartBeat"
+    HostnamePublishing = "HostnamePublishing"
     HostPlugin = "HostPlugin"
+    HostPluginHeartbeat = "HostPluginHeartbeat"
+    HostPluginHeartbeatExtended = "HostPluginHeartbeatExtended"
     HttpErrors = "HttpErrors"
+    HttpGet = "HttpGet"
+    ImdsHeartbeat = "ImdsHeartbeat"
     Install = "Install"
+    InitializeHostPlugin = "InitializeHostPlugin"
+    Log = "Log"
+    LogCollection = "LogCollection"
+    NoExec = "NoExec"
     OSInfo = "OSInfo"
-    Partition = "Partition"
-    ProcessGoalState = "ProcessGoalState"
+    OpenSsl = "OpenSsl"
+    PersistFirewallRules = "PersistFirewallRules"
+    Policy = "Policy"
+    ProvisionAfterExtensions = "ProvisionAfterExtensions"
+    PluginSettingsVersionMismatch = "PluginSettingsVersionMismatch"
+    InvalidExtensionConfig = "InvalidExtensionConfig"
+    ProtocolEndpoint = "ProtocolEndpoint"
     Provision = "Provision"
+    ProvisionGuestAgent = "ProvisionGuestAgent"
+    RemoteAccessHandling = "RemoteAccessHandling"
+    ReportEventErrors = "ReportEventErrors"
+    ReportEventUnicodeErrors = "ReportEventUnicodeErrors"
     ReportStatus = "ReportStatus"
+    ReportStatusExtended = "ReportStatusExtended"
+    RequestedStateDisabled = "RequestedStateDisabled"
+    RequestedVersionMismatch = "RequestedVersionMismatch"
+    ResetFirewall = "ResetFirewall"
     Restart = "Restart"
+    SignatureValidation = "SignatureValidation"
+    ExtensionSigned = "ExtensionSigned"
+    PackageSignatureResult = "PackageSignatureResult"
+    PackageSigningInfoResult = "PackageSigningInfoResult"
+    SetCGroupsLimits = "SetCGroupsLimits"
+    SkipUpdate = "SkipUpdate"
+    StatusProcessing = "StatusProcessing"
     UnhandledError = "UnhandledError"
+    UnInstall = "UnInstall"
     Unknown = "Unknown"
+    Update = "Update"
+    VmSettings = "VmSettings"
+    VmSettingsSummary = "VmSettingsSummary"
+    Partition = "Partition"
 
 
 @dataclass
@@ -68,6 +127,41 @@ class CommonFields:
 common = CommonFields()
 _lock = threading.Lock()
 _last_name = 0
+_default_lib_dir = "/var/lib/waagent"
+_periodic: dict[tuple, float] = {}
+EVENT_STATUS_FILE = "event_status.json"
+#: Upstream's event ids (01 §11.2).
+EXTENSION_EVENT_ID = 1
+METRIC_EVENT_ID = 4
+LOG_EVENT_ID = 7
+
+
+def set_lib_dir(lib_dir: str) -> None:
+    """The events directory used when a caller gives no ``lib_dir`` (set once by the daemon/child)."""
+    global _default_lib_dir
+    _default_lib_dir = lib_dir
+
+
+def update_common_from_goal_state(goal_state: Any) -> None:
+    """ContainerId, RoleInstanceName (goal state), TenantName = deployment name, RoleName (HostingEnvironmentConfig)."""
+    env = getattr(goal_state, "hosting_env", None)
+    values = {"container_id": getattr(goal_state, "container_id", None),
+              "role_instance_name": getattr(goal_state, "role_instance_id", None),
+              "tenant_name": getattr(env, "deployment_name", None),
+              "role_name": getattr(env, "role_name", None)}
+    for attr, value in values.items():
+        if value:
+            setattr(common, attr, str(value))
+
+
+def update_common_from_imds(compute: Any) -> None:
+    for attr in ("location", "subscription_id", "resource_group_name", "vm_id"):
+        value = getattr(compute, attr, None)
+        if value:
+            setattr(common, attr, str(value))
+    origin = getattr(compute, "image_origin", None)
+    if isinstance(origin, int):
+        common.image_origin = origin
 
 
 def _os_version() -> str:
@@ -82,15 +176,21 @@ def _ram_mb() -> int:
         return 0
 
 
-def common_parameters(timestamp: Optional[float] = None) -> list[dict[str, Any]]:
-    ts = log.timestamp(timestamp)
+def per_event_parameters(timestamp: Optional[float] = None) -> list[dict[str, Any]]:
+    """GAVersion … TaskName: the part of the common set that changes with every event."""
     return [
         {"name": "GAVersion", "value": AGENT_LONG_NAME},
         {"name": "ContainerId", "value": common.container_id},
-        {"name": "OpcodeName", "value": ts},
+        {"name": "OpcodeName", "value": log.timestamp(timestamp)},
         {"name": "EventTid", "value": threading.get_ident() & 0xFFFFFFFF},
         {"name": "EventPid", "value": os.getpid()},
         {"name": "TaskName", "value": threading.current_thread().name},
+    ]
+
+
+def process_parameters() -> list[dict[str, Any]]:
+    """OSVersion … ImageOrigin: the part of the common set that is constant for the process."""
+    return [
         {"name": "OSVersion", "value": _os_version()},
         {"name": "ExecutionMode", "value": "IAAS"},
         {"name": "RAM", "value": _ram_mb()},
@@ -107,37 +207,124 @@ def common_parameters(timestamp: Optional[float] = None) -> list[dict[str, Any]]
     ]
 
 
-def _event_dir(lib_dir: str) -> str:
-    return os.path.join(lib_dir, "events")
+def common_parameters(timestamp: Optional[float] = None, *, event_id: int = EXTENSION_EVENT_ID,
+                      provider_id: str = PROVIDER_ID, file_type: str = "") -> list[dict[str, Any]]:
+    """The full common set in upstream's order; ExtensionType/IsInternal only for GuestAgentExtensionEvents."""
+    params = per_event_parameters(timestamp)
+    if event_id == EXTENSION_EVENT_ID and provider_id == PROVIDER_ID:
+        params += [{"name": "ExtensionType", "value": file_type}, {"name": "IsInternal", "value": False}]
+    return params + process_parameters()
+
+
+def _event_dir(lib_dir: Optional[str]) -> str:
+    return os.path.join(lib_dir or _default_lib_dir, "events")
+
+
+def event_dir(lib_dir: Optional[str] = None) -> str:
+    return _event_dir(lib_dir)
 
 
 def add_event(op: str, *, is_success: bool = True, message: str = "", duration: int = 0,
               name: str = AGENT_NAME, version: str = AGENT_VERSION, log_event: bool = True,
-              lib_dir: str = "/var/lib/waagent") -> None:
+              lib_dir: Optional[str] = None) -> None:
     """Write a GuestAgentExtensionEvents event (provider 69B669B9…, id 1). Never raises."""
-    message = log.redact(message)
+    message = log.redact(str(message))
     if not is_success and log_event:
         log.error("Event: name={0}, op={1}, message={2}, duration={3}", name, op, message, duration)
     params = [
-        {"name": "Name", "value": name},
+        {"name": "Name", "value": str(name)},
         {"name": "Version", "value": str(version)},
-        {"name": "Operation", "value": op},
+        {"name": "Operation", "value": str(op)},
         {"name": "OperationSuccess", "value": bool(is_success)},
         {"name": "Message", "value": message},
         {"name": "Duration", "value": int(duration)},
-        *common_parameters()[:6],
-        {"name": "ExtensionType", "value": ""},
-        {"name": "IsInternal", "value": False},
-        *common_parameters()[6:],
+        *common_parameters(),
     ]
+    _save({"eventId": EXTENSION_EVENT_ID, "providerId": PROVIDER_ID, "parameters": params, "file_type": ""},
+          lib_dir)
+
+
+def add_periodic(delta: float, op: str, *, is_success: bool = True, message: str = "", duration: int = 0,
+                 name: str = AGENT_NAME, version: str = AGENT_VERSION, log_event: bool = True,
+                 lib_dir: Optional[str] = None, force: bool = False) -> bool:
+    """add_event at most once per ``delta`` seconds for the same (name, op, success, message); the
+    registry is cleared with the periodic log messages (every 12 h). Returns whether it was written."""
+    key = (name, op, bool(is_success), message)
+    now = time.monotonic()
+    with _lock:
+        last = _periodic.get(key)
+        if not force and last is not None and now - last < delta:
+            return False
+        _periodic[key] = now
+    add_event(op, is_success=is_success, message=message, duration=duration, name=name, version=version,
+              log_event=log_event, lib_dir=lib_dir)
+    return True
+
+
+def reset_periodic() -> None:
+    with _lock:
+        _periodic.clear()
+
+
+def add_metric(category: str, counter: str, instance: str, value: float, *, log_event: bool = False,
+               lib_dir: Optional[str] = None) -> None:
+    """A GuestAgentPerfCounterEvents event (provider 69B669B9…, id 4)."""
+    if log_event:
+        log.info("Metric {0}/{1} [{2}] = {3}", category, counter, instance, value)
+    params = [{"name": "Category", "value": str(category)}, {"name": "Counter", "value": str(counter)},
+              {"name": "Instance", "value": str(instance)}, {"name": "Value", "value": float(value)},
+              *common_parameters(event_id=METRIC_EVENT_ID)]
+    _save({"eventId": METRIC_EVENT_ID, "providerId": PROVIDER_ID, "parameters": params, "file_type": ""}, lib_dir)
+
+
+def add_log_event(level: str, message: str, *, lib_dir: Optional[str] = None) -> None:
+    """A GuestAgentGenericLogs event (provider FFF0196F…, id 7), EventName ``Log``."""
+    params = [{"name": "EventName", "value": WALAEventOperation.Log}, {"name": "CapabilityUsed", "value": level},
+              {"name": "Context1", "value": log.redact(str(message))}, {"name": "Context2", "value": log.timestamp()},
+              {"name": "Context3", "value": ""},
+              *common_parameters(event_id=LOG_EVENT_ID, provider_id=LOG_PROVIDER_ID)]
+    _save({"eventId": LOG_EVENT_ID, "providerId": LOG_PROVIDER_ID, "parameters": params, "file_type": ""}, lib_dir)
+
+
+# --- ReportStatus de-duplication (06 §9.1) ----------------------------------------------------------------
+def _status_path(lib_dir: Optional[str]) -> str:
+    return os.path.join(lib_dir or _default_lib_dir, EVENT_STATUS_FILE)
+
+
+def _load_status(lib_dir: Optional[str]) -> dict[str, bool]:
     try:
-        write_event_file({"eventId": 1, "providerId": PROVIDER_ID, "parameters": params, "file_type": ""},
-                         lib_dir)
+        data = json.loads(system.read_text(_status_path(lib_dir), default="{}") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return {str(k): bool(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def should_emit_event(name: str, version: str, op: str, status: bool, *, lib_dir: Optional[str] = None) -> bool:
+    """ReportStatus events are emitted only when their success value changes for (name, version, op)."""
+    key = f"{name}-{version}-{op}"
+    statuses = _load_status(lib_dir)
+    return key not in statuses or statuses[key] != bool(status)
+
+
+def mark_event_status(name: str, version: str, op: str, status: bool, *, lib_dir: Optional[str] = None) -> None:
+    statuses = _load_status(lib_dir)
+    statuses[f"{name}-{version}-{op}"] = bool(status)
+    try:
+        system.write_file(_status_path(lib_dir), json.dumps(statuses), fsync=False)
     except OSError as e:
-        log.periodic(3600, log.WARNING, "Failed to write event: {0}", e)
+        log.periodic(3600, log.WARNING, "Failed to save the event status: {0}", e)
 
 
-def write_event_file(event: dict[str, Any], lib_dir: str) -> str:
+# --- the files ------------------------------------------------------------------------------------------
+def _save(event: dict[str, Any], lib_dir: Optional[str]) -> None:
+    try:
+        write_event_file(event, lib_dir or _default_lib_dir)
+    except (OSError, TypeError, ValueError) as e:
+        log.periodic(900, log.WARNING, "[PERIODIC] Failed to write event: {0}", e)
+
+
+def write_event_file(event: dict[str, Any], lib_dir: str, suffix: str = ".waagent.tld") -> str:
+    """Write one event atomically; keep at most MAX_EVENT_FILES files (the oldest by name go first)."""
     global _last_name
     directory = system.mkdir(_event_dir(lib_dir), mode=0o700)
     existing = sorted(n for n in os.listdir(directory) if n.endswith(".tld"))
@@ -147,8 +334,10 @@ def write_event_file(event: dict[str, Any], lib_dir: str) -> str:
         stamp = max(int(time.time() * 1_000_000), _last_name + 1)
         _last_name = stamp
     tmp = directory / f"{stamp}.tmp"
-    final = directory / f"{stamp}.waagent.tld"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(event, f)
+    final = directory / f"{stamp}{suffix}"
+    data = json.dumps(event, ensure_ascii=False).encode("utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, final)
     return str(final)

@@ -166,10 +166,10 @@ def parse_handler_manifest(text: str) -> HandlerManifest:
 
 
 def load_handler_manifest(path: str) -> HandlerManifest:
-    from guestagent.osutil import system
+    from guestagent.exthandler.extensions.state import read_optional
 
     try:
-        text = system.read_text(path, errors="replace")
+        text = read_optional(path)
     except OSError as e:
         raise ExtensionError(f"Failed to load HandlerManifest.json: {e}", code=CODE_MANIFEST_NOT_FOUND) from None
     if text is None:

@@ -40,7 +40,7 @@ def reply(options: bytes, xid=XID, mac=MAC, cookie=dhcp.MAGIC_COOKIE) -> bytes:
 
 
 OPTS = (b"\x35\x01\x02" + b"\x03\x04\x0a\x00\x00\x01" + b"\xf5\x04\xa8\x3f\x81\x10"
-        + b"\xf9\x0d" + b"\x00\x0a\x00\x00\x01" + b"\x20\xa8\x3f\x81\x10\x0a\x00\x00\x01"
+        + b"\xf9\x0e" + b"\x00\x0a\x00\x00\x01" + b"\x20\xa8\x3f\x81\x10\x0a\x00\x00\x01"
         + b"\x2b\x02\xff\xff")
 
 
@@ -170,7 +170,8 @@ def test_helper_gives_up_after_five_tries(tmp_root):
     (tmp_root / "sys/class/net/eth0").mkdir(parents=True)
     (tmp_root / "sys/class/net/eth0/address").write_text("00:0d:3a:11:22:33\n")
     (tmp_root / "proc/net").mkdir(parents=True)
-    (tmp_root / "proc/net/route").write_text("Iface\n")
+    (tmp_root / "proc/net/route").write_text(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\neth0\t00000000\t0100000A\t0003\t0\t0\t0\n")
     sleeps = []
 
     def fail(request):
@@ -179,7 +180,7 @@ def test_helper_gives_up_after_five_tries(tmp_root):
     h = dhcp.DhcpHelper(run=FakeRun("default via 10.0.0.1\n"), sleep=sleeps.append, exchange_fn=fail,
                         distro=("x", "1"))
     h.skip_cache = True
-    with pytest.raises(DhcpError, match="Failed to receive dhcp response."):
+    with pytest.raises(DhcpError, match=r"Failed to receive dhcp response\."):
         h.send_discover()
     assert sleeps == [0, 10, 30, 60, 60]
 
@@ -214,15 +215,15 @@ def test_detection_retries_then_writes(tmp_root):
 
     def probe(ip):
         probes.append(ip)
-        if len(probes) < 3:
+        if len(probes) < 2:
             raise ProtocolError("down")
         return "proto"
 
     d = FakeDhcp([None, "10.0.0.1", "10.0.0.2"])
     assert endpoint.detect(None, LIB, probe, sleep=sleeps.append, dhcp=d) == "proto"
-    assert probes == ["10.0.0.1", "10.0.0.2"] or probes == ["10.0.0.1", "10.0.0.2", "10.0.0.2"]
-    assert sleeps == [10.0] * (len(d.skips) - 1) and d.skips[1:] == [True] * (len(d.skips) - 1)
-    assert endpoint.read_endpoint(LIB) in ("10.0.0.2",)
+    assert probes == ["10.0.0.1", "10.0.0.2"]
+    assert sleeps == [10.0, 10.0] and d.skips == [False, True, True]
+    assert endpoint.read_endpoint(LIB) == "10.0.0.2"
 
 
 def test_detection_exhausted(tmp_root):
@@ -230,7 +231,7 @@ def test_detection_exhausted(tmp_root):
         raise ProtocolError("down")
 
     sleeps = []
-    with pytest.raises(ProtocolNotFoundError, match="No protocol found."):
+    with pytest.raises(ProtocolNotFoundError, match=r"No protocol found\."):
         endpoint.detect(None, LIB, probe, sleep=sleeps.append, attempts=4, endpoint_ip="127.0.0.1")
     assert sleeps == [10.0] * 3 and not endpoint.protocol_file_present(LIB)
     assert endpoint.DETECT_ATTEMPTS == 360

@@ -24,6 +24,13 @@ REPO = Path(__file__).resolve().parents[3]
 CACHE = Path(os.environ.get("GUESTAGENT_VM_CACHE", "/var/tmp/guestagent-vm"))
 GUEST_PYTHON = (3, 11)  # Debian bookworm's python3
 
+DEPS_SH = r"""
+set -eu
+W=/var/tmp/guestagent-install
+python3 -m pip install -q --no-index --break-system-packages --root-user-action=ignore "$W"/*.whl
+rm -rf "$W"
+"""
+
 INSTALL_SH = r"""
 set -eu
 W=/var/tmp/guestagent-install
@@ -87,42 +94,64 @@ def build_wheels(dest: Path) -> list:
     return wheels
 
 
-def agent_image(base: Path, force: bool = False) -> Path:
-    """The agent layer for the current sources (qcow2 backed by base/base.qcow2), built if missing."""
-    key = f"{base.name}-{source_key()}"
-    out = CACHE / f"agent-{key}.qcow2"
-    if out.exists() and not force:
-        return out
+def _layer(backing: Path, out: Path, base: Path, files: dict, script: str, what: str) -> Path:
+    """Boot an overlay of ``backing``, copy ``files`` (guest path → bytes) in, run ``script``, power
+    off, keep the overlay as ``out``."""
     t0 = time.monotonic()
-    work = CACHE / f".agent-build-{os.getpid()}"
+    work = CACHE / f".layer-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
+    m = Machine(MachineConfig(image_dir=base, disk=backing, work=work, cpus=2, timeout=600))
     try:
-        wheels = build_wheels(work / "wheels")
-        log(f"wheels: {', '.join(w.name for w in wheels)}")
-        m = Machine(MachineConfig(image_dir=base, disk=base / "base.qcow2", work=work / "vm", cpus=2, timeout=600))
-        try:
-            m.boot()
-            stage = "/var/tmp/guestagent-install"
-            m.run(["mkdir", "-p", stage])
-            for w in wheels:
-                m.write(f"{stage}/{w.name}", w.read_bytes())
-            for src, name in PACKAGED:
-                m.write(f"{stage}/{name}", (REPO / src).read_bytes())
-            res = m.run(INSTALL_SH, timeout=300)
-            log(f"agent installed in the guest: {res.out.strip()}")
-            m.poweroff()
-        except Exception:
-            log(f"agent layer build failed; console:\n{m.console_tail(40)}")
-            raise
-        finally:
-            m.destroy()
-        for old in CACHE.glob(f"agent-{base.name}-*.qcow2"):
-            old.unlink()
-        for old in CACHE.glob("agent-*.qcow2"):
-            if not old.name.startswith(f"agent-{base.name}-"):
-                old.unlink()  # built on a base that no longer exists
+        m.boot()
+        m.run(["mkdir", "-p", "/var/tmp/guestagent-install"])
+        for path, data in files.items():
+            m.write(path, data)
+        res = m.run(script, timeout=400)
+        m.poweroff()
         os.replace(m.overlay, out)
-        log(f"agent layer {out.name} built in {time.monotonic() - t0:.0f}s")
+        log(f"{what} layer {out.name} built in {time.monotonic() - t0:.0f}s {res.out.strip()}")
         return out
+    except Exception:
+        log(f"{what} layer build failed; console:\n{m.console_tail(40)}")
+        raise
     finally:
+        m.destroy()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def agent_image(base: Path, force: bool = False) -> Path:
+    """The agent layer for the current sources, built if missing. Two qcow2 layers on the base: the
+    dependency wheels (rebuilt only when they change) and, on top, the project's wheel + unit + conf."""
+    import fcntl
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".agent-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions build one layer at a time
+        key = f"{base.name}-{source_key()}"
+        out = CACHE / f"agent-{key}.qcow2"
+        if out.exists() and not force:
+            return out
+        wdir = CACHE / f".wheels-{os.getpid()}"
+        shutil.rmtree(wdir, ignore_errors=True)
+        try:
+            wheels = build_wheels(wdir)
+            own = [w for w in wheels if w.name.startswith("guestagent-")]
+            deps = [w for w in wheels if w not in own]
+            log(f"wheels: {', '.join(w.name for w in wheels)}")
+            stage = "/var/tmp/guestagent-install"
+            dkey = hashlib.sha256("\n".join(w.name for w in deps).encode()).hexdigest()[:12]
+            deps_layer = CACHE / f"deps-{base.name}-{dkey}.qcow2"
+            if not deps_layer.exists() or force:
+                _layer(base / "base.qcow2", deps_layer, base, {f"{stage}/{w.name}": w.read_bytes() for w in deps},
+                       DEPS_SH, "dependency")
+            files = {f"{stage}/{w.name}": w.read_bytes() for w in own}
+            files.update({f"{stage}/{name}": (REPO / src).read_bytes() for src, name in PACKAGED})
+            for old in CACHE.glob("agent-*.qcow2"):
+                old.unlink()  # one agent layer at a time: sources change all the time
+            _layer(deps_layer, out, base, files, INSTALL_SH, "agent")
+            for old in CACHE.glob("deps-*.qcow2"):
+                if old != deps_layer:
+                    old.unlink()
+            return out
+        finally:
+            shutil.rmtree(wdir, ignore_errors=True)

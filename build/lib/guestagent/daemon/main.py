@@ -99,8 +99,12 @@ class Daemon:
         return "daemon" in cmdline
 
     def _body(self) -> None:
+        from guestagent.daemon import resourcedisk, scvmm
         from guestagent.provisioning.handler import provision
 
+        if scvmm.detect_and_handover(self.config):
+            return  # the VMM agent took over: the daemon exits 0 (05 §8)
+        resourcedisk.activate(self.config)
         for name in ("Protocol", "WireServerEndpoint"):
             system.remove(os.path.join(self.lib_dir, name))
         provision(self.config)

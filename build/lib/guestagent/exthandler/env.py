@@ -1,9 +1,122 @@
-"""EnvHandler thread: the VM's housekeeping duties (spec 05 §10, 06 §6.2)."""
+"""EnvHandler thread: the VM's housekeeping duties (spec 05 §10, 06 §6.2).
+
+Upstream's operations, each with its own period: persistent net rules removal, DHCP client restart
+monitor, WireServer firewall check (first run = start-up set-up and persistence), SCSI disk timeout,
+hostname monitor. 2.15 has no separate cache-purge timer: goal-state history is purged where it is
+written (03 §7). RDMA is the daemon's business (05 §8), not this thread's.
+"""
 
 from __future__ import annotations
 
+import socket
+from typing import Callable, Optional
+
+from guestagent import log
 from guestagent.periodic import Operation
+
+HOSTNAME_PUBLISHING_OP = "HostnamePublishing"
+
+
+class MonitorHostNameChanges:
+    """Notice a hostname change (``hostname x``, ``hostnamectl``) and publish it through DHCP."""
+
+    def __init__(self, config, lib_dir: str, distro=None, gethostname: Callable[[], str] = socket.gethostname,
+                 publish: Optional[Callable[[str], None]] = None):
+        from guestagent.osutil import distros
+        from guestagent.osutil import hostname
+
+        self.config = config
+        self.lib_dir = lib_dir
+        self.distro = distro or distros.detect()
+        self.gethostname = gethostname
+        self._publish = publish
+        self.hostname = hostname.get_hostname_record(lib_dir)
+        self.changes = 0
+
+    def publish(self, name: str) -> None:
+        from guestagent.osutil import hostname
+
+        if self._publish is not None:
+            self._publish(name)
+        else:
+            hostname.publish_hostname(name, self.distro, self.lib_dir)
+
+    def __call__(self) -> None:
+        from guestagent import events
+        from guestagent.osutil import hostname
+
+        current = self.gethostname()
+        if current == self.hostname:
+            return
+        log.info("EnvMonitor: Detected hostname change: {0} -> {1}", self.hostname, current)
+        self.changes += 1
+        hostname.set_hostname(current, self.distro)
+        try:
+            self.publish(current)
+        except Exception as e:
+            events.add_event(HOSTNAME_PUBLISHING_OP, is_success=False, message=f"Error while publishing the hostname: "
+                             f"{e}", log_event=False, lib_dir=self.lib_dir)
+        self.hostname = current
+
+
+def rdma_report(config, lib_dir: str) -> Optional[str]:
+    """OS.EnableRDMA / UpdateRdmaDriver / CheckRdmaDriver: say plainly what this agent does (it detects
+    RDMA hardware but does not configure it) instead of pretending. None when RDMA is not enabled."""
+    if not config.get("OS.EnableRDMA") and not config.get("OS.UpdateRdmaDriver"):
+        return None
+    from guestagent import events
+    from guestagent.osutil import system
+
+    found = [p for p in ("/dev/hvnd_rdma", "/sys/class/infiniband") if system.exists(p)]
+    message = (f"RDMA is enabled in the configuration; devices present: {found or 'none'}. This agent does not "
+               "configure RDMA devices or drivers (see docs/housekeeping.md)")
+    log.warn("{0}", message)
+    events.add_event("RDMA", is_success=not found, message=message, log_event=False, lib_dir=lib_dir)
+    return message
+
+
+def _endpoint(ctx) -> str:
+    endpoint = getattr(ctx.protocol, "endpoint", None)
+    if endpoint:
+        return endpoint
+    from guestagent.protocol import endpoint as ep
+
+    return ep.read_endpoint(ctx.lib_dir)
 
 
 def operations(ctx) -> list[Operation]:
-    return []
+    from guestagent.exthandler.firewall import EnableFirewall, initialize_firewall
+    from guestagent.osutil import dhcpmonitor, netrules, scsi
+    from guestagent.osutil import distros
+
+    config = ctx.config
+    distro = distros.detect()
+    rdma_report(config, ctx.lib_dir)
+    ops: list[Operation] = []
+
+    def remove_rules() -> None:
+        if netrules.applies_to(distro.name):
+            netrules.remove_rules_files(ctx.lib_dir)
+
+    ops.append(Operation("RemovePersistentNetworkRules", remove_rules,
+                         float(config.get("OS.RemovePersistentNetRulesPeriod") or 30)))
+
+    monitor = dhcpmonitor.DhcpClientMonitor(distro.dhcp_pid_command)
+    ops.append(Operation("MonitorDhcpClientRestart", monitor.check,
+                         float(config.get("OS.MonitorDhcpClientRestartPeriod") or 30)))
+
+    if config.get("OS.EnableFirewall"):
+        ops.append(Operation("EnableFirewall", EnableFirewall(config, lambda: _endpoint(ctx)),
+                             float(config.get("OS.EnableFirewallPeriod") or 300)))
+    else:
+        initialize_firewall(config, "")  # logs and reports that the firewall is skipped
+
+    timeout = config.get("OS.RootDeviceScsiTimeout")
+    if timeout is not None:
+        ops.append(Operation("SetRootDeviceScsiTimeout", lambda: scsi.set_scsi_disks_timeout(str(timeout)),
+                             float(config.get("OS.RootDeviceScsiTimeoutPeriod") or 30)))
+
+    if config.get("Provisioning.MonitorHostName"):
+        ops.append(Operation("MonitorHostNameChanges", MonitorHostNameChanges(config, ctx.lib_dir, distro),
+                             float(config.get("Provisioning.MonitorHostNamePeriod") or 30)))
+    return ops

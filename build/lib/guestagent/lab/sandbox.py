@@ -162,12 +162,12 @@ def _keeper_main() -> None:
             os._exit(1)
         work = Path(cfg["base"]) / f"{WORKDIR_PREFIX}{os.getpid()}"
         work.mkdir(mode=0o700)
-    except Exception as e:  # noqa: BLE001 - reported to the parent verbatim
+    except Exception as e:
         _reply(ctl, {"error": f"{type(e).__name__}: {e}"})
         os._exit(1)
     try:
         init_pid = _build(cfg, work)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         _reply(ctl, {"error": f"{type(e).__name__}: {e}"})
         _keeper_cleanup(work)
         os._exit(1)
@@ -375,6 +375,44 @@ def _loop_release(n: int, fd: int) -> None:
     os.close(fd)
 
 
+def build_image(image: PathLike, files: Mapping[str, Union[str, bytes]], *, fstype: str = "ext4",
+                label: Optional[str] = None, size_kb: Optional[int] = None) -> Path:
+    """Build a small file system image holding ``files`` ({relative path: content}) without mounting
+    anything: ext2/3/4 with ``mkfs.<type> -d <dir>`` (e2fsprogs >= 1.43), vfat with ``mkfs.vfat`` and
+    ``mcopy`` (mtools). Raises :class:`SandboxUnavailable` when the tools are missing."""
+    import tempfile
+
+    image = Path(image)
+    total = sum(len(v) for v in files.values())
+    size_kb = size_kb or max(1024, 2 * total // 1024 + 512)
+    with tempfile.TemporaryDirectory(prefix="guestagent-image-") as staging:
+        for rel, data in files.items():
+            target = Path(staging) / rel.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data.encode() if isinstance(data, str) else data)
+        if fstype in ("ext2", "ext3", "ext4"):
+            if not shutil.which("mkfs." + fstype):
+                raise SandboxUnavailable(f"{fstype} images need mkfs.{fstype} (e2fsprogs)")
+            argv = ["mkfs." + fstype, "-q", "-F", "-d", staging] + (["-L", label] if label else [])
+            argv += [str(image), f"{size_kb}k"]
+            argvs = [argv]
+        elif fstype == "vfat":
+            if not (shutil.which("mkfs.vfat") and shutil.which("mcopy")):
+                raise SandboxUnavailable("vfat images need mkfs.vfat (dosfstools) and mcopy (mtools)")
+            image.unlink(missing_ok=True)
+            argvs = [["mkfs.vfat", "-C", *(["-n", label] if label else []), str(image), str(size_kb)]]
+            entries = [str(p) for p in Path(staging).iterdir()]
+            if entries:
+                argvs.append(["mcopy", "-s", "-i", str(image), *entries, "::"])
+        else:
+            raise ValueError(f"unsupported file system type {fstype!r}")
+        for argv in argvs:
+            res = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                raise SandboxError(f"{argv[0]} failed: {res.stderr.strip()}")
+    return image
+
+
 def sweep_stale(base: Optional[PathLike] = None) -> list[str]:
     """Remove empty work directories whose keeper died without cleaning up (it was SIGKILLed)."""
     removed = []
@@ -469,7 +507,7 @@ class Sandbox:
             pass
 
     # -- context manager
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self
 
     def __exit__(self, *exc: Any) -> None:

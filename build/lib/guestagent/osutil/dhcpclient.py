@@ -1,6 +1,6 @@
 """Telling the DHCP client which hostname to send, and bouncing the interface so it does (05 §6, §18).
 
-Three publish paths, chosen by :class:`~guestagent.osutil.distro.Distro`: dhclient.conf + ifupdown
+Three publish paths, chosen by :class:`~guestagent.osutil.distros.Distro`: dhclient.conf + ifupdown
 (Debian, default), systemd-networkd restart (Ubuntu >= 18.04), ifcfg ``DHCP_HOSTNAME`` + NetworkManager
 / ``ip link`` (RHEL >= 7).
 """
@@ -14,8 +14,7 @@ from typing import Callable, Optional
 
 from guestagent import log
 from guestagent.errors import CommandError
-from guestagent.osutil import distro as distros
-from guestagent.osutil import system
+from guestagent.osutil import distros, system
 
 DHCLIENT_FILES = ("/etc/dhcp/dhclient.conf", "/etc/dhcp3/dhclient.conf", "/etc/dhclient.conf")
 # Upstream's pattern, literal "<hostname>" included: an uncommented send host-name that sends the

@@ -137,7 +137,7 @@ def hash_password(password: str, crypt_id: str = DEFAULT_CRYPT_ID, salt_len: int
     crypt_id = str(crypt_id).strip()
     if crypt_id not in SUPPORTED_CRYPT_IDS:
         raise PasswordCryptError(f"Provisioning.PasswordCryptId={crypt_id!r} is not supported; "
-                             f"use one of {', '.join(SUPPORTED_CRYPT_IDS)} (1 = MD5, 5 = SHA-256, 6 = SHA-512)")
+                                 f"use one of {', '.join(SUPPORTED_CRYPT_IDS)} (1 = MD5, 5 = SHA-256, 6 = SHA-512)")
     if salt is None:
         if not isinstance(salt_len, int) or salt_len < 1:
             raise PasswordCryptError(f"Provisioning.PasswordCryptSaltLength={salt_len!r} must be a positive integer")

@@ -359,7 +359,8 @@ class HttpClient:
     """Holds what varies per process: proxy settings, the sleep function (tests inject a fast one)."""
 
     def __init__(self, proxy_host: Optional[str] = None, proxy_port: Optional[Union[str, int]] = None,
-                 sleep: Optional[Sleep] = None, allow_http: bool = False):
+                 sleep: Optional[Sleep] = None, allow_http: bool = False, timeout: float = DEFAULT_TIMEOUT):
+        self.timeout = timeout
         self.proxy_host = proxy_host
         self.proxy_port = proxy_port
         self.sleep: Sleep = sleep or time.sleep
@@ -368,10 +369,11 @@ class HttpClient:
     def request(self, method: str, url: str, body: Union[bytes, str, None] = None,
                 headers: Optional[Mapping[str, str]] = None, *, use_proxy: bool = False,
                 max_retry: Optional[int] = None, retry_codes: tuple[int, ...] = RETRY_CODES,
-                retry_delay: float = 1.0, throttle_delay: float = 1.0, timeout: float = DEFAULT_TIMEOUT,
+                retry_delay: float = 1.0, throttle_delay: float = 1.0, timeout: Optional[float] = None,
                 max_body: int = MAX_BODY) -> Response:
         """Send with upstream's retry policy; returns any non-retried response, raises HttpError at the end."""
         data = body.encode("utf-8") if isinstance(body, str) else body
+        timeout = self.timeout if timeout is None else timeout
         max_retry = DEFAULT_MAX_RETRY if max_retry is None else max(1, max_retry)
         proxy = select_proxy(url, self.proxy_host, self.proxy_port) if use_proxy else None
         throttled = False

@@ -10,7 +10,7 @@ import json
 from typing import Any, Callable, Mapping, Optional
 
 from guestagent import log
-from guestagent.errors import HttpError, ProtocolError, ProtocolNotFoundError, ResourceGoneError
+from guestagent.errors import HttpError, ProtocolError, ProtocolNotFoundError, ResourceGoneError, XmlError
 from guestagent.protocol import xml
 from guestagent.protocol.http import HttpClient, Response
 from guestagent.version import AGENT_NAME, PROTOCOL_VERSION
@@ -109,7 +109,10 @@ class WireClient:
     # --- versions (01 §3) ---------------------------------------------------------------------------------
     def check_versions(self) -> list[str]:
         text = self._call("GET", f"{self.base_url}/?comp=versions").text()
-        root = xml.parse(text, what="Versions document")
+        try:
+            root = xml.parse(text, what="Versions document")
+        except XmlError as e:
+            raise ProtocolError("Fetched an invalid versions document", e) from None
         preferred = xml.findtext(xml.find(root, "Preferred"), "Version")
         supported = [xml.text(v) or "" for v in xml.findall(xml.find(root, "Supported"), "Version")]
         log.info("Fabric preferred wire protocol version:{0}", preferred)
@@ -124,7 +127,10 @@ class WireClient:
         url = f"{self.base_url}/machine/?comp=goalstate"
         for attempt in range(ROLE_INSTANCE_RETRIES):
             text = self.fetch(url)
-            root = xml.parse(text, what="Goal state")
+            try:
+                root = xml.parse(text, what="Goal state")
+            except XmlError as e:
+                raise ProtocolError("Fetched an invalid goal state", e) from None
             if xml.find(root, "RoleInstance") is not None:
                 return text
             log.verbose("Goal state has no RoleInstance (attempt {0})", attempt + 1)

@@ -1,27 +1,232 @@
-"""Daemon step "provisioning" (spec 06 §3 body step 4, spec 05 §3).
+"""Daemon step "provisioning" (spec 06 §3 body step 4, spec 05 §3): handler choice, marker, health.
 
-First version: the ``Provisioning.Agent=disabled`` path (detect the protocol, write the provisioned
-marker, report Ready). The provisioning work extends this module behind the same signature.
+``Provisioning.Agent``: ``auto`` → cloud-init's handler when cloud-init is enabled, else ours;
+``cloud-init``; ``waagent``; anything else (``disabled``) → detect the protocol, write the marker,
+report Ready. Health goes out as upstream sends it: NotReady/Provisioning/"Starting", then Ready or
+NotReady/ProvisioningFailed/<error>. A failure never stops the daemon and leaves no marker, so the
+next start retries from the beginning.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
 
-from guestagent import log
-from guestagent.osutil import system
+from guestagent import events, log
+from guestagent.errors import AgentError, ProtocolError, ProvisionError
+from guestagent.osutil import distros, system
+from guestagent.provisioning import cloudinit, marker
+
+Detect = Callable[[Any, str], Any]
 
 
-def provision(conf):  # -> guestagent.protocol.WireProtocol
-    from guestagent.protocol import detect
+@dataclass
+class HandlerResult:
+    protocol: Any = None
+    ok: bool = False
+    #: True when nothing was provisioned (already provisioned, or provisioning disabled).
+    skipped: bool = False
+    error: str = ""
+    thumbprint: Optional[str] = None
 
-    lib_dir = conf.get("Lib.Dir")
-    protocol = detect(conf, lib_dir)
-    marker = os.path.join(lib_dir, "provisioned")
-    if not system.exists(marker):
-        log.info("Provisioning is disabled (Provisioning.Agent={0}); writing {1}",
-                 conf.get("Provisioning.Agent"), marker)
-        system.write_file(marker, "", mode=0o644)
-    protocol.report_ready()
-    log.info("Provisioning complete")
-    return protocol
+
+def provisioning_agent(conf: Any) -> str:
+    """Provisioning.Agent; when the file does not set it, the pre-2.2 keys decide (an extension:
+    2.15 ignores Provisioning.Enabled/UseCloudInit and would provision from the DVD)."""
+    values = getattr(conf, "values", {})
+    if "Provisioning.Agent" not in values and "Provisioning.Enabled" in values:
+        if not conf.switch("Provisioning.Enabled", True):
+            agent = "cloud-init" if conf.switch("Provisioning.UseCloudInit", False) else "disabled"
+            log.info("Provisioning.Agent is not set; legacy Provisioning.Enabled=n means '{0}'", agent)
+            return agent
+    return conf.provisioning_agent
+
+
+def _uptime() -> str:
+    try:
+        return (system.read_text("/proc/uptime") or "0").split()[0]
+    except (OSError, IndexError):
+        return "0"
+
+
+def _elapsed_ms(start: datetime) -> int:
+    return int((datetime.now(timezone.utc) - start).total_seconds() * 1000)
+
+
+class _Flow:
+    def __init__(self, conf: Any, detect: Optional[Detect], distro: Optional[distros.Distro],
+                 sleep: Callable[[float], None]):
+        self.conf = conf
+        self.lib_dir = conf.lib_dir
+        self._detect = detect
+        self.distro = distro
+        self.sleep = sleep
+        self.result = HandlerResult()
+        self._detect_error: Optional[AgentError] = None
+
+    # --- protocol and health ---------------------------------------------------------------------
+    def protocol(self) -> Any:
+        """Detect once; a failed detection is not repeated for the health reports (it is slow)."""
+        if self.result.protocol is None:
+            if self._detect_error is not None:
+                raise self._detect_error
+            detect = self._detect
+            if detect is None:
+                from guestagent.protocol import detect
+            try:
+                self.result.protocol = detect(self.conf, self.lib_dir)
+            except AgentError as e:
+                self._detect_error = e
+                raise
+        return self.result.protocol
+
+    def event(self, message: str, is_success: bool = False, duration: int = 0,
+              op: str = events.WALAEventOperation.Provision) -> None:
+        events.add_event(op, is_success=is_success, message=message, duration=duration, lib_dir=self.lib_dir)
+
+    def report_ready(self) -> None:
+        try:
+            self.protocol().report_ready()
+        except AgentError as e:
+            log.error("Reporting Ready failed: {0}", e)
+            self.event(str(e))
+
+    def report_not_ready(self, substatus: str, description: str) -> None:
+        try:
+            self.protocol().report_not_ready(substatus, description)
+        except AgentError as e:
+            log.error("Reporting NotReady failed: {0}", e)
+            self.event(str(e))
+
+    # --- marker --------------------------------------------------------------------------------------
+    def write_provisioned(self) -> None:
+        marker.write_marker(self.lib_dir)
+
+    def check_provisioned_file(self) -> bool:
+        """True when already provisioned; a changed VM id cleans cached state and reports Ready."""
+        if not marker.is_provisioned(self.lib_dir):
+            return False
+        recorded = marker.read_marker(self.lib_dir)
+        if not marker.is_current_instance_id(recorded):
+            if recorded:
+                msg = ("VM is provisioned, but the VM unique identifier has changed. This indicates the VM may be "
+                       "created from an image that was not properly deprovisioned or generalized, which can "
+                       "result in unexpected behavior from the guest agent -- clearing cached state")
+                log.warn("{0}", msg)
+                self.event(msg)
+                from guestagent.provisioning.deprovision import run_changed_unique_id
+
+                run_changed_unique_id(self.conf, self.distro or distros.detect())
+            self.write_provisioned()
+            self.report_ready()
+        return True
+
+    def handle_provision_guest_agent(self, value: str) -> None:
+        self.event(value, is_success=True, op="ProvisionGuestAgent")
+        if value and value.lower() == "false":
+            log.warn("Disabling guest agent in accordance with ovf-env.xml")
+            system.write_file(os.path.join(self.lib_dir, "disable_agent"), "", mode=0o644)
+
+
+class AgentFlow(_Flow):
+    """The agent's own provisioning (05 §3.3)."""
+
+    def run(self) -> HandlerResult:
+        if provisioning_agent(self.conf) not in ("auto", "waagent"):
+            log.info("Provisioning is disabled, skipping.")
+            self.write_provisioned()
+            self.report_ready()
+            self.result.ok = self.result.skipped = True
+            return self.result
+        from guestagent.provisioning.dvd import copy_ovf_env
+        from guestagent.provisioning.provision import Provisioner
+
+        start = datetime.now(timezone.utc)
+        try:
+            if self.check_provisioned_file():
+                log.info("Provisioning already completed, skipping.")
+                self.result.ok = self.result.skipped = True
+                return self.result
+            log.info("Running default provisioning handler")
+            if cloudinit.cloud_init_is_enabled():
+                raise ProvisionError("cloud-init appears to be installed and enabled, this is not expected, "
+                                     "cannot continue")
+            log.info("Copying ovf-env.xml")
+            ovf = copy_ovf_env(self.lib_dir, self.conf.dvd_mount_point, sleep=self.sleep)
+            self.protocol()
+            self.report_not_ready("Provisioning", "Starting")
+            log.info("Starting provisioning")
+            provisioner = Provisioner(self.conf, self.distro, sleep=self.sleep)
+            provisioner.provision(ovf)
+            self.result.thumbprint = provisioner.reg_ssh_host_key()
+            provisioner.restart_ssh_service()
+            self.write_provisioned()
+            self.event(f"Provisioning succeeded ({_uptime()}s)", is_success=True, duration=_elapsed_ms(start))
+            self.handle_provision_guest_agent(ovf.provision_guest_agent)
+            self.report_ready()
+            log.info("Provisioning complete")
+            self.result.ok = True
+        except (ProtocolError, ProvisionError) as e:
+            msg = f"Provisioning failed: {e} ({_uptime()}s)"
+            log.error("{0}", msg)
+            self.result.error = str(e)
+            self.report_not_ready("ProvisioningFailed", str(e))
+            self.event(msg)
+        return self.result
+
+
+class CloudInitFlow(_Flow):
+    """cloud-init provisions; the agent waits for its products and reports (05 §3.4)."""
+
+    def run(self) -> HandlerResult:
+        try:
+            if self.check_provisioned_file():
+                log.info("Provisioning already completed, skipping.")
+                self.result.ok = self.result.skipped = True
+                return self.result
+            start = datetime.now(timezone.utc)
+            log.info("Running CloudInit provisioning handler")
+            ovf = cloudinit.wait_for_ovf_env(self.lib_dir, sleep=self.sleep)
+            self.handle_provision_guest_agent(ovf.provision_guest_agent)
+            self.protocol()
+            self.report_not_ready("Provisioning", "Starting")
+            self.result.thumbprint = cloudinit.wait_for_host_key(
+                self.conf.os_ssh_dir, self.conf.provisioning_ssh_host_key_pair_type, sleep=self.sleep)
+            self.write_provisioned()
+            log.info("Finished provisioning")
+            self.report_ready()
+            self.event(f"Provisioning with cloud-init succeeded ({_uptime()}s)", is_success=True,
+                       duration=_elapsed_ms(start))
+            self.result.ok = True
+        except ProvisionError as e:
+            msg = f"Provisioning with cloud-init failed: {e} ({_uptime()}s)"
+            log.error("{0}", msg)
+            self.result.error = str(e)
+            self.report_not_ready("ProvisioningFailed", str(e))
+            self.event(msg)
+        return self.result
+
+
+def run_handler(conf: Any, detect: Optional[Detect] = None, distro: Optional[distros.Distro] = None,
+                sleep: Callable[[float], None] = time.sleep) -> HandlerResult:
+    """Choose the handler as upstream's factory does and run it."""
+    agent = provisioning_agent(conf)
+    if agent == "cloud-init" or (agent == "auto" and cloudinit.cloud_init_is_enabled()):
+        log.info("Using cloud-init for provisioning")
+        return CloudInitFlow(conf, detect, distro, sleep).run()
+    log.info("Using waagent for provisioning")
+    return AgentFlow(conf, detect, distro, sleep).run()
+
+
+def provision(conf: Any, detect: Optional[Detect] = None, distro: Optional[distros.Distro] = None,
+              sleep: Callable[[float], None] = time.sleep):  # -> guestagent.protocol.WireProtocol
+    """The daemon's provisioning step. Returns the detected WireProtocol (detected now if the
+    handler had no reason to, e.g. already provisioned); None only when detection itself failed
+    during a failed provisioning (the daemon goes on, as upstream's does)."""
+    result = run_handler(conf, detect, distro, sleep)
+    if result.protocol is None and result.ok:
+        result.protocol = _Flow(conf, detect, distro, sleep).protocol()
+    return result.protocol

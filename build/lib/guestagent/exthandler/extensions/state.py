@@ -25,6 +25,14 @@ def dumps(value: Any) -> str:
     return json.dumps(value)
 
 
+def read_optional(path: str) -> Optional[str]:
+    """A small agent-written file, or None when it (or its directory) does not exist."""
+    try:
+        return system.path(path).read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def split_dir_name(name: str) -> Optional[tuple]:
     m = _DIR.match(name)
     if not m or name.startswith(AGENT_PREFIX):
@@ -65,7 +73,7 @@ class HandlerFiles:
 
     # --- HandlerState ---------------------------------------------------------------------------------
     def state(self) -> str:
-        text = system.read_text(os.path.join(self.config_dir, "HandlerState"), default=None, errors="replace")
+        text = read_optional(os.path.join(self.config_dir, "HandlerState"))
         return text.strip() if text and text.strip() else NOT_INSTALLED
 
     def set_state(self, value: str) -> None:
@@ -73,8 +81,7 @@ class HandlerFiles:
         system.write_file(os.path.join(self.config_dir, "HandlerState"), value, mode=0o600)
 
     def ext_state(self, ext_name: str) -> str:
-        text = system.read_text(os.path.join(self.config_dir, f"{ext_name}.HandlerState"), default=None,
-                                errors="replace")
+        text = read_optional(os.path.join(self.config_dir, f"{ext_name}.HandlerState"))
         return (text or "").strip() or "disabled"
 
     def set_ext_state(self, ext_name: str, value: str) -> None:
@@ -96,7 +103,7 @@ class HandlerFiles:
 
     # --- HandlerStatus ----------------------------------------------------------------------------------
     def status(self) -> Optional[dict]:
-        text = system.read_text(os.path.join(self.config_dir, "HandlerStatus"), default=None, errors="replace")
+        text = read_optional(os.path.join(self.config_dir, "HandlerStatus"))
         if not text:
             return None
         try:

@@ -1,0 +1,446 @@
+"""Processing an extensions goal state (03 §11, 04 §7–§9) and reporting per-handler status (04 §12).
+
+``ExtensionsManager`` is what the ext-handler main loop drives: ``process()`` for each NEW extensions goal
+state (gating, ordering, dependencies, the lifecycle of every handler, clean-up) and ``handler_statuses()``
+on every iteration (cheap: a few small files per handler). Nothing here raises into the main loop.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Optional
+
+from guestagent import log
+from guestagent.errors import ExtensionError
+from guestagent.exthandler.extensions import status as ext_status
+from guestagent.exthandler.extensions.handler import NOT_RUN, Context, Handler, run_update
+from guestagent.exthandler.extensions.manifest import parse_plugin_manifest, select_package, version_key
+from guestagent.exthandler.extensions.package import initialize_layout, install_package
+from guestagent.exthandler.extensions.state import (
+    ENABLED,
+    FAILED_UPGRADE,
+    NOT_INSTALLED,
+    HandlerFiles,
+    dumps,
+    handler_dirs,
+    installed_versions,
+    read_optional,
+)
+from guestagent.osutil import system
+from guestagent.protocol.extconfig import Extension, ExtensionSettings
+
+SUPPORTED_FEATURES = ("MultipleExtensionsPerHandler", "VersioningGovernance")
+CODE_UNSUPPORTED_FEATURES = 2001
+DEPENDENCY_POLL = 5.0
+DEPENDENCY_DEADLINE = 90 * 60
+DISABLED_MESSAGE = ("Extension will not be processed since extension processing is disabled. To enable extension "
+                    "processing, set Extensions.Enabled=y in '/etc/waagent.conf'")
+
+
+def _conf(conf: Any, key: str, default: Any) -> Any:
+    try:
+        value = conf.get(key)
+    except Exception:  # a foreign/partial config object
+        return default
+    return default if value is None else value
+
+
+def sort_key(ext: Extension, settings: Optional[ExtensionSettings]) -> int:
+    """03 §11.5: uninstall/disable work first (deepest dependents first), then enables by ascending level."""
+    if settings is not None:
+        level = settings.dependency_level
+        return level if ext.state == "enabled" and settings.state == "enabled" else -level - 1
+    level = min((s.dependency_level for s in ext.settings), default=0)
+    return level if ext.state == "enabled" else -level - 1
+
+
+def ordered_pairs(extensions: list) -> list:
+    pairs = []
+    for ext in extensions:
+        for s in ext.settings or [None]:
+            pairs.append((sort_key(ext, s), ext, s))
+    pairs.sort(key=lambda p: p[0])  # stable: goal-state order within a level
+    return pairs
+
+
+class ExtensionsManager:
+    def __init__(self, conf: Any, protocol: Any, *, log_root: str = "/var/log/azure",
+                 timeouts: Optional[dict] = None, sink: Optional[Callable[[Any], None]] = None,
+                 dependency_poll: float = DEPENDENCY_POLL, dependency_deadline: float = DEPENDENCY_DEADLINE,
+                 skip_unchanged_after_restart: bool = True, event: Optional[Callable[..., None]] = None):
+        self.conf = conf
+        self.protocol = protocol
+        self.lib_dir = _conf(conf, "Lib.Dir", "/var/lib/waagent")
+        self.ctx = Context(self.lib_dir, getattr(protocol, "endpoint", "") or "", log_root, dict(timeouts or {}),
+                           sink, event if event is not None else self._default_event)
+        self.dependency_poll = dependency_poll
+        self.dependency_deadline = dependency_deadline
+        self.skip_unchanged_after_restart = skip_unchanged_after_restart
+        self.egs: Any = None
+        self.versions: dict = {}
+        self.gs_status: Optional[dict] = None
+        self.unsupported = False
+        self.processed_goal_states = 0
+        self._manifests: dict = {}
+        self._uninstall_exit: dict = {}
+        self._done: set = set()
+        self._startup()
+
+    # --- seams ---------------------------------------------------------------------------------------------
+    def _default_event(self, op: str, **kw: Any) -> None:
+        """Extension telemetry seam (issue 5 item 7): one event per command, via guestagent.events."""
+        from guestagent import events
+
+        events.add_event(op, lib_dir=self.lib_dir, log_event=False, **kw)
+
+    def _startup(self) -> None:
+        """04 §9: rewrite HandlerEnvironment.json and events dirs of installed handlers; drop unpack leftovers."""
+        try:
+            for entry in os.listdir(system.path(self.lib_dir)):
+                if entry.startswith(".") and entry.endswith(".unpacking"):
+                    system.remove(os.path.join(self.lib_dir, entry))
+        except OSError:
+            return
+        for name, version, _ in handler_dirs(self.lib_dir):
+            files = HandlerFiles(self.lib_dir, name, version, self.ctx.log_root)
+            if system.exists(files.manifest_file):
+                try:
+                    initialize_layout(files)
+                except (OSError, ExtensionError) as e:
+                    log.warn("Could not initialise {0}-{1}: {2}", name, version, e)
+
+    # --- the interface of the main loop --------------------------------------------------------------------
+    def process(self, goal_state: Any) -> None:
+        """Run the lifecycle for a new extensions goal state; never raises."""
+        from guestagent.protocol.status import goal_state_aggregate_status
+
+        egs = getattr(goal_state, "extensions_goal_state", goal_state)
+        seq = getattr(egs, "svd_sequence_number", "") or getattr(goal_state, "incarnation", "")
+        try:
+            self._process(egs)
+            if not self.unsupported:
+                self.gs_status = goal_state_aggregate_status(seq)
+        except Exception as e:
+            log.error("Error processing the extensions goal state {0}: {1}", getattr(egs, "id", "?"), e)
+            self.gs_status = goal_state_aggregate_status(seq, "Failed", -1, log.redact(str(e))[:1024])
+        finally:
+            self.processed_goal_states += 1
+
+    def goal_state_status(self) -> Optional[dict]:
+        """``vmArtifactsAggregateStatus.goalStateAggregateStatus`` for build_vm_status (03 §11)."""
+        return self.gs_status
+
+    def converged(self) -> bool:
+        """A goal state was processed and no reported extension is still transitioning."""
+        if self.egs is None:
+            return False
+        for entry in self.handler_statuses():
+            rs = entry.get("runtimeSettingsStatus")
+            if rs and rs["settingsStatus"]["status"]["status"] == "transitioning":
+                return False
+        return True
+
+    # --- processing --------------------------------------------------------------------------------------------
+    def _process(self, egs: Any) -> None:
+        self._manifests, self._uninstall_exit, self._done = {}, {}, set()
+        if getattr(egs, "on_hold", False) and _conf(self.conf, "EnableOverProvisioning", True):
+            log.info("Extension handling is on hold")
+            return
+        unsupported = [f for f in getattr(egs, "required_features", []) if f not in SUPPORTED_FEATURES]
+        if unsupported:
+            from guestagent.protocol.status import goal_state_aggregate_status
+
+            msg = f"Failing GS {egs.id} as Unsupported features found: {', '.join(unsupported)}"
+            log.error("{0}", msg)
+            self.unsupported = True
+            self.gs_status = goal_state_aggregate_status(getattr(egs, "svd_sequence_number", ""), "Failed",
+                                                         CODE_UNSUPPORTED_FEATURES, msg)
+            return
+        self.unsupported = False
+        self.egs = egs
+        for ext in egs.extensions:
+            for s in ext.settings:
+                if s.protected_settings:
+                    log.register_secret(s.protected_settings)
+        if not _conf(self.conf, "Extensions.Enabled", True):
+            for ext in egs.extensions:
+                code = 1009 if ext.state == "enabled" else 1010
+                self._report(ext, None, ExtensionError(DISABLED_MESSAGE, code=code), ext.version)
+            return
+        pairs = ordered_pairs(egs.extensions)
+        max_key = max((p[0] for p in pairs), default=0)
+        start = time.monotonic()
+        blocked: Optional[str] = None
+        first_after_restart = self.processed_goal_states == 0
+        for key, ext, settings in pairs:
+            if blocked is not None:
+                self._report(ext, settings, ExtensionError(blocked, code=-1), self._version_for_report(ext))
+                continue
+            ok = self._handle(ext, settings, first_after_restart)
+            if 0 <= key < max_key:
+                if ok and settings is not None:
+                    ok = self._wait_for(ext, settings, start)
+                if not ok:
+                    blocked = (f"Skipping processing of extensions since execution of dependent extension "
+                               f"{ext.name} failed")
+        self._cleanup({ext.name for ext in egs.extensions})
+
+    def _handle(self, ext: Extension, settings: Optional[ExtensionSettings], first_after_restart: bool) -> bool:
+        try:
+            if ext.invalid_setting_reason:
+                raise ExtensionError(f"Extension will not be processed since its configuration is invalid: "
+                                     f"{ext.invalid_setting_reason}. Please retry with updated settings.", code=-1)
+            if ext.state == "enabled":
+                self._enable(ext, settings, first_after_restart)
+            elif ext.state == "uninstall":
+                self._uninstall(ext)
+            elif ext.state == "disabled":
+                self._disable(ext, settings)
+            else:
+                raise ExtensionError(f"Unknown requested state {ext.state!r}", code=-1)
+            return True
+        except Exception as e:
+            err = e if isinstance(e, ExtensionError) else ExtensionError(f"{type(e).__name__}: {e}", code=-1)
+            log.error("[{0}] {1}", ext.name, err.msg)
+            self._report(ext, settings, err, self._version_for_report(ext))
+            return False
+
+    def _report(self, ext: Extension, settings: Optional[ExtensionSettings], err: ExtensionError,
+                version: str) -> None:
+        handler = Handler(self.ctx, ext.name, version, ext.supports_multi_config)
+        handler.report_error(err.code, err.msg)
+        self.versions.setdefault(ext.name, version)
+        if ext.supports_multi_config and settings is not None:
+            try:
+                ext_status.write_placeholder(handler.files.status_file(settings.sequence_number, settings.name),
+                                             settings.name, ext.state.capitalize(), err.code, err.msg)
+            except OSError as e:
+                log.warn("Could not write a placeholder status for {0}: {1}", settings.name, e)
+
+    def _version_for_report(self, ext: Extension) -> str:
+        return self.versions.get(ext.name) or (installed_versions(self.lib_dir, ext.name) or [ext.version])[-1]
+
+    def _packages(self, ext: Extension) -> tuple:
+        if ext.name not in self._manifests:
+            try:
+                text = self.protocol.download_manifest(list(ext.manifest_uris))
+                packages = parse_plugin_manifest(text)
+            except Exception as e:
+                raise ExtensionError(f"Failed to get ext handler pkgs: {getattr(e, 'msg', e)}", code=-1) from None
+            history = getattr(self.protocol, "history", None)
+            if history is not None:
+                history.save(f"{ext.name}.manifest.xml", text)
+            self._manifests[ext.name] = (packages, getattr(self.protocol, "manifest_location", None))
+        return self._manifests[ext.name]
+
+    def _enable(self, ext: Extension, settings: Optional[ExtensionSettings], first_after_restart: bool) -> None:
+        packages, location = self._packages(ext)
+        pkg = select_package(packages, ext.version)
+        if pkg is None:
+            raise ExtensionError(f"Unable to find version {ext.version} in manifest for extension {ext.name}",
+                                 code=-1)
+        installed = installed_versions(self.lib_dir, ext.name)
+        old_version = installed[-1] if installed else None
+        target = Handler(self.ctx, ext.name, pkg.version, ext.supports_multi_config)
+        self.versions[ext.name] = pkg.version
+        uninstall_exit = self._uninstall_exit.get(ext.name, NOT_RUN)
+        if target.state() in (NOT_INSTALLED, FAILED_UPGRADE):
+            target.files.set_state(NOT_INSTALLED)
+            install_package(self.protocol, target.files, pkg.uris, location)
+            target.check_multi_config()
+            target.files.write_settings(settings, ext.supports_multi_config)
+            if old_version is None or old_version == pkg.version:
+                target.install()
+            else:
+                old = Handler(self.ctx, ext.name, old_version, ext.supports_multi_config)
+                uninstall_exit = run_update(old, target, ext.settings, ext.settings)
+                self._uninstall_exit[ext.name] = uninstall_exit
+        else:
+            target.check_multi_config()
+            if first_after_restart and self.skip_unchanged_after_restart and self._unchanged(target, settings):
+                target.log.info("Sequence number {0} unchanged and already enabled; not enabling again",
+                                settings.sequence_number if settings else 0)
+                return
+            target.files.write_settings(settings, ext.supports_multi_config)
+        if settings is None or settings.state == "enabled":
+            target.enable(settings, uninstall_exit)
+            return
+        # multi-config extension requested "disabled": delete it; errors only logged (04 §7.5)
+        try:
+            if target.files.ext_state(settings.name) != "disabled":
+                target.disable(settings, delete_extension=True)
+        except ExtensionError as e:
+            target.log.warn("Disable of {0} failed (ignored): {1}", settings.name, e.msg)
+        target.files.remove_mc_extension_files(settings.name)
+
+    def _unchanged(self, target: Handler, settings: Optional[ExtensionSettings]) -> bool:
+        """Already enabled with these exact settings and a terminal success status for this seqNo."""
+        if target.state() != ENABLED:
+            return False
+        mc = target.multi_config and settings is not None
+        if settings is None:
+            return system.exists(target.files.settings_file(0))
+        if mc and target.files.ext_state(settings.name) != "enabled":
+            return False
+        path = target.files.settings_file(settings.sequence_number, settings.name if mc else None)
+        expected = dumps({"runtimeSettings": [{"handlerSettings": settings.handler_settings()}]})
+        if read_optional(path) != expected:
+            return False
+        status_path = target.files.status_file(settings.sequence_number, settings.name if mc else None)
+        return ext_status.status_value(status_path) == "success"
+
+    def _uninstall(self, ext: Extension) -> None:
+        if ext.name in self._done:
+            return
+        self._done.add(ext.name)
+        installed = installed_versions(self.lib_dir, ext.name)
+        if installed:
+            h = Handler(self.ctx, ext.name, installed[-1], ext.supports_multi_config)
+            if h.state() == ENABLED:
+                for s in h.enabled_settings(ext.settings):
+                    h.disable(s)
+            try:
+                h.uninstall()
+            except ExtensionError as e:
+                h.log.warn("Uninstall failed (the handler is removed anyway): {0}", e.msg)
+        for name, version, _ in handler_dirs(self.lib_dir):
+            if name == ext.name:
+                Handler(self.ctx, name, version).remove()
+        self.versions.pop(ext.name, None)
+
+    def _disable(self, ext: Extension, settings: Optional[ExtensionSettings]) -> None:
+        installed = installed_versions(self.lib_dir, ext.name)
+        if not installed:
+            return
+        h = Handler(self.ctx, ext.name, installed[-1], ext.supports_multi_config)
+        self.versions[ext.name] = installed[-1]
+        if h.state() == ENABLED:
+            if settings is not None and ext.supports_multi_config and h.files.ext_state(settings.name) != "enabled":
+                return
+            h.disable(settings)
+
+    def _wait_for(self, ext: Extension, settings: ExtensionSettings, start: float) -> bool:
+        """Wait until the extension reports success (True) or error/deadline (False); a missing status file
+        means "keep waiting". Polls quickly at first, then every ``dependency_poll`` seconds."""
+        files = HandlerFiles(self.lib_dir, ext.name, self.versions.get(ext.name, ext.version), self.ctx.log_root)
+        path = files.status_file(settings.sequence_number, settings.name if ext.supports_multi_config else None)
+        delay = 0.02
+        while True:
+            value = ext_status.status_value(path)
+            if value == "success":
+                return True
+            if value == "error":
+                return False
+            if time.monotonic() - start > self.dependency_deadline:
+                log.warn("Timed out waiting for {0} to report a terminal status", ext.name)
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, self.dependency_poll)
+
+    def _cleanup(self, names: set) -> None:
+        """04 §9: remove handlers that are not in the goal state (no commands run) and orphan zips."""
+        for name, version, _ in handler_dirs(self.lib_dir):
+            if name not in names:
+                log.info("Removing handler {0}-{1}: not in the goal state", name, version)
+                Handler(self.ctx, name, version).remove()
+                self.versions.pop(name, None)
+        try:
+            entries = os.listdir(system.path(self.lib_dir))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.endswith(".zip") and "__" in entry and not entry.startswith("WALinuxAgent"):
+                name, _, version = entry[:-4].rpartition("__")
+                if not system.exists(os.path.join(self.lib_dir, f"{name}-{version}")):
+                    system.remove(os.path.join(self.lib_dir, entry))
+
+    # --- status ---------------------------------------------------------------------------------------------
+    def handler_statuses(self) -> list:
+        """handlerAggregateStatus items (04 §12)."""
+        try:
+            exts = self.egs.extensions if self.egs is not None and not self.unsupported else self._on_disk()
+            out: list = []
+            for ext in exts:
+                out.extend(self._status_of(ext))
+            return out
+        except Exception as e:
+            log.periodic(1800, log.WARNING, "Failed to collect extension statuses: {0}", e)
+            return []
+
+    def _on_disk(self) -> list:
+        by_name: dict = {}
+        for name, version, _ in handler_dirs(self.lib_dir):
+            if name not in by_name or version_key(version) > version_key(by_name[name]):
+                by_name[name] = version
+        out = []
+        for name, version in sorted(by_name.items()):
+            files = HandlerFiles(self.lib_dir, name, version, self.ctx.log_root)
+            mc_names = files.mc_extension_names()
+            ext = Extension(name=name, version=version, state="enabled", supports_multi_config=bool(mc_names))
+            for n in mc_names:
+                seq = files.latest_seq(n)
+                if seq is not None:
+                    ext.settings.append(ExtensionSettings(name=n, sequence_number=seq,
+                                                          state=files.ext_state(n) or "enabled"))
+            out.append(ext)
+        return out
+
+    def _status_of(self, ext: Extension) -> list:
+        version = self.versions.get(ext.name)
+        if version is None:
+            candidates = [v for n, v, _ in handler_dirs(self.lib_dir) if n == ext.name]
+            version = max(candidates, key=version_key) if candidates else None
+        if version is None:
+            return []
+        files = HandlerFiles(self.lib_dir, ext.name, version, self.ctx.log_root)
+        hs = files.status()
+        if hs is None:
+            if ext.state != "uninstall":
+                log.periodic(1800, log.WARNING, "No handler status found for {0}", ext.name)
+            return []
+        state = files.state()
+        base: dict = {"handlerVersion": version, "handlerName": ext.name, "status": hs.get("status", "NotReady"),
+                      "code": hs.get("code", 0), "useExactVersion": True}
+        message = hs.get("message")
+        if state != NOT_INSTALLED:
+            message = self._heartbeat(files, base, message)
+        if message is not None:
+            base["formattedMessage"] = {"lang": "en-US", "message": message}
+        mc = ext.supports_multi_config
+        if not ext.settings:
+            seq = files.latest_seq()
+            if seq is None or (state == NOT_INSTALLED and not system.exists(files.status_file(seq))):
+                return [base]
+            return [dict(base, runtimeSettingsStatus={
+                "settingsStatus": ext_status.read_status(files.status_file(seq), ext.name), "sequenceNumber": seq})]
+        out = []
+        for s in ext.settings:
+            if mc and s.state == "disabled" and files.ext_state(s.name) == "disabled":
+                continue
+            path = files.status_file(s.sequence_number, s.name if mc else None)
+            if state == NOT_INSTALLED and not system.exists(path):
+                out.append(dict(base))
+                continue
+            rs: dict = {"settingsStatus": ext_status.read_status(path, s.name), "sequenceNumber": s.sequence_number}
+            if mc:
+                rs["extensionName"] = s.name
+            out.append(dict(base, runtimeSettingsStatus=rs))
+        return out or [base]
+
+    def _heartbeat(self, files: HandlerFiles, base: dict, message: Optional[str]) -> Optional[str]:
+        try:
+            from guestagent.exthandler.extensions.manifest import load_handler_manifest
+
+            if not load_handler_manifest(files.manifest_file).report_heartbeat:
+                return message
+        except ExtensionError:
+            return message
+        try:
+            value, hb_message = ext_status.read_heartbeat(files.heartbeat_file)
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            base["status"], base["code"] = "NotReady", -1
+            return "Failed to get heart beat file"
+        if value:
+            base["status"] = value
+        return hb_message if hb_message is not None else message

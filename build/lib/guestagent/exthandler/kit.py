@@ -1,0 +1,305 @@
+"""``guestagent ext-test DIR``: run an extension handler folder through its whole contract.
+
+The handler is packaged, published on a loopback artifact server and driven by the agent's own extensions
+code (the same ExtensionsManager the ext-handler runs, downloading over real HTTP) through: install +
+enable with public and protected settings → enable with a new sequence number → update to a second version
+→ disable → uninstall. Every command is reported with its environment, duration, exit code and output, and
+the contract is checked (HandlerManifest fields, status file shape, heartbeat, exit codes, timing).
+Everything lives in a temporary directory; nothing on the host is touched and nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+from guestagent.exthandler.extensions.kitsupport import (
+    ArtifactServer,
+    HandlerSpec,
+    SettingsSpec,
+    encrypt_settings,
+    extensions_config_xml,
+    make_certificate,
+    vm_settings_json,
+)
+
+#: Commands taking longer than this are flagged (the platform's budget is the 04 §6.3 timeout).
+SLOW_COMMAND = 60.0
+
+
+class ExtensionLab:
+    """A throwaway lib dir + artifact server + protocol + ExtensionsManager (used by the kit and the tests)."""
+
+    def __init__(self, workdir: str, timeouts: Optional[dict] = None, sink: Any = None, conf: Optional[dict] = None,
+                 skip_unchanged_after_restart: bool = True):
+        from guestagent.protocol import WireProtocol
+
+        self.workdir = workdir
+        self.lib_dir = os.path.join(workdir, "lib")
+        self.log_root = os.path.join(workdir, "log")
+        os.makedirs(self.lib_dir, exist_ok=True)
+        self.server = ArtifactServer()
+        self.conf = {"Lib.Dir": self.lib_dir, "Extensions.Enabled": True, "EnableOverProvisioning": True}
+        self.conf.update(conf or {})
+        self.protocol = WireProtocol("127.0.0.1", self.lib_dir, conf=None, wire_port=self.server.port,
+                                     hgap_port=self.server.port, sleep=lambda s: None, save_history=False)
+        self.timeouts = timeouts
+        self.sink = sink
+        self.skip_unchanged_after_restart = skip_unchanged_after_restart
+        self.incarnation = 0
+        self.manager = self.new_manager()
+
+    def new_manager(self) -> Any:
+        """A fresh manager over the same disk: what a restarted ext-handler sees."""
+        from guestagent.exthandler.extensions.manager import ExtensionsManager
+
+        self.manager = ExtensionsManager(self.conf, self.protocol, log_root=self.log_root, timeouts=self.timeouts,
+                                         sink=self.sink, dependency_poll=0.2, event=lambda *a, **k: None,
+                                         skip_unchanged_after_restart=self.skip_unchanged_after_restart)
+        return self.manager
+
+    def prepare(self, folder: str, version: str, **manifest: Any) -> str:
+        """Copy a handler folder, overriding ``handlerManifest`` fields; return the copy."""
+        dest = os.path.join(self.workdir, "src", f"{os.path.basename(folder.rstrip('/'))}-{version}")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(folder, dest)
+        if manifest:
+            path = os.path.join(dest, "HandlerManifest.json")
+            with open(path, encoding="utf-8-sig") as f:
+                doc = json.load(f)
+            doc[0]["handlerManifest"].update(manifest)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+        return dest
+
+    def publish(self, name: str, versions: dict) -> str:
+        return self.server.publish_handler(name, versions)
+
+    def apply(self, handlers: list, fast_track: bool = False, required_features: tuple = ()) -> Any:
+        """Build the goal state document, parse it as the agent does and process it."""
+        from guestagent.protocol.extconfig import parse_extensions_config, parse_vm_settings
+
+        self.incarnation += 1
+        blob = self.server.base + "/status/vm.status?sv=2020&sig=secret"
+        if fast_track:
+            egs = parse_vm_settings(vm_settings_json(handlers, seq=self.incarnation, status_blob=blob),
+                                    f"etag{self.incarnation}")
+        else:
+            egs = parse_extensions_config(extensions_config_xml(handlers, self.incarnation, blob, required_features),
+                                          str(self.incarnation))
+        self.manager.process(egs)
+        return egs
+
+    def vm_status(self) -> dict:
+        from guestagent.protocol.status import build_vm_status
+
+        class _GS:
+            extensions_goal_state = self.manager.egs
+            fast_track_supported = False
+            incarnation = str(self.incarnation)
+
+        return build_vm_status(self.conf, _GS(), self.manager.handler_statuses(),
+                               goal_state_status=self.manager.goal_state_status(), computer_name="kit",
+                               os_name="linux", os_version="0")
+
+    def close(self) -> None:
+        self.server.close()
+
+
+# --- the report -----------------------------------------------------------------------------------------
+class Report:
+    def __init__(self, out: Any = None):
+        self.out = out or sys.stdout
+        self.problems: list = []
+        self.commands: list = []
+
+    def command(self, result: Any) -> None:
+        self.commands.append(result)
+        w = self.out.write
+        w(f"  -- {result.op}: exit code {result.exit_code}{' (TIMED OUT)' if result.timed_out else ''} "
+          f"in {result.duration:.3f} s\n     command: {result.command}\n")
+        for k, v in sorted(result.env.items()):
+            w(f"     env {k}={v}\n")
+        for line in result.output.splitlines():
+            w(f"     | {line}\n")
+        if result.duration > SLOW_COMMAND:
+            self.problem(f"{result.op} took {result.duration:.1f} s (over {SLOW_COMMAND:.0f} s)")
+
+    def step(self, title: str) -> None:
+        self.out.write(f"\n== {title}\n")
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+        self.out.write(f"  !! {text}\n")
+
+    def note(self, text: str) -> None:
+        self.out.write(f"  {text}\n")
+
+
+def check_manifest(folder: str, report: Report) -> Any:
+    from guestagent.errors import ExtensionError
+    from guestagent.exthandler.extensions.manifest import COMMANDS, load_handler_manifest
+
+    try:
+        manifest = load_handler_manifest(os.path.join(folder, "HandlerManifest.json"))
+    except ExtensionError as e:
+        report.problem(f"HandlerManifest.json: {e.msg} (code {e.code})")
+        return None
+    for op in COMMANDS:
+        try:
+            cmd = manifest.command(op)
+        except ExtensionError:
+            report.problem(f"handlerManifest.{op}Command is missing")
+            continue
+        script = os.path.join(folder, cmd.lstrip("/").split()[0])
+        if not os.path.isfile(script):
+            report.problem(f"{op}Command {cmd!r}: {script} does not exist in the package (commands are paths "
+                           f"relative to the package root)")
+    for key in manifest.non_boolean:
+        report.problem(f"handlerManifest.{key} should be a JSON boolean, not {manifest.handler[key]!r}")
+    report.note(f"updateMode={'UpdateWithInstall' if manifest.update_with_install else 'UpdateWithoutInstall'} "
+                f"reportHeartbeat={manifest.report_heartbeat} continueOnUpdateFailure="
+                f"{manifest.continue_on_update_failure} supportsMultipleExtensions={manifest.supports_multiple_extensions}")
+    return manifest
+
+
+def check_status(lab: ExtensionLab, name: str, expect_seq: Optional[int], report: Report) -> None:
+    entries = [e for e in lab.manager.handler_statuses() if e["handlerName"] == name]
+    if expect_seq is None:
+        if entries:
+            report.problem(f"{name} is still reported after uninstall")
+        else:
+            report.note("handler no longer reported (removed)")
+        return
+    if not entries:
+        report.problem("no handler status reported")
+        return
+    e = entries[0]
+    msg = e.get("formattedMessage", {}).get("message")
+    report.note(f"handler status: {e['status']} code {e['code']} version {e['handlerVersion']}: {msg}")
+    rs = e.get("runtimeSettingsStatus")
+    if not rs:
+        report.problem("no extension status reported")
+        return
+    st = rs["settingsStatus"]["status"]
+    fm = (st.get("formattedMessage") or {}).get("message")
+    report.note(f"extension status (seq {rs['sequenceNumber']}): {st['status']} code {st['code']} "
+                f"operation {st.get('operation')}: {fm}")
+    if rs["sequenceNumber"] != expect_seq:
+        report.problem(f"status reported for sequence number {rs['sequenceNumber']}, expected {expect_seq}")
+    if st["status"] not in ("success", "transitioning", "warning"):
+        report.problem(f"extension reported {st['status']} (code {st['code']}): {fm}")
+    if st["code"] == 1012:
+        report.problem("the status file is invalid (04 §10)")
+
+
+def run_ext_test(folder: str, name: Optional[str] = None, version2: Optional[str] = None, out: Any = None,
+                 fast_track: bool = False) -> int:
+    """The kit flow; returns 0 when every step kept the contract."""
+    report = Report(out)
+    folder = os.path.abspath(folder)
+    report.step(f"HandlerManifest.json of {folder}")
+    manifest = check_manifest(folder, report)
+    if manifest is None:
+        return 1
+    name = name or f"Kit.{manifest.data.get('name') or os.path.basename(folder)}"
+    v1, v2 = "1.0.0", version2 or "1.1.0"
+    work = tempfile.mkdtemp(prefix="guestagent-ext-test-")
+    lab = ExtensionLab(work, sink=report.command)
+    try:
+        thumb = make_certificate(lab.lib_dir)
+        secret = {"password": f"kit-{os.getpid()}-{time.time_ns()}"}
+        protected = encrypt_settings(secret, lab.lib_dir, thumb)
+        src1, src2 = lab.prepare(folder, v1), lab.prepare(folder, v2)
+        url = lab.publish(name, {v1: src1, v2: src2})
+
+        def spec(version: str, seq: int, state: str = "enabled") -> HandlerSpec:
+            s = SettingsSpec(seq=seq, public={"kit": "public", "seq": seq}, protected=protected, thumbprint=thumb)
+            return HandlerSpec(name, version, url, state=state, settings=[s])
+
+        steps = [(f"install + enable {v1} (seq 0, public + protected settings)", spec(v1, 0), 0),
+                 (f"enable {v1} with a new sequence number (seq 1)", spec(v1, 1), 1),
+                 (f"update {v1} -> {v2} (seq 2)", spec(v2, 2), 2),
+                 (f"disable {v2}", spec(v2, 2, "disabled"), 2),
+                 (f"uninstall {v2}", spec(v2, 2, "uninstall"), None)]
+        for title, handler_spec, seq in steps:
+            report.step(title)
+            start = time.monotonic()
+            lab.apply([handler_spec], fast_track=fast_track)
+            report.note(f"goal state processed in {time.monotonic() - start:.3f} s")
+            check_status(lab, name, seq, report)
+            if seq is not None:
+                _check_files(lab, name, handler_spec, manifest, secret, report)
+        _check_order(report)
+    finally:
+        lab.close()
+        shutil.rmtree(work, ignore_errors=True)
+    report.step("result")
+    if report.problems:
+        report.note(f"{len(report.problems)} problem(s):")
+        for p in report.problems:
+            report.note(f"  - {p}")
+        return 1
+    report.note("the handler kept the contract")
+    return 0
+
+
+def _check_files(lab: ExtensionLab, name: str, spec: HandlerSpec, manifest: Any, secret: dict,
+                 report: Report) -> None:
+    from guestagent.exthandler.extensions.state import HandlerFiles
+    from guestagent.protocol.certificates import decrypt_protected_settings
+
+    files = HandlerFiles(lab.lib_dir, name, lab.manager.versions.get(name, spec.version), lab.log_root)
+    s = spec.settings[0]
+    path = files.settings_file(s.seq)
+    try:
+        mode = os.stat(path).st_mode & 0o777
+        doc = json.load(open(path, encoding="utf-8"))
+        hs = doc["runtimeSettings"][0]["handlerSettings"]
+        if mode != 0o600:
+            report.problem(f"{path} has mode {mode:o}, expected 600")
+        plain = json.loads(decrypt_protected_settings(hs["protectedSettings"], hs["protectedSettingsCertThumbprint"],
+                                                      lab.lib_dir))
+        if plain != secret:
+            report.problem("protected settings do not decrypt to what was sent")
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        report.problem(f"settings file {path}: {e}")
+    except Exception as e:  # CryptError and friends: reported, not fatal
+        report.problem(f"protected settings could not be decrypted: {e}")
+    for command in report.commands:
+        if secret["password"] in command.output:
+            report.problem(f"{command.op} printed the protected settings in clear text")
+    if manifest.report_heartbeat and not os.path.exists(files.heartbeat_file):
+        report.problem("reportHeartbeat is true but heartbeat.log was not written")
+
+
+def _check_order(report: Report) -> None:
+    ops = [c.op for c in report.commands]
+    report.step("command order")
+    report.note(" -> ".join(ops))
+    failed = [c for c in report.commands if c.exit_code != 0]
+    for c in failed:
+        report.problem(f"{c.op} exited with {c.exit_code}")
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="guestagent ext-test",
+                                     description="Run an extension handler folder through the handler contract")
+    parser.add_argument("folder", help="handler folder (with HandlerManifest.json at its root)")
+    parser.add_argument("--name", help="handler name (Publisher.Type); default Kit.<manifest name>")
+    parser.add_argument("--fast-track", action="store_true", help="deliver goal states as vmSettings (FastTrack)")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.folder, "HandlerManifest.json")):
+        print(f"{args.folder}: no HandlerManifest.json", file=sys.stderr)
+        return 2
+    return run_ext_test(args.folder, name=args.name, fast_track=args.fast_track)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""IMDS (spec 01 §12.2): compute info for telemetry and the once-a-minute health probe.
+
+Never on the path to Ready: short timeouts, no proxy, and the probe blames only the service
+(4xx, throttling and connection failures count as healthy).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from guestagent.errors import HttpError, ResourceGoneError
+from guestagent.protocol.http import HttpClient, user_agent
+
+IMDS_ENDPOINT = "169.254.169.254"
+API_VERSION = "2018-02-01"
+TIMEOUT = 5.0
+UNHEALTHY_AFTER = 180.0
+
+
+@dataclass
+class ComputeInfo:
+    location: str = ""
+    subscription_id: str = ""
+    resource_group_name: str = ""
+    vm_id: str = ""
+    image_origin: int = 0  # not derived yet (telemetry engineer may fill it from raw)
+    raw: Optional[dict] = None
+
+
+def parse_compute(text: str) -> ComputeInfo:
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"IMDS compute info is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("IMDS compute info is not an object")
+    compute = doc.get("compute", doc)
+    if not isinstance(compute, dict):
+        raise ValueError("IMDS compute info has no compute object")
+    return ComputeInfo(location=str(compute.get("location", "")), subscription_id=str(compute.get("subscriptionId", "")),
+                       resource_group_name=str(compute.get("resourceGroupName", "")),
+                       vm_id=str(compute.get("vmId", "")), raw=compute)
+
+
+def probe_is_healthy(status: int, body: str) -> bool:
+    """200 needs network.interface[0].macAddress and ipv4.ipAddress[0].privateIpAddress; ≥500 is unhealthy."""
+    if status >= 500 or status == 410:
+        return False
+    if status != 200:
+        return True
+    try:
+        iface = json.loads(body)["network"]["interface"][0]
+        return bool(iface["macAddress"]) and bool(iface["ipv4"]["ipAddress"][0]["privateIpAddress"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return False
+
+
+class ImdsClient:
+    def __init__(self, endpoint: str = IMDS_ENDPOINT, port: int = 80, http: Optional[HttpClient] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.base = f"http://{endpoint}" if port == 80 else f"http://{endpoint}:{port}"
+        self.http = http or HttpClient()
+        self.clock = clock
+        self._healthy_since: Optional[float] = None
+        self._last_healthy: Optional[float] = None
+
+    def get_compute(self) -> ComputeInfo:
+        resp = self.http.get(f"{self.base}/metadata/instance/compute?api-version={API_VERSION}",
+                             {"Metadata": "True", "User-Agent": user_agent()}, timeout=TIMEOUT)
+        if not resp.ok:
+            raise HttpError(f"IMDS compute request failed: Status Code {resp.status}", status=resp.status)
+        return parse_compute(resp.text())
+
+    def probe(self) -> bool:
+        """One health probe (healthy/unhealthy for this minute)."""
+        try:
+            resp = self.http.get(f"{self.base}/metadata/instance?api-version={API_VERSION}",
+                                 {"Metadata": "True", "User-Agent": user_agent() + "+health"}, timeout=TIMEOUT)
+        except ResourceGoneError:
+            return False
+        except HttpError as e:
+            text = str(e)
+            return not any(f"Status Code {c}" in text for c in range(500, 600)) or "429" in text
+        except OSError:
+            return True
+        return probe_is_healthy(resp.status, resp.text())
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The InstanceMetadataHeartbeat observation: unhealthy only after 3 minutes of failed probes."""
+        now = self.clock()
+        if self.probe():
+            self._last_healthy = now
+        elif self._last_healthy is None:
+            self._last_healthy = now
+        healthy = now - self._last_healthy < UNHEALTHY_AFTER
+        return {"ObservationName": "InstanceMetadataHeartbeat", "IsHealthy": healthy, "Description": "",
+                "Value": ""}

@@ -1,0 +1,416 @@
+"""``guestagent lab``: the real daemon against the fabric emulator in a throwaway sandbox (root only).
+
+Inside one :class:`~guestagent.lab.sandbox.Sandbox`: the fabric listens on 127.63.129.16 (WireServer
+:80, HostGAPlugin :32526) and 169.254.169.254:80 (IMDS); a dhclient lease carries option 245 so the
+agent finds the endpoint through its real discovery path; the OVF DVD is a loop device at /dev/sr0;
+then ``waagent -daemon`` runs as it would under systemd. The lab prints a timeline, walks the
+scenario's goal-state steps, and ends with what changed. The host is untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from guestagent.lab import summary as summ
+from guestagent.lab.sandbox import (
+    Sandbox,
+    SandboxError,
+    SandboxUnavailable,
+    build_image,
+    interpreter,
+    project_root,
+)
+from guestagent.lab.timeline import (
+    FileFollower,
+    Timeline,
+    classify_log_line,
+    describe_health,
+    describe_request,
+)
+
+WIRE_HOST, IMDS_HOST = "127.63.129.16", "169.254.169.254"
+LAB_RUN = "/run/guestagent-lab"          # tmpfs inside: fabric state, events, daemon output
+IMAGE_HOSTNAME = "lab-image"
+UNTIL = ("ready", "status", "extensions")
+
+FABRIC_DRIVER = r'''
+import json, os, sys, time
+from pathlib import Path
+cfg = json.loads(sys.argv[1])
+run = Path(cfg["run"])
+events = open(run / "fabric-events.jsonl", "a", buffering=1)
+def emit(kind, data):
+    events.write(json.dumps({"type": kind, "data": data}, default=str) + "\n")
+def strip(o):
+    if isinstance(o, dict):
+        return {k: strip(v) for k, v in o.items() if k != "timestampUTC"}
+    return [strip(v) for v in o] if isinstance(o, list) else o
+from guestagent.fabric.scenario import load_scenario
+from guestagent.fabric.server import Fabric
+sc = load_scenario(cfg["scenario"])
+sc.tenant_certs(run / "tenant")
+if cfg["ovf"]:
+    from guestagent.fabric.ovf import build_ovf_env
+    (run / "ovf-env.xml").write_text(build_ovf_env(sc))
+fab = Fabric(scenario=sc, host=cfg["host"], wire_port=80, hgap_port=32526, imds_port=80,
+             imds_host=cfg["imds_host"], storage_port=0, state_dir=str(run / "fabric"))
+fab.start()
+emit("started", {"wire": fab.wire_port, "hgap": fab.hgap_port, "imds": fab.imds_port,
+                 "storage": getattr(fab, "storage_port", None)})
+nreq = nh = step = 0
+last = None
+while True:
+    reqs = list(fab.requests)
+    for r in reqs[nreq:]:
+        emit("request", {k: r.get(k) for k in ("kind", "method", "path", "status")})
+    nreq = len(reqs)
+    hs = list(fab.health_reports)
+    for h in hs[nh:]:
+        emit("health", h)
+    nh = len(hs)
+    blob = fab.status_blob
+    if blob is not None:
+        key = json.dumps(strip(blob), sort_keys=True, default=str)
+        if key != last:
+            last = key
+            emit("status", blob)
+    try:
+        wanted = int((run / "step").read_text())
+    except (OSError, ValueError):
+        wanted = step
+    while step < wanted:
+        fab.advance()
+        step += 1
+        emit("advanced", {"step": step})
+    time.sleep(0.2)
+'''
+
+
+SSHD_CONFIG = """\
+Include /etc/ssh/sshd_config.d/*.conf
+KbdInteractiveAuthentication no
+UsePAM yes
+X11Forwarding yes
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+
+
+class LabFailure(Exception):
+    """The run failed; the message is the reason shown to the user."""
+
+
+def adapt_conf(text: str, settings: dict[str, str]) -> str:
+    """Set ``key=value`` for each setting: the first (possibly commented) line of the key is replaced,
+    otherwise the line is appended."""
+    lines = text.splitlines()
+    for key, value in settings.items():
+        pat = re.compile(r"^\s*#?\s*" + re.escape(key) + r"\s*=")
+        for i, line in enumerate(lines):
+            if pat.match(line):
+                lines[i] = f"{key}={value}"
+                break
+        else:
+            lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def lease_file(endpoint: str, now: Optional[datetime.datetime] = None) -> str:
+    """An ISC dhclient lease for eth0 whose option 245 names ``endpoint``, valid for a day."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    hexed = ":".join(f"{int(o):x}" for o in endpoint.split("."))
+
+    def stamp(t: datetime.datetime) -> str:
+        return f"{(t.weekday() + 1) % 7} {t:%Y/%m/%d %H:%M:%S}"
+
+    return (
+        "lease {\n"
+        '  interface "eth0";\n'
+        "  fixed-address 10.0.0.4;\n"
+        "  option subnet-mask 255.255.255.0;\n"
+        "  option routers 10.0.0.1;\n"
+        "  option dhcp-lease-time 86400;\n"
+        "  option dhcp-message-type 5;\n"
+        f"  option domain-name-servers {endpoint};\n"
+        f"  option dhcp-server-identifier {endpoint};\n"
+        f"  option unknown-245 {hexed};\n"
+        f"  renew {stamp(now + datetime.timedelta(hours=12))};\n"
+        f"  rebind {stamp(now + datetime.timedelta(hours=21))};\n"
+        f"  expire {stamp(now + datetime.timedelta(days=1))};\n"
+        "}\n")
+
+
+class Lab:
+    def __init__(self, scenario: str, *, keep: bool = False, timeout: float = 300.0, until: str = "extensions",
+                 verbose: bool = False, out: Any = None):
+        self.scenario_arg = scenario
+        self.keep = keep
+        self.timeout = timeout
+        self.until = until
+        self.verbose = verbose
+        self.out = out if out is not None else sys.stdout
+        self.tl = Timeline(out=self.out)
+        self.sb: Optional[Sandbox] = None
+        self.health: list[dict] = []
+        self.status: Optional[summ.VmStatus] = None
+        self.status_count = 0
+        self.requests: dict[str, int] = {}
+        self.step = 0
+        self.step_started = 0        # status uploads seen when the current step began
+        self.result = ""
+
+    def say(self, text: str) -> None:
+        self.tl.add("lab", text)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _load_scenario(self) -> Any:
+        try:
+            from guestagent.fabric.scenario import load_scenario
+        except ImportError as e:
+            raise LabFailure(f"the fabric emulator is not available ({e})")
+        return load_scenario(self.scenario_arg)
+
+    def _make_visible(self, sb: Sandbox, scenario: Any) -> str:
+        """Copy the scenario and its handler folders in when the sandbox cannot see them (e.g. under /tmp)."""
+        src = Path(scenario.source).resolve() if scenario.source else None
+        for p in [src] + [Path(h.path) for h in scenario.handlers]:
+            if p is None or sb.host_path(p).exists():
+                continue
+            target = sb.host_path(p)
+            if p.is_dir():
+                shutil.copytree(p, target, symlinks=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, target)
+        return str(src) if src else self.scenario_arg
+
+    def _prepare(self, sb: Sandbox, scenario: Any) -> None:
+        # A pristine image: no agent state (the host's, seen through the overlay, is hidden, not touched).
+        sb.run(["rm", "-rf", "/var/lib/waagent", "/var/log/waagent.log", "/var/log/azure", "/var/lib/dhcp",
+                "/var/lib/dhclient", "/etc/waagent.conf"])
+        base = project_root() / "config" / "waagent.conf"
+        text = base.read_text(encoding="utf-8") if base.is_file() else ""
+        provisions = bool(getattr(scenario.ovf, "provision_guest_agent", True))
+        settings = {"Provisioning.Agent": "waagent" if provisions else "disabled",
+                    "ResourceDisk.Format": "n", "OS.EnableFirewall": "n",
+                    "Logs.Verbose": "y" if self.verbose else "n"}
+        sb.write_file("/etc/waagent.conf", adapt_conf(text, settings))
+        sb.write_file("/var/lib/dhcp/dhclient.eth0.leases", lease_file(WIRE_HOST))
+        sb.write_file("/run/systemd/netif/leases/2",  # networkd-style cache (Ubuntu 18.04 - 24.04 family)
+                      "# This is private data. Do not parse.\nADDRESS=10.0.0.4\n"
+                      f"OPTION_245={''.join(f'{int(o):02x}' for o in WIRE_HOST.split('.'))}\n")
+        sb.run(["mkdir", "-p", f"{LAB_RUN}/fabric", f"{LAB_RUN}/tenant"])
+        if not sb.host_path("/etc/ssh/sshd_config").exists():
+            # A VM image has openssh-server; this host may not. Give the image its stock config.
+            sb.write_file("/etc/ssh/sshd_config", SSHD_CONFIG)
+            self.say("image has no /etc/ssh/sshd_config: wrote a stock one (openssh-server not on this host)")
+        self.say(f"sandbox ready: /etc/waagent.conf (Provisioning.Agent={settings['Provisioning.Agent']}, "
+                 "ResourceDisk.Format=n, OS.EnableFirewall=n), DHCP lease with option 245 = " + WIRE_HOST)
+
+    def _start_fabric(self, sb: Sandbox, scenario_path: str, with_ovf: bool) -> FileFollower:
+        cfg = {"run": LAB_RUN, "scenario": scenario_path, "host": WIRE_HOST, "imds_host": IMDS_HOST, "ovf": with_ovf}
+        err = open(sb.host_path(f"{LAB_RUN}/fabric.err"), "wb")
+        self.fabric = sb.spawn([interpreter(), "-u", "-c", FABRIC_DRIVER, json.dumps(cfg)], stdout=err, stderr=err)
+        err.close()
+        events = FileFollower(lambda: sb.host_path(f"{LAB_RUN}/fabric-events.jsonl"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for line in events.read_lines():
+                ev = json.loads(line)
+                if ev["type"] == "started":
+                    d = ev["data"]
+                    self.say(f"fabric listening: WireServer {WIRE_HOST}:{d['wire']}, HostGAPlugin :{d['hgap']}, "
+                             f"IMDS {IMDS_HOST}:{d['imds']}, storage :{d['storage']}")
+                    return events
+            if self.fabric.poll() is not None:
+                raise LabFailure("the fabric emulator did not start:\n" + self._tail(f"{LAB_RUN}/fabric.err", 15))
+            time.sleep(0.05)
+        raise LabFailure("the fabric emulator did not start within 60 s")
+
+    def _attach_dvd(self, sb: Sandbox, workdir: Path) -> None:
+        ovf = sb.host_path(f"{LAB_RUN}/ovf-env.xml")
+        fs = "ext4"  # the kernel may lack udf/iso9660; the agent's mount falls back to auto-detection
+        image = build_image(workdir / "dvd.img", {"ovf-env.xml": ovf.read_bytes()}, fstype=fs, label="CDROM")
+        loop = sb.attach_image(image, device="/dev/sr0")
+        self.say(f"OVF DVD attached: {loop} -> /dev/sr0 ({fs}, ovf-env.xml {ovf.stat().st_size} bytes)")
+
+    def _start_daemon(self, sb: Sandbox) -> None:
+        out = open(sb.host_path(f"{LAB_RUN}/daemon.out"), "wb")
+        self.daemon = sb.spawn([interpreter(), "-u", "-m", "guestagent.cli", "-daemon"], stdout=out, stderr=out)
+        out.close()
+        self.say("started: waagent -daemon")
+
+    # -- following --------------------------------------------------------------------------------
+    def _on_fabric_event(self, ev: dict, scenario: Any) -> None:
+        kind, data = ev.get("type"), ev.get("data") or {}
+        if kind == "request":
+            self.requests[str(data.get("kind"))] = self.requests.get(str(data.get("kind")), 0) + 1
+            text = describe_request(data, self._seen)
+            if text:
+                self.tl.add("fabric", text)
+        elif kind == "health":
+            self.health.append(data)
+            self.tl.add("fabric", describe_health(data))
+        elif kind == "status":
+            self.status = summ.parse_status(data)
+            self.status_count += 1
+            exts = ", ".join(f"{e.handler} {e.version} {e.status or e.handler_status}" for e in self.status.extensions)
+            self.tl.add("fabric", f"status uploaded: agent {self.status.agent_status}"
+                                  + (f"; {exts}" if exts else ""))
+        elif kind == "advanced":
+            self.say(f"fabric moved to step {data.get('step', 0) + 1} of {len(scenario.steps)}")
+
+    def _done(self, sb: Sandbox, scenario: Any) -> bool:
+        if self.until == "ready":
+            return any(h.get("state") == "Ready" for h in self.health)
+        if self.status is None or self.status.agent_status != "Ready":
+            return False
+        if self.until == "status":
+            return True
+        step = scenario.steps[self.step]
+        if summ.expected_extensions(step):
+            ok, why = summ.extensions_done(self.status, step)
+            self._why = why
+            if not ok:
+                return False
+        elif self.status_count <= self.step_started:
+            return False
+        if self.step + 1 < len(scenario.steps):
+            self.step += 1
+            self.step_started = self.status_count
+            self.say(f"step {self.step} done; asking the fabric for the next goal state")
+            sb.write_file(f"{LAB_RUN}/step", str(self.step))
+            return False
+        return True
+
+    def _tail(self, path: str, n: int) -> str:
+        try:
+            lines = self.sb.read_text(path).splitlines() if self.sb else []
+        except OSError:
+            return "  (not found)"
+        return "\n".join("  " + line for line in lines[-n:]) or "  (empty)"
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        t0 = time.monotonic()
+        self._seen: set = set()
+        self._why = ""
+        workdir = Path(tempfile.mkdtemp(prefix="guestagent-lab-"))
+        ok = False
+        passwd_before = ""
+        try:
+            scenario = self._load_scenario()
+            self.say(f"scenario {scenario.name!r}: {len(scenario.steps)} goal-state step(s); until {self.until}")
+            self.sb = sb = Sandbox(hostname=IMAGE_HOSTNAME, loopback_addrs=(WIRE_HOST, IMDS_HOST))
+            self.say(f"sandbox created in {sb.startup_seconds:.2f}s (init pid {sb.init_pid})")
+            passwd_before = sb.read_text("/etc/passwd")
+            scenario_path = self._make_visible(sb, scenario)
+            self._prepare(sb, scenario)
+            with_ovf = bool(getattr(scenario.ovf, "provision_guest_agent", True))
+            events = self._start_fabric(sb, scenario_path, with_ovf)
+            if with_ovf:
+                self._attach_dvd(sb, workdir)
+            self._start_daemon(sb)
+            agent_log = FileFollower(lambda: sb.host_path("/var/log/waagent.log"))
+            deadline = time.monotonic() + self.timeout
+            while True:
+                for line in agent_log.read_lines():
+                    text = classify_log_line(line)
+                    if text:
+                        self.tl.add("agent", text)
+                for line in events.read_lines():
+                    self._on_fabric_event(json.loads(line), scenario)
+                if self._done(sb, scenario):
+                    ok = True
+                    self.result = f"success: {self.until} reached"
+                    break
+                if self.daemon.poll() is not None:
+                    raise LabFailure(f"the daemon exited with code {self.daemon.returncode}")
+                if self.fabric.poll() is not None:
+                    raise LabFailure("the fabric emulator stopped:\n" + self._tail(f"{LAB_RUN}/fabric.err", 15))
+                if time.monotonic() > deadline:
+                    raise LabFailure(f"timed out after {self.timeout:.0f} s waiting for {self.until}"
+                                     + (f" ({self._why})" if self._why else ""))
+                time.sleep(0.2)
+        except SandboxUnavailable:
+            raise
+        except (LabFailure, SandboxError) as e:
+            self.result = f"FAILED: {e}"
+        except Exception as e:  # a scenario error or a bug: still summarise and clean up
+            self.result = f"FAILED: {type(e).__name__}: {e}"
+        try:
+            if self.sb is not None:
+                self._summarise(self.sb, passwd_before)
+                if not ok:
+                    print("\nlast lines of /var/log/waagent.log:\n" + self._tail("/var/log/waagent.log", 30),
+                          file=self.out)
+                    print("\ndaemon stdout/stderr:\n" + self._tail(f"{LAB_RUN}/daemon.out", 15), file=self.out)
+            print(f"\nlab {self.result} (wall time {time.monotonic() - t0:.1f} s)", file=self.out, flush=True)
+            if self.keep and self.sb is not None:
+                self._keep(self.sb)
+        finally:
+            if self.sb is not None and not self.keep:
+                self.sb.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0 if ok else 1
+
+    def _summarise(self, sb: Sandbox, passwd_before: str) -> None:
+        changes = summ.agent_changes(sb.change_set())
+        lib = []
+        root = sb.host_path("/var/lib/waagent")
+        if root.is_dir():
+            for dirpath, _dirs, files in os.walk(root):
+                for name in sorted(files):
+                    p = Path(dirpath) / name
+                    st = p.lstat()
+                    lib.append(("/var/lib/waagent/" + str(p.relative_to(root)), st.st_mode & 0o7777, st.st_size))
+        try:
+            host_after = sb.run(["hostname"], check=False).stdout.strip()
+        except Exception:
+            host_after = "?"
+        print(summ.format_summary(
+            changes=changes, users=summ.users_added(passwd_before, sb.read_text("/etc/passwd")),
+            hostname=(IMAGE_HOSTNAME, host_after), health=self.health, status=self.status,
+            requests=self.requests, lib_files=sorted(lib)), file=self.out, flush=True)
+
+    def _keep(self, sb: Sandbox) -> None:
+        enter = " ".join(sb.enter_argv()[:-1])
+        sb.keep()
+        print(f"""
+the sandbox keeps running (keeper pid {sb.keeper_pid}, init pid {sb.init_pid}):
+  look inside:   {enter} /bin/bash
+  agent log:     /proc/{sb.init_pid}/root/var/log/waagent.log
+  fabric state:  /proc/{sb.init_pid}/root{LAB_RUN}/fabric   (events: {LAB_RUN}/fabric-events.jsonl)
+  stop it:       kill {sb.keeper_pid}""", file=self.out, flush=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="guestagent lab", description=__doc__.split("\n")[0])
+    p.add_argument("--scenario", default="default", help="scenario file or built-in name (default: default)")
+    p.add_argument("--keep", action="store_true", help="leave the sandbox running and print how to look inside")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the expected state")
+    p.add_argument("--until", choices=UNTIL, default="extensions",
+                   help="ready: Ready health report; status: a Ready status upload; extensions: every "
+                        "scenario step applied with all extensions succeeded (default)")
+    p.add_argument("--verbose", action="store_true", help="run the agent with Logs.Verbose=y")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    if os.geteuid() != 0:
+        print("guestagent lab needs root: it builds a namespace sandbox (mounts, loop devices, its own network); "
+              "run it with sudo.", file=sys.stderr)
+        return 2
+    try:
+        return Lab(args.scenario, keep=args.keep, timeout=args.timeout, until=args.until, verbose=args.verbose).run()
+    except SandboxUnavailable as e:
+        print(f"guestagent lab: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,129 @@
+"""ExtensionsConfig / vmSettings parsing: the model, per-handler errors, whole-document refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from guestagent.errors import ExtensionsConfigError, VmSettingsParseError
+from guestagent.exthandler.extensions.kitsupport import HandlerSpec, SettingsSpec, extensions_config_xml
+from guestagent.exthandler.extensions.manager import ordered_pairs
+from guestagent.protocol.extconfig import (
+    MIN_TIMESTAMP,
+    ZERO_GUID,
+    ExtensionSettings,
+    parse_extensions_config,
+    parse_vm_settings,
+    ticks_to_timestamp,
+)
+
+
+def doc(handlers, **kw):
+    return extensions_config_xml(handlers, 3, "https://a.blob/x.status?sv=1&sig=abc", **kw)
+
+
+def test_model_from_extensions_config():
+    xml = doc([HandlerSpec("P.T", "1.2", "https://m/manifest.xml", failover_uri="https://f/manifest.xml",
+                           settings=[SettingsSpec(seq=5, public={"a": "é"}, protected="MIIB", thumbprint="AB")])])
+    egs = parse_extensions_config(xml, "3")
+    assert (egs.id, egs.source, egs.incarnation, egs.svd_sequence_number) == ("incarnation_3", "Fabric", "3", "3")
+    assert egs.status_upload_blob == "https://a.blob/x.status?sv=1&sig=abc"
+    [ext] = egs.extensions
+    assert ext.manifest_uris == ["https://m/manifest.xml", "https://f/manifest.xml"] and ext.state == "enabled"
+    [s] = ext.settings
+    assert (s.name, s.sequence_number, s.public_settings, s.protected_settings, s.certificate_thumbprint) == (
+        "P.T", 5, {"a": "é"}, "MIIB", "AB")
+
+
+def test_invalid_runtime_settings_json_keeps_name_and_seqno():
+    xml = doc([HandlerSpec("P.T", "1.0", "https://m", settings=[SettingsSpec(seq=2, public={})])])
+    xml = xml.replace('{"runtimeSettings"', "{not json")
+    [ext] = parse_extensions_config(xml, "1").extensions
+    assert ext.invalid_setting_reason is None
+    assert [(s.name, s.sequence_number, s.public_settings) for s in ext.settings] == [("P.T", 2, None)]
+
+
+def test_empty_state_and_missing_seqno_make_only_that_handler_invalid():
+    xml = doc([HandlerSpec("A.B", "1.0", "https://m", settings=[SettingsSpec(seq=1, public={})]),
+               HandlerSpec("C.D", "1.0", "https://m", settings=[SettingsSpec(seq=1, public={})])])
+    xml = xml.replace('state="enabled"', 'state=""', 1).replace('seqNo="1"', "", 2)
+    a, c = parse_extensions_config(xml, "1").extensions
+    assert "empty Extensions.Plugins.Plugin.state" in a.invalid_setting_reason
+    assert "SeqNo not specified" in c.invalid_setting_reason
+
+
+@pytest.mark.parametrize("text", ["", "<Extensions", "<!DOCTYPE x [<!ENTITY e 'x'>]><Extensions/>",
+                                  "<?xml version='1.0'?><!DOCTYPE x SYSTEM 'http://127.0.0.1/evil'><a/>"])
+def test_broken_or_hostile_documents_are_refused(text):
+    with pytest.raises(ExtensionsConfigError, match="Error parsing ExtensionsConfig"):
+        parse_extensions_config(text, "1")
+
+
+def test_ticks_conversion():
+    assert ticks_to_timestamp(637726657706205217) == "2021-11-16T13:22:50.620522Z"
+    assert ticks_to_timestamp(None) == MIN_TIMESTAMP and ticks_to_timestamp("x") == MIN_TIMESTAMP
+    assert ticks_to_timestamp(0) == MIN_TIMESTAMP
+
+
+def vm(**over):
+    base = {"extensionGoalStatesSource": "FastTrack", "statusUploadBlob": {"statusBlobType": "PageBlob", "value": "u"},
+            "extensionGoalStates": [{"name": "A.B", "version": "1.0", "state": "enabled", "location": "https://m",
+                                     "settingsSeqNo": 3, "settings": [{"publicSettings": "{\"k\": 1}"}]}]}
+    base.update(over)
+    return json.dumps(base)
+
+
+def test_vm_settings_model_and_case_insensitive_keys():
+    text = vm().replace('"settingsSeqNo"', '"SETTINGSSEQNO"').replace('"location"', '"Location"')
+    egs = parse_vm_settings(text, "e1")
+    assert egs.id == "etag_e1" and egs.status_upload_blob_type == "PageBlob" and egs.activity_id == ZERO_GUID
+    assert egs.svd_sequence_number == ZERO_GUID
+    [ext] = egs.extensions
+    assert ext.manifest_uris == ["https://m"] and ext.settings[0].sequence_number == 3
+    assert ext.settings[0].public_settings == {"k": 1}
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"extensionGoalStates": {}}, "should be an array"),
+    ({"requiredFeatures": [{"nam": "x"}]}, "missing the 'name'"),
+    ({"statusUploadBlob": {"statusBlobType": "BlockBlob"}}, "value"),
+    ({"extensionGoalStates": [{"name": "A", "version": "1", "state": "bogus"}]}, "Invalid extension state"),
+    ({"extensionGoalStates": [{"name": "A", "version": "1", "state": "enabled", "settingsSeqNo": 0,
+                               "settings": [{"protectedSettings": "MII"}]}]}, "thumbprint"),
+    ({"extensionGoalStates": [{"name": "A", "version": "1", "state": "enabled", "settingsSeqNo": 0,
+                               "settings": [{}, {}]}]}, "multiple settings"),
+    ({"extensionGoalStates": [{"name": "A", "version": "1", "state": "enabled", "isMultiConfig": True,
+                               "settings": [{"seqNo": 0, "extensionState": "enabled"}]}]}, "extensionName"),
+    ({"extensionGoalStates": [{"name": "A", "version": "1", "state": "enabled", "settingsSeqNo": 0,
+                               "settings": [{"publicSettings": "{bad"}]}]}, "JSONDecodeError"),
+])
+def test_vm_settings_violations_reject_the_document(over, match):
+    with pytest.raises(VmSettingsParseError, match=match):
+        parse_vm_settings(vm(**over), "e2")
+
+
+@pytest.mark.parametrize("text", ["", "[]", "{bad json", "null"])
+def test_vm_settings_not_a_document(text):
+    with pytest.raises(VmSettingsParseError):
+        parse_vm_settings(text, "e3")
+
+
+def test_settings_file_json_is_upstream_shape():
+    s = ExtensionSettings(name="x", sequence_number=1, public_settings={"b": 1, "a": "é"})
+    assert json.dumps({"runtimeSettings": [{"handlerSettings": s.handler_settings()}]}) == (
+        '{"runtimeSettings": [{"handlerSettings": {"publicSettings": {"b": 1, "a": "\\u00e9"}, '
+        '"protectedSettings": null, "protectedSettingsCertThumbprint": null}}]}')
+
+
+def test_processing_order_puts_removals_first_deepest_dependents_first():
+    xml = doc([HandlerSpec("Z.Enabled1", "1", "https://m", settings=[SettingsSpec(seq=0, public={},
+                                                                                   depends_on_level=1)]),
+               HandlerSpec("Y.Enabled0", "1", "https://m", settings=[SettingsSpec(seq=0, public={})]),
+               HandlerSpec("X.Remove2", "1", "https://m", state="uninstall",
+                           settings=[SettingsSpec(seq=0, public={}, depends_on_level=2)]),
+               HandlerSpec("W.Remove0", "1", "https://m", state="disabled", settings=[SettingsSpec(seq=0, public={})]),
+               HandlerSpec("V.NoSettings", "1", "https://m")])
+    pairs = ordered_pairs(parse_extensions_config(xml, "1").extensions)
+    assert [(k, e.name) for k, e, _ in pairs] == [(-3, "X.Remove2"), (-1, "W.Remove0"), (0, "Y.Enabled0"),
+                                                  (0, "V.NoSettings"), (1, "Z.Enabled1")]

@@ -1,0 +1,158 @@
+"""Status JSON shape, blob request layout, goal-state history housekeeping and the IMDS probe rules."""
+
+import json
+import os
+import time
+import zipfile
+
+from guestagent.protocol import history, hostplugin, imds, status
+from guestagent.protocol.goalstate import EmptyExtensionsGoalState, GoalState, parse_goal_state, parse_on_hold
+
+
+def test_vm_status_shape_and_wire_form():
+    class GS:
+        incarnation = "7"
+        extensions_goal_state = EmptyExtensionsGoalState(incarnation="7")
+        fast_track_supported = True
+
+    doc = status.build_vm_status({"Debug.EnableFastTrack": True}, GS(), [], computer_name="vm", os_name="debian",
+                                 os_version="12", now=0)
+    assert list(doc) == ["version", "timestampUTC", "aggregateStatus", "guestOSInfo", "supportedFeatures"]
+    assert doc["timestampUTC"] == "1970-01-01T00:00:00Z"
+    agg = doc["aggregateStatus"]
+    assert agg["guestAgentStatus"] == {"version": "2.15.0.1", "status": "Ready",
+                                       "formattedMessage": {"lang": "en-US", "message": "Guest Agent is running"}}
+    assert agg["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]["inSvdSeqNo"] == "7"
+    assert doc["guestOSInfo"] == {"computerName": "vm", "osName": "debian", "osVersion": "12", "version": "2.15.0.1"}
+    assert [f["Key"] for f in doc["supportedFeatures"]] == ["MultipleExtensionsPerHandler", "VersioningGovernance",
+                                                            "FastTrack"]
+    text = status.to_json(status.build_vm_status(None, None, [{"m": "é"}], computer_name="vm", os_name="d",
+                                                 os_version="1"))
+    assert '"m": "\\u00e9"' in text and '"version": "1.1", ' in text
+    assert "vmArtifactsAggregateStatus" not in text and "FastTrack" not in text
+
+
+def test_sas_redaction_in_messages():
+    assert status.redact_sas("x https://a.blob/c/d?sv=2020&sig=abc y") == "x https://a.blob/c/d?<redacted> y"
+    assert status.redact_sas("no url") == "no url"
+
+
+def test_block_and_page_blob_requests():
+    reqs = hostplugin.blob_requests("http://s/b?sv=1", b"x" * 1000, "PageBlob", now=0)
+    assert [r.uri for r in reqs] == ["http://s/b?sv=1", "http://s/b?sv=1&comp=page"]
+    assert reqs[0].headers == [("Content-Length", "0"), ("x-ms-blob-content-length", "1024"),
+                               ("x-ms-blob-type", "PageBlob"), ("x-ms-date", "1970-01-01T00:00:00Z"),
+                               ("x-ms-version", "2014-02-14")]
+    assert dict(reqs[1].headers)["x-ms-range"] == "bytes=0-1023" and reqs[1].content.endswith(b"\0" * 24)
+    big = hostplugin.blob_requests("http://s/b", b"y" * (4 * 1024 * 1024 + 10), "PageBlob")
+    assert len(big) == 3 and big[1].uri == "http://s/b?comp=page"
+    assert dict(big[2].headers)["x-ms-range"] == "bytes=4194304-4194815"
+    block = hostplugin.blob_requests("http://s/b", b"abc", "BlockBlob", now=0)
+    assert block[0].headers[0] == ("Content-Length", "3") and block[0].content == b"abc"
+
+
+def test_ticks_to_timestamp_float_path():
+    assert hostplugin.ticks_to_timestamp(637726657706205217) == "2021-11-16T13:22:50.620522Z"
+    assert hostplugin.ticks_to_timestamp(0) == "0001-01-01T00:00:00.000000Z"
+    assert hostplugin.ticks_to_timestamp("junk") == "0001-01-01T00:00:00.000000Z"
+
+
+def test_on_hold_values():
+    assert parse_on_hold('{"onHold": true}') and parse_on_hold('{"onHold": "TRUE"}')
+    for text in ('{"onHold": false}', '{"onHold": 1}', "", "not json", "[]", None):
+        assert not parse_on_hold(text)
+
+
+def test_goal_state_model_properties():
+    doc = parse_goal_state("<GoalState><Incarnation>3</Incarnation><Container><ContainerId>c</ContainerId>"
+                           "<RoleInstanceList><RoleInstance><InstanceId>i</InstanceId><Configuration>"
+                           "<ConfigName>d1.2.x.xml</ConfigName></Configuration></RoleInstance></RoleInstanceList>"
+                           "</Container></GoalState>")
+    gs = GoalState(document=doc)
+    assert (gs.incarnation, gs.container_id, gs.role_instance_id, doc.deployment_id) == ("3", "c", "i", "d1")
+    assert doc.extensions_config_uri is None and doc.certificates_uri is None
+
+
+def test_history_names_purge_and_archive(tmp_root):
+    h = history.History("/var/lib/waagent")
+    assert history.folder_name("5", now=0) == "1970-01-01T00-00-00__5"
+    for i in range(55):
+        h.start(f"{i}", now=1_000_000 + i)
+        h.save("GoalState.xml", "<x/>")
+    root = tmp_root / "var/lib/waagent/history"
+    assert len(os.listdir(root)) == 50
+    h.archive()
+    names = sorted(os.listdir(root))
+    zips = [n for n in names if n.endswith(".zip")]
+    assert len(zips) == 49 and len(names) == 50 and "1970-01-12T13-47-34__54" in names
+    with zipfile.ZipFile(root / zips[0]) as zf:
+        assert zf.namelist() == ["GoalState.xml"]
+
+
+def test_history_disabled_and_errors_never_raise(tmp_root):
+    h = history.History("/var/lib/waagent", enabled=False)
+    assert h.start("1") is None
+    h.save("x", "y")
+    h2 = history.History("/var/lib/waagent")
+    (tmp_root / "var/lib/waagent").mkdir(parents=True)
+    (tmp_root / "var/lib/waagent/history").write_text("a file where the folder should be")
+    h2.start("1")
+    h2.save("GoalState.xml", "<x/>")
+
+
+def test_redaction_helpers():
+    xml_text = ('<StatusUploadBlob statusBlobType="BlockBlob">https://a/b.status?sv=1&amp;sig=S</StatusUploadBlob>'
+                '<InVMArtifactsProfileBlob>https://a/p?sig=Q</InVMArtifactsProfileBlob>'
+                '{"protectedSettings":"PPP", "x": 1}')
+    out = history.redact_extensions_config(xml_text)
+    assert "sig=" not in out and "PPP" not in out and out.count("***REDACTED***") == 3
+    vm = json.dumps({"statusUploadBlob": {"statusBlobType": "PageBlob", "value": "https://a/b?sv=1&sig=S"},
+                     "settings": [{"protectedSettings": "PPP"}]})
+    out = history.redact_vm_settings(vm)
+    assert "sig=" not in out and "PPP" not in out
+
+
+def test_imds_probe_rules():
+    ok = json.dumps({"network": {"interface": [{"macAddress": "000D3A", "ipv4": {"ipAddress": [
+        {"privateIpAddress": "10.0.0.4"}]}}]}})
+    assert imds.probe_is_healthy(200, ok)
+    assert not imds.probe_is_healthy(200, "{}") and not imds.probe_is_healthy(200, "junk")
+    assert not imds.probe_is_healthy(500, ok) and not imds.probe_is_healthy(410, ok)
+    assert imds.probe_is_healthy(404, "")
+    c = imds.parse_compute('{"location": "westus", "vmId": "v", "subscriptionId": "s", "resourceGroupName": "r"}')
+    assert (c.location, c.vm_id, c.subscription_id, c.resource_group_name) == ("westus", "v", "s", "r")
+
+
+def test_imds_heartbeat_over_loopback():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append(dict(self.headers))
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    now = [0.0]
+    from guestagent.protocol.http import HttpClient
+
+    client = imds.ImdsClient("127.0.0.1", srv.server_address[1], http=HttpClient(sleep=lambda s: None),
+                             clock=lambda: now[0])
+    try:
+        assert client.heartbeat()["IsHealthy"]
+        now[0] = 200.0
+        obs = client.heartbeat()
+        assert obs["ObservationName"] == "InstanceMetadataHeartbeat" and not obs["IsHealthy"]
+        assert seen[0]["Metadata"] == "True" and seen[0]["User-Agent"].endswith("+health")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert time.time() > 0
