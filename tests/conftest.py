@@ -43,6 +43,7 @@ def _reset_log():
 
     yield
     log.reset()
+    log.clear_secrets()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -144,7 +144,7 @@ def collect_handler(handler: str, directory: str, lib_dir: str, result: CollectR
                     try:
                         ext = validate(raw)
                     except InvalidExtensionEvent as e:
-                        dropped[str(e)] += 1
+                        dropped[f"[InvalidExtensionEventError] {e}"] += 1
                         continue
                     events.write_event_file(to_event(handler, ext, mtime), lib_dir)
                     captured += 1

@@ -229,7 +229,7 @@ class ExtHandler:
             goal_state = self.protocol.update_goal_state()
         except Exception as e:
             self._goal_state_error(e)
-        if goal_state is not None and self.config.get("Extensions.Enabled"):
+        if goal_state is not None:
             ext_id = _extensions_id(goal_state)
             if ext_id is not None and ext_id != self.last_extensions_id:
                 try:

@@ -47,7 +47,7 @@ def test_lab_end_to_end_reaches_ready_and_uploads_status():
     assert "users added: azureuser" in out
     assert "hostname: lab-image -> guestagent-vm" in out
     assert (socket.gethostname(), _sha("/etc/passwd"), _sha("/etc/shadow")) == host
-    assert not Path("/home/azureuser").exists() or host  # never created by the lab on the host
+    assert "\nazureuser:" not in "\n" + Path("/etc/passwd").read_text()
     assert "guestagent-sandbox-" not in Path("/proc/self/mountinfo").read_text()
     assert "guestagent-lab" not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
 

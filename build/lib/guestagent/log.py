@@ -93,6 +93,12 @@ def _redact_protected(text: str) -> str:
     return "".join(out)
 
 
+def clear_secrets() -> None:
+    """Forget registered secrets (tests: one test's secrets must not change another's output)."""
+    with _lock:
+        _secrets.clear()
+
+
 def redact(text: str) -> str:
     text = _SAS_URL.sub(r"\1<redacted>", text)
     text = _SAS_SV.sub(r"\1<redacted>", text)

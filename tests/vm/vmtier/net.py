@@ -3,7 +3,6 @@
 slirp only forwards (guestfwd) to addresses inside its own subnet, and that subnet must be /4 to /32.
 168.0.0.0/7 is the one subnet holding both 168.63.129.16 (WireServer :80, HostGAPlugin :32526) and
 169.254.169.254 (IMDS), so the guest LAN is that (the guest gets 168.63.129.100 by DHCP, gateway .1).
-The fabric's storage (extension packages, status blob) appears to the guest at STORAGE_HOST:80.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 WIRESERVER = "168.63.129.16"
 HGAP_PORT = 32526
 IMDS = "169.254.169.254"
-STORAGE_HOST = "168.63.129.200"
 NET = "168.0.0.0/7"
 GATEWAY = "168.63.129.1"
 DHCP_START = "168.63.129.100"

@@ -1,18 +1,19 @@
 """One emulated Azure VM: the fabric on host loopback, its devices, and the QEMU guest.
 
 The guest sees the platform at Azure's addresses: WireServer 168.63.129.16:80, HostGAPlugin :32526,
-IMDS 169.254.169.254:80 and the fabric's storage at net.STORAGE_HOST:80; QEMU forwards each guest
-connection to this VM's own fabric ports on 127.0.0.1. The agent finds the WireServer through the
+IMDS 169.254.169.254:80; QEMU forwards each guest connection to this VM's own fabric ports on
+127.0.0.1. The fabric builds document and blob URLs from the request's Host (168.63.129.16) and its
+own port numbers, so those ports are forwarded on 168.63.129.16 as well. The agent finds the WireServer through the
 /32 route in /proc/net/route (QEMU's DHCP has no option 245).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,17 +32,11 @@ BASE_CONF = {
 
 
 def start_fabric(scenario, state_dir: Path):
-    """The fabric for one VM, advertising the guest-visible addresses in its documents."""
+    """The fabric for one VM on host loopback, on ephemeral ports."""
     from guestagent.fabric.server import Fabric
 
-    params = inspect.signature(Fabric).parameters
-    kw: dict = {}
-    if "public_wire_url" in params:
-        kw["public_wire_url"] = f"http://{net.WIRESERVER}"
-    if "public_storage_url" in params:
-        kw["public_storage_url"] = f"http://{net.STORAGE_HOST}"
     fab = Fabric(scenario, host="127.0.0.1", wire_port=0, hgap_port=0, imds_port=0, storage_port=0,
-                 state_dir=state_dir, **kw)
+                 state_dir=state_dir)
     fab.start()
     return fab
 
@@ -78,34 +73,48 @@ class AzureVM:
         self.dvd_count = getattr(self, "dvd_count", 0) + 1
         return devices.make_dvd(self.work / f"ovf-{self.dvd_count}.iso", {"ovf-env.xml": build_ovf_env(scenario)})
 
+    def _forwards(self) -> list:
+        f = self.fabric
+        return [Forward(net.WIRESERVER, 80, f.wire_port, "wire"),
+                Forward(net.WIRESERVER, net.HGAP_PORT, f.hgap_port, "hgap"),
+                Forward(net.IMDS, 80, f.imds_port, "imds"),
+                # the fabric writes the URLs of its documents and blobs with the host the request
+                # named (168.63.129.16) and its own ports: forward those ports too
+                Forward(net.WIRESERVER, f.wire_port, f.wire_port, "wire-docs"),
+                Forward(net.WIRESERVER, f.storage_port, f.storage_port, "storage")]
+
     def start(self) -> AzureVM:
+        """Start the fabric, make the devices, boot; returns once the guest's control channel answers
+        (the agent is then starting under systemd, as on a new Azure VM)."""
         self.scenario = self.load_scenario(self.scenario_dict)
         self.fabric = start_fabric(self.scenario, self.work / "fabric")
         conf_file = self.work / "waagent.conf"
         conf_file.write_text(devices.waagent_conf((REPO / "config/waagent.conf").read_text(), self.conf))
-        f = self.fabric
-        forwards = [Forward(net.WIRESERVER, 80, f.wire_port, "wire"),
-                    Forward(net.WIRESERVER, net.HGAP_PORT, f.hgap_port, "hgap"),
-                    Forward(net.IMDS, 80, f.imds_port, "imds"),
-                    Forward(net.STORAGE_HOST, 80, f.storage_port, "storage")]
         self.ssh_port = net.free_port()
         cfg = MachineConfig(image_dir=self.base, disk=self.agent_disk, work=self.work, cpus=self.cpus,
                             dvd=self.make_dvd(self.scenario),
                             resource_disk=devices.make_resource_disk(self.work / "resource.img",
                                                                      self.resource_disk_mb),
-                            forwards=forwards, ssh_port=self.ssh_port, fw_cfg={"waagent.conf": conf_file},
-                            timeout=self.timeout)
+                            forwards=self._forwards(), ssh_port=self.ssh_port,
+                            fw_cfg={"waagent.conf": conf_file}, timeout=self.timeout)
         self.machine = Machine(cfg)
         self.t_start = time.monotonic()
         self.machine.boot()
         return self
 
-    def boot_again(self, scenario_dict: Optional[dict] = None) -> str:
-        """Start the powered-off VM again (same disks), optionally with a new ovf-env on the DVD."""
+    def boot_again(self, scenario_dict: Optional[dict] = None, new_vm_id: bool = False) -> str:
+        """Start the powered-off VM again on the same disks. With a scenario: a new fabric and a new
+        ovf-env on the DVD (an image captured after deprovisioning, deployed as a new VM)."""
         if scenario_dict is not None:
+            self.fabric.stop()
             self.scenario_dict = scenario_dict
             self.scenario = self.load_scenario(scenario_dict)
+            self.fabric = start_fabric(self.scenario, self.work / f"fabric-{self.machine.boots + 1}")
+            self.machine.cfg.forwards = self._forwards()
             self.machine.cfg.dvd = self.make_dvd(self.scenario)
+        if new_vm_id:
+            self.machine.cfg.vm_uuid = str(uuid.uuid4())
+        self.t_start = time.monotonic()
         return self.machine.boot()
 
     # --- observations -----------------------------------------------------------------------------

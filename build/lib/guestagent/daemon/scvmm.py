@@ -70,6 +70,8 @@ def _mount_once(device: str, mount_point: str) -> bool:
         return existing == mount_point
     system.mkdir(mount_point, mode=0o755)
     res = system.run(["mount", "-o", "ro", "-t", "udf,iso9660,vfat", device, mount_point], check=False, timeout=60)
+    if not res.ok:  # a kernel without those file systems (or another medium): let mount detect the type
+        res = system.run(["mount", "-o", "ro", device, mount_point], check=False, timeout=60)
     return res.ok
 
 

@@ -22,8 +22,7 @@ class MonitorHostNameChanges:
 
     def __init__(self, config, lib_dir: str, distro=None, gethostname: Callable[[], str] = socket.gethostname,
                  publish: Optional[Callable[[str], None]] = None):
-        from guestagent.osutil import distros
-        from guestagent.osutil import hostname
+        from guestagent.osutil import distros, hostname
 
         self.config = config
         self.lib_dir = lib_dir
@@ -86,8 +85,7 @@ def _endpoint(ctx) -> str:
 
 def operations(ctx) -> list[Operation]:
     from guestagent.exthandler.firewall import EnableFirewall, initialize_firewall
-    from guestagent.osutil import dhcpmonitor, netrules, scsi
-    from guestagent.osutil import distros
+    from guestagent.osutil import dhcpmonitor, distros, netrules, scsi
 
     config = ctx.config
     distro = distros.detect()

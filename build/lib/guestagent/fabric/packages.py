@@ -60,9 +60,12 @@ def zip_folder(folder: Path) -> bytes:
                     continue
                 rel = full.relative_to(folder).as_posix()
                 info = zipfile.ZipInfo(rel, date_time=(2020, 1, 1, 0, 0, 0))
-                info.external_attr = (full.stat().st_mode & 0o777 | 0o100000) << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
                 data = full.read_bytes()
+                mode = full.stat().st_mode & 0o777
+                if data.startswith(b"#!"):  # scripts stay runnable even if an installer dropped the x bits
+                    mode |= 0o755
+                info.external_attr = (mode | 0o100000) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
                 total += len(data)
                 if total > _MAX_PACKAGE:
                     raise ValueError(f"handler folder {folder} is larger than {_MAX_PACKAGE} bytes")

@@ -69,8 +69,14 @@ class GoalView:
 class Fabric:
     def __init__(self, scenario: Optional[Scenario] = None, host: str = "127.0.0.1", wire_port: int = 0,
                  hgap_port: int = 0, imds_port: int = 0, imds_host: Optional[str] = None, storage_port: int = 0,
-                 state_dir: Union[str, Path, None] = None):
+                 state_dir: Union[str, Path, None] = None, public_wire_url: Optional[str] = None,
+                 public_storage_url: Optional[str] = None):
+        """public_wire_url / public_storage_url: the base URLs the VM must use when it reaches the fabric
+        through a forward (e.g. ``http://168.63.129.16``); by default URLs use the host the client asked
+        for and the fabric's own ports."""
         self.scenario = scenario or default_scenario()
+        self.public_wire_url = public_wire_url.rstrip("/") if public_wire_url else None
+        self.public_storage_url = public_storage_url.rstrip("/") if public_storage_url else None
         self.host = host
         self.imds_host = imds_host or host
         self.wire_port, self.hgap_port, self.imds_port, self.storage_port = wire_port, hgap_port, imds_port, storage_port
@@ -180,10 +186,10 @@ class Fabric:
 
     # ------------------------------------------------------------ URLs (always back at this fabric)
     def wire_base(self, host: Optional[str] = None) -> str:
-        return f"http://{_url_host(host or self.host)}:{self.wire_port}"
+        return self.public_wire_url or f"http://{_url_host(host or self.host)}:{self.wire_port}"
 
     def storage_base(self, host: Optional[str] = None) -> str:
-        return f"http://{_url_host(host or self.host)}:{self.storage_port}"
+        return self.public_storage_url or f"http://{_url_host(host or self.host)}:{self.storage_port}"
 
     def _sas(self, perm: str) -> str:
         return f"sv=2018-03-28&sr=b&sk=system-1&sig={self.sas_sig}&se=9999-01-01T00%3a00%3a00Z&sp={perm}"

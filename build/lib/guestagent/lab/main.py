@@ -96,6 +96,17 @@ while True:
 '''
 
 
+SSHD_CONFIG = """\
+Include /etc/ssh/sshd_config.d/*.conf
+KbdInteractiveAuthentication no
+UsePAM yes
+X11Forwarding yes
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+
+
 class LabFailure(Exception):
     """The run failed; the message is the reason shown to the user."""
 
@@ -200,6 +211,10 @@ class Lab:
                       "# This is private data. Do not parse.\nADDRESS=10.0.0.4\n"
                       f"OPTION_245={''.join(f'{int(o):02x}' for o in WIRE_HOST.split('.'))}\n")
         sb.run(["mkdir", "-p", f"{LAB_RUN}/fabric", f"{LAB_RUN}/tenant"])
+        if not sb.host_path("/etc/ssh/sshd_config").exists():
+            # A VM image has openssh-server; this host may not. Give the image its stock config.
+            sb.write_file("/etc/ssh/sshd_config", SSHD_CONFIG)
+            self.say("image has no /etc/ssh/sshd_config: wrote a stock one (openssh-server not on this host)")
         self.say(f"sandbox ready: /etc/waagent.conf (Provisioning.Agent={settings['Provisioning.Agent']}, "
                  "ResourceDisk.Format=n, OS.EnableFirewall=n), DHCP lease with option 245 = " + WIRE_HOST)
 

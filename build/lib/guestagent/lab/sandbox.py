@@ -238,6 +238,7 @@ def _build(cfg: dict, work: Path) -> int:
     (root / "run" / "lock").mkdir(mode=0o1777)
     _mount("tmpfs", root / "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     _mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _no_dns(root / "etc" / "resolv.conf")
     for src in binds:
         target = root / src.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
@@ -279,6 +280,15 @@ def _network(cfg: dict) -> None:
                          check=False)
     if res.returncode != 0:
         raise SandboxError(f"network set-up failed: {res.stderr.strip()}")
+
+
+def _no_dns(resolv: Path) -> None:
+    """The host's name servers are unreachable inside; without this every lookup (even the reverse one
+    http.server does when it binds) waits for resolver time-outs. Loopback fails at once."""
+    if resolv.is_symlink() or resolv.exists():
+        resolv.unlink()
+    resolv.write_text("# guestagent sandbox: private network, no DNS\nnameserver 127.0.0.1\n"
+                      "options timeout:1 attempts:1\n")
 
 
 def _make_dev(dev: Path) -> None:
@@ -482,6 +492,7 @@ class Sandbox:
         self.init_pid = int(reply["init"])
         self.keeper_pid = self._keeper.pid
         self.startup_seconds = time.monotonic() - self.started
+        self._baseline = self._upper_entries()  # the sandbox's own set-up is not a change
 
     def _recv(self, timeout: float) -> dict:
         buf = b""
@@ -615,22 +626,29 @@ class Sandbox:
             time.sleep(0.02)
 
     # -- what changed
-    def change_set(self) -> dict[str, str]:
-        """``{path: "added" | "modified" | "deleted"}`` for the overlay (not /tmp, /run, /dev)."""
+    def _upper_entries(self) -> dict[str, tuple[str, os.stat_result]]:
         upper = Path(f"/proc/{self.keeper_pid}/root{self.workdir}/upper")
-        out: dict[str, str] = {}
+        out = {}
         for dirpath, dirnames, filenames in os.walk(upper):
             rel = "/" + os.path.relpath(dirpath, upper).lstrip(".").lstrip("/")
             for name in dirnames + filenames:
                 p = os.path.join(dirpath, name)
-                inside = os.path.join(rel, name)
-                st = os.lstat(p)
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    out[inside] = "deleted"
-                elif not os.path.lexists(inside):
-                    out[inside] = "added"
-                elif not stat.S_ISDIR(st.st_mode):
-                    out[inside] = "modified"
+                out[os.path.join(rel, name)] = (p, os.lstat(p))
+        return out
+
+    def change_set(self) -> dict[str, str]:
+        """``{path: "added" | "modified" | "deleted"}`` for the overlay (not /tmp, /run, /dev)."""
+        out: dict[str, str] = {}
+        for inside, (_p, st) in self._upper_entries().items():
+            base = self._baseline.get(inside)
+            if base is not None and (base[1].st_mtime_ns, base[1].st_ino) == (st.st_mtime_ns, st.st_ino):
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                out[inside] = "deleted"
+            elif not os.path.lexists(inside):
+                out[inside] = "added"
+            elif not stat.S_ISDIR(st.st_mode):
+                out[inside] = "modified"
         return dict(sorted(out.items()))
 
     def changes(self) -> list[str]:

@@ -118,7 +118,7 @@ def ticks_to_timestamp(ticks: Any) -> str:
         value = datetime.min + timedelta(seconds=float(int(ticks)) / 10 ** 7)
     except (TypeError, ValueError, OverflowError):
         return MIN_TIMESTAMP
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{value.year:04d}-" + value.strftime("%m-%dT%H:%M:%S.%fZ")  # %Y gives "1", not "0001", on glibc
 
 
 def _to_id(value: Any) -> str:

@@ -1,0 +1,349 @@
+"""``waagent -collect-logs [-full]`` and the periodic collection (spec 05 §15).
+
+The archive is built from upstream's manifest (``ll``/``echo``/``copy`` lines with $LIB_DIR, $LOG_DIR,
+$AGENT_LOG), must-collect files first, files over 30 MiB replaced by their tail, 150 MiB in total.
+Unlike upstream, text files pass through the agent's redaction (passwords, protected settings, SAS
+signatures, private keys) on their way into the archive — a support bundle must not carry secrets.
+The periodic run starts this same command through ``systemd-run`` in the log collector's limited
+scope and uploads the result through HostGAPlugin ``/vmAgentLog``.
+"""
+
+from __future__ import annotations
+
+import glob
+import heapq
+import os
+import sys
+import time
+import zipfile
+from typing import Any, Optional
+
+from guestagent import events, log
+from guestagent.osutil import system
+from guestagent.periodic import Operation
+
+FILE_LIMIT = 30 * 1024 * 1024
+TOTAL_LIMIT = 150 * 1024 * 1024
+MAX_ERRORS = 8
+REDACT_LIMIT = 32 * 1024 * 1024
+BINARY_EXTENSIONS = (".gz", ".zip", ".xz")
+GRACEFUL_KILL, INVALID_CGROUPS, UNEXPECTED_CGROUP_PATH = 3, 2, 4
+
+_COMMON_LOGS = ["$AGENT_LOG*", "/var/log/dmesg*", "/var/log/syslog*", "/var/log/auth*"]
+_EXTENSION_FILES = ["$LIB_DIR/ovf-env.xml", "$LIB_DIR/waagent_status.json", "$LIB_DIR/*/status/*.status",
+                    "$LIB_DIR/*/config/*.settings", "$LIB_DIR/*/config/HandlerState",
+                    "$LIB_DIR/*/config/HandlerStatus", "$LIB_DIR/error.json", "$LIB_DIR/history/*.zip"]
+#: (command, argument) pairs — the facts of upstream's MANIFEST_NORMAL / MANIFEST_FULL.
+MANIFEST_NORMAL: list[tuple[str, str]] = [
+    ("echo", "### Probing Directories ###"), ("ll", "/var/log"), ("ll", "$LIB_DIR"),
+    ("echo", "### Gathering Configuration Files ###"),
+    *[("copy", p) for p in ("/etc/*-release", "/etc/HOSTNAME", "/etc/hostname", "/etc/waagent.conf")],
+    ("echo", ""), ("echo", "### Gathering Log Files ###"),
+    *[("copy", p) for p in [*_COMMON_LOGS, "$LOG_DIR/*/*", "$LOG_DIR/*/*/*", "$LOG_DIR/custom-script/handler.log"]],
+    ("echo", ""), ("echo", "### Gathering Extension Files ###"),
+    *[("copy", p) for p in _EXTENSION_FILES], ("echo", ""),
+]
+MANIFEST_FULL: list[tuple[str, str]] = [
+    ("echo", "### Probing Directories ###"), ("ll", "/var/log"), ("ll", "$LIB_DIR"), ("ll", "/etc/udev/rules.d"),
+    ("echo", "### Gathering Configuration Files ###"),
+    *[("copy", p) for p in (
+        "$LIB_DIR/provisioned", "/etc/fstab", "/etc/ssh/sshd_config", "/boot/grub*/grub.c*", "/boot/grub*/menu.lst",
+        "/etc/*-release", "/etc/HOSTNAME", "/etc/hostname", "/etc/network/interfaces",
+        "/etc/network/interfaces.d/*.cfg", "/etc/netplan/50-cloud-init.yaml", "/etc/nsswitch.conf",
+        "/etc/resolv.conf", "/run/systemd/resolve/stub-resolv.conf", "/run/resolvconf/resolv.conf",
+        "/etc/sysconfig/iptables", "/etc/sysconfig/network", "/etc/sysconfig/network/ifcfg-eth*",
+        "/etc/sysconfig/network/routes", "/etc/sysconfig/network-scripts/ifcfg-eth*",
+        "/etc/sysconfig/network-scripts/route-eth*", "/etc/sysconfig/SuSEfirewall2", "/etc/ufw/ufw.conf",
+        "/etc/waagent.conf", "/var/lib/dhcp/dhclient.eth0.leases", "/var/lib/dhclient/dhclient-eth0.leases",
+        "/var/lib/wicked/lease-eth0-dhcp-ipv4.xml", "/run/systemd/netif/leases/2")],
+    ("echo", ""), ("echo", "### Gathering Log Files ###"),
+    *[("copy", p) for p in (
+        "$AGENT_LOG*", "/var/log/syslog*", "/var/log/rsyslog*", "/var/log/messages*", "/var/log/kern*",
+        "/var/log/dmesg*", "/var/log/dpkg*", "/var/log/yum*", "/var/log/cloud-init*", "/var/log/boot*",
+        "/var/log/auth*", "/var/log/secure*", "$LOG_DIR/*/*", "$LOG_DIR/*/*/*", "$LOG_DIR/custom-script/handler.log",
+        "$LOG_DIR/run-command/handler.log")],
+    ("echo", ""), ("echo", "### Gathering Extension Files ###"),
+    *[("copy", p) for p in (
+        "$LIB_DIR/ovf-env.xml", "$LIB_DIR/*/status/*.status", "$LIB_DIR/*/config/*.settings",
+        "$LIB_DIR/*/config/HandlerState", "$LIB_DIR/*/config/HandlerStatus", "$LIB_DIR/SharedConfig.xml",
+        "$LIB_DIR/ManagedIdentity-*.json", "$LIB_DIR/*/error.json", "$LIB_DIR/waagent_status.json",
+        "$LIB_DIR/history/*.zip")],
+    ("echo", ""), ("echo", "### Gathering Disk Info ###"), ("diskinfo", ""),
+    ("echo", "### Gathering Guest ProxyAgent Log Files ###"), ("copy", "/var/log/azure-proxy-agent/*"), ("echo", ""),
+]
+
+
+class Results:
+    """results.txt: ``YYYY-MM-DDTHH:MM:SSZ LEVEL message`` lines, reset at each run."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "wb"):
+            pass
+
+    def write(self, level: str, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {level} {message}\n")
+
+    def info(self, message: str) -> None:
+        self.write("INFO", message)
+
+    def warning(self, message: str) -> None:
+        self.write("WARNING", message)
+
+    def error(self, message: str) -> None:
+        self.write("ERROR", message)
+
+
+class LogCollector:
+    def __init__(self, config: Any = None, full: bool = False):
+        def get(key: str, default: str) -> str:
+            try:
+                return (config.get(key) if config is not None else None) or default
+            except Exception:
+                return default
+
+        self.full = full
+        self.lib_dir = get("Lib.Dir", "/var/lib/waagent")
+        self.log_dir = get("Extension.LogDir", "/var/log/azure")
+        self.agent_log = log.LOG_FILE
+        self.out_dir = os.path.join(self.lib_dir, "logcollector")
+        self.truncated_dir = os.path.join(self.out_dir, "truncated")
+        self.archive = os.path.join(self.out_dir, "logs.zip")
+        self.results_path = os.path.join(self.out_dir, "results.txt")
+
+    # Paths: the manifest speaks of the machine's paths; system.path maps them under the test root.
+    def _real(self, p: str) -> str:
+        return str(system.path(p))
+
+    def _virtual(self, real: str) -> str:
+        root = str(system.get_root()).rstrip("/")
+        return real[len(root):] if root and real.startswith(root + "/") else real
+
+    def _expand(self, value: str) -> str:
+        return value.replace("$LIB_DIR", self.lib_dir).replace("$LOG_DIR", self.log_dir) \
+            .replace("$AGENT_LOG", self.agent_log)
+
+    def must_collect(self) -> list[str]:
+        patterns = [self.agent_log, f"{self.lib_dir}/waagent_status.json", f"{self.lib_dir}/history/*.zip",
+                    f"{self.log_dir}/*/*", f"{self.log_dir}/*/*/*", f"{self.agent_log}.*"]
+        out: list[str] = []
+        for p in patterns:
+            out += sorted(self._virtual(m) for m in glob.glob(self._real(p)))
+        return out
+
+    def process_manifest(self, results: Results) -> set[str]:
+        results.info(f"Using {self.lib_dir} as $LIB_DIR")
+        results.info(f"Using {self.log_dir} as $LOG_DIR")
+        results.info(f"Using {self.agent_log} as $AGENT_LOG")
+        files: set[str] = set()
+        for command, value in (MANIFEST_FULL if self.full else MANIFEST_NORMAL):
+            value = self._expand(value)
+            if command == "ll":
+                res = system.run(["ls", "-alF", self._real(value)], check=False, timeout=60, log=False)
+                if res.returncode != 0:
+                    results.error(f"Command: [ls -alF {value}], return code: [{res.returncode}], stdout: "
+                                  f"[{res.stdout}] stderr: [{res.stderr}]")
+                else:
+                    results.info(f"Output of command [ls -alF {value}]:\n{res.stdout}")
+            elif command == "echo":
+                results.info(value)
+            elif command == "copy":
+                for match in glob.glob(self._real(value)):
+                    if os.path.isfile(match):
+                        results.info(self._virtual(match))
+                        files.add(self._virtual(match))
+        return files
+
+    def _truncate(self, path: str, results: Results) -> Optional[str]:
+        if os.path.splitext(path)[1] in BINARY_EXTENSIONS:
+            results.warning(f"Discarding large binary file {path}")
+            return None
+        target = os.path.join(self.truncated_dir, path.replace(os.sep, "_"))
+        real_target, real_src = self._real(target), self._real(path)
+        if os.path.exists(real_target) and os.path.getmtime(real_src) < os.path.getmtime(real_target):
+            return target
+        with open(real_src, "rb") as src, open(real_target, "wb") as dst:
+            src.seek(max(0, os.path.getsize(real_src) - FILE_LIMIT))
+            while chunk := src.read(1024 * 1024):
+                dst.write(chunk)
+        return target
+
+    def select(self, files: set[str], results: Results) -> tuple[list[str], int]:
+        """Priority order (must-collect first), truncating big files, until the 150 MiB budget is used."""
+        results.info("### Preparing list of files to add to archive ###")
+        must = self.must_collect()
+        queue = [(must.index(f) if f in must else 999_999_999, f) for f in files]
+        heapq.heapify(queue)
+        total = 0
+        chosen: list[str] = []
+        while queue:
+            _, path = heapq.heappop(queue)
+            try:
+                real_size = os.path.getsize(self._real(path))
+            except FileNotFoundError:
+                results.warning(f"File {path} does not exist, skipping collection for this file")
+                continue
+            size = min(real_size, FILE_LIMIT)
+            if total + size > TOTAL_LIMIT:
+                results.warning("Archive too big, done with adding files.")
+                break
+            if real_size <= FILE_LIMIT:
+                chosen.append(path)
+                results.info(f"Adding file {path}, size {size} b")
+            else:
+                truncated = self._truncate(path, results)
+                if truncated is None:
+                    continue
+                chosen.append(truncated)
+                results.info(f"Adding truncated file {truncated}, size {size} b")
+            total += size
+        msg = f"Uncompressed archive size is {total} b"
+        results.info(msg)
+        events.add_event(events.WALAEventOperation.LogCollection, message=msg, lib_dir=self.lib_dir)
+        return chosen, total
+
+    def archive_name(self, path: str) -> str:
+        if path.startswith(self.truncated_dir + "/"):
+            return "truncated_" + path[len(self.truncated_dir):].lstrip("/").replace("/", "_")
+        return path.lstrip("/")
+
+    def _content(self, path: str) -> bytes:
+        data = system.read_bytes(path)
+        if path.endswith(BINARY_EXTENSIONS) or len(data) > REDACT_LIMIT or b"\0" in data[:8192]:
+            return data
+        text = data.decode("utf-8", errors="surrogateescape")
+        return log.redact(text).encode("utf-8", errors="surrogateescape")
+
+    def collect(self) -> tuple[str, int]:
+        for d in (self.out_dir, self.truncated_dir):
+            system.mkdir(d, mode=0o700)
+        results = Results(self._real(self.results_path))
+        start = time.time()
+        results.info(f"Starting log collection at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(start))}")
+        results.info(f"Using log collection mode {'full' if self.full else 'normal'}")
+        chosen: list[str] = []
+        try:
+            chosen, total = self.select(self.process_manifest(results), results)
+            results.info("### Creating compressed archive ###")
+            tmp = self._real(self.archive + ".tmp")
+            errors = 0
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for path in chosen:
+                    try:
+                        zf.writestr(self.archive_name(path), self._content(path))
+                    except FileNotFoundError:
+                        results.warning(f"File {path} does not exist, skipping collection for this file")
+                    except Exception as e:
+                        errors += 1
+                        if errors >= MAX_ERRORS:
+                            raise RuntimeError(f"Too many errors, giving up. Last error: {e}") from None
+                        results.warning(f"Failed to add file {path} to the archive: {e}")
+                elapsed = int((time.time() - start) * 1000)
+                results.info(f"Finishing log collection at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+                results.info(f"Elapsed time: {elapsed} ms")
+                zf.write(results.path, arcname="results.txt")
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self._real(self.archive))
+            return self.archive, total
+        except Exception as e:
+            results.error(f"Failed to collect logs: {e}")
+            raise
+        finally:
+            keep = {os.path.basename(p) for p in chosen if p.startswith(self.truncated_dir)}
+            for name in os.listdir(self._real(self.truncated_dir)):
+                if name not in keep:
+                    system.remove(os.path.join(self.truncated_dir, name))
+
+
+def _in_logcollector_scope() -> bool:
+    text = system.read_text("/proc/self/cgroup", default="") or ""
+    return "azure-walinuxagent-logcollector.slice/collect-logs.scope" in text
+
+
+def run_collect_logs(args: Any, config: Any) -> int:
+    """``waagent -collect-logs [-full]``; exit 1 on failure. Under systemd-run (the periodic run) the
+    process first checks it really is in the log collector's scope (else exit 4)."""
+    if os.environ.get("GUESTAGENT_LOGCOLLECTOR_SCOPE") == "1":
+        for attempt in range(3):
+            if _in_logcollector_scope():
+                break
+            if attempt < 2:
+                time.sleep(5)
+        else:
+            print("The log collector is not running in its expected cgroup", file=sys.stderr)
+            return UNEXPECTED_CGROUP_PATH
+    collector = LogCollector(config, full=bool(getattr(args, "full", False)))
+    try:
+        archive, _total = collector.collect()
+    except Exception as e:
+        print(f"Log collection failed: {e}", file=sys.stderr)
+        return 1
+    print(f"Log collection successfully completed. Archive can be found at {archive} and detailed log output "
+          f"can be found at {collector.results_path}")
+    return 0
+
+
+class PeriodicLogCollection:
+    """CollectLogsHandler: run the collector in its scope, then PUT the archive to HGAP /vmAgentLog."""
+
+    def __init__(self, ctx: Any, configurator: Any):
+        self.ctx = ctx
+        self.configurator = configurator
+        self.stopped_reason: Optional[str] = None
+        self.unexpected_path_failures = 0
+        self.uploads = 0
+
+    def command(self) -> list[str]:
+        argv = [sys.executable, "-u", sys.argv[0] if sys.argv and sys.argv[0] else "waagent", "-collect-logs"]
+        return self.configurator.logcollector_command(argv)
+
+    def run(self) -> None:
+        if self.stopped_reason:
+            return
+        env = dict(os.environ, GUESTAGENT_LOGCOLLECTOR_SCOPE="1")
+        start = time.monotonic()
+        res = system.run(self.command(), check=False, timeout=3600, env=env)
+        if res.returncode in (GRACEFUL_KILL, INVALID_CGROUPS):
+            self.stopped_reason = f"log collector exited with {res.returncode}"
+        elif res.returncode == UNEXPECTED_CGROUP_PATH:
+            self.unexpected_path_failures += 1
+            if self.unexpected_path_failures >= 3:
+                self.stopped_reason = "log collector ran outside its cgroup 3 times"
+        if res.returncode != 0:
+            msg = f"Log collection failed: exit {res.returncode} {res.stderr.strip()[:500]}"
+            events.add_event(events.WALAEventOperation.LogCollection, is_success=False, message=msg,
+                             lib_dir=self.ctx.lib_dir)
+            if self.stopped_reason:
+                log.info("Stopping periodic log collection: {0}", self.stopped_reason)
+            return
+        archive = os.path.join(self.ctx.lib_dir, "logcollector", "logs.zip")
+        self.ctx.protocol.upload_logs(system.read_bytes(archive))
+        self.uploads += 1
+        msg = f"Collected and uploaded logs ({os.path.getsize(system.path(archive))} b) in " \
+              f"{int((time.monotonic() - start) * 1000)} ms"
+        log.info("{0}", msg)
+        events.add_event(events.WALAEventOperation.LogCollection, message=msg, lib_dir=self.ctx.lib_dir)
+
+
+def is_periodic_collection_allowed(config: Any, configurator: Any) -> bool:
+    """Logs.Collect and usable cgroups (v1 enabled, or v2 with Debug.EnableCgroupV2ResourceLimiting)."""
+    if not config.get("Logs.Collect"):
+        return False
+    if not configurator.enabled:
+        return False
+    return not configurator.using_v2 or bool(config.get("Debug.EnableCgroupV2ResourceLimiting"))
+
+
+def operations(ctx: Any) -> list[Operation]:
+    from guestagent.exthandler import cgroups
+
+    configurator = cgroups.get_configurator(ctx.config)
+    configurator.initialize()
+    if not is_periodic_collection_allowed(ctx.config, configurator):
+        log.info("Periodic log collection is disabled (Logs.Collect or cgroups not usable)")
+        return []
+    job = PeriodicLogCollection(ctx, configurator)
+    return [Operation("CollectLogs", job.run, float(ctx.config.get("Logs.CollectPeriod") or 3600),
+                      initial_delay=float(ctx.config.get("Debug.LogCollectorInitialDelay") or 300))]
