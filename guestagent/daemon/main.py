@@ -36,6 +36,9 @@ def run_daemon(args, config) -> int:
     os.environ[DAEMON_VERSION_ENV] = AGENT_VERSION
     lib_dir = config.get("Lib.Dir")
     pid_file = config.get("Pid.File")
+    from guestagent import events
+
+    events.set_lib_dir(lib_dir)
     daemon = Daemon(args, config, lib_dir, pid_file)
     if os.environ.pop(SUPERVISE_ENV, None) == str(os.getpid()):
         return daemon.supervise()

@@ -79,8 +79,12 @@ class ExtHandler:
         log.info("CPU Arch: {0}", platform.machine())
         log.info("Distro: {0}; OSUtil: guestagent; AgentService: walinuxagent; Python: {1}; Arch: {2}; "
                  "systemd: {3};", distro_info(), py, platform.machine(), system.exists("/run/systemd/system"))
+        from guestagent import events
+
+        events.set_lib_dir(self.lib_dir)
         self.protocol = self._get_protocol()
         self._initialize_goal_state()
+        events.update_common_from_goal_state(self.protocol.goal_state)
         self._write_pid_file()
         self._check_sentinel()
         self._make_secrets_read_only()
@@ -186,7 +190,7 @@ class ExtHandler:
         return ExtensionsManager(self.config, self.protocol)
 
     def _start_threads(self) -> None:
-        from guestagent.exthandler import env, monitor, telemetry
+        from guestagent.exthandler import env, logcollector, monitor, telemetry
 
         ctx = ThreadContext(self.config, self.protocol, self.lib_dir, self.stop_event)
         self.thread_factories = {
@@ -197,6 +201,11 @@ class ExtHandler:
             "TelemetryEventsCollector": lambda: PeriodicThread("TelemetryEventsCollector",
                                                                telemetry.collect_operations(ctx), self.stop_event),
         }
+        log_ops = logcollector.operations(ctx)
+        if log_ops:
+            self.thread_factories["CollectLogsHandler"] = lambda: PeriodicThread("CollectLogsHandler",
+                                                                                 logcollector.operations(ctx),
+                                                                                 self.stop_event)
         for name, factory in self.thread_factories.items():
             self.threads[name] = factory()
             self.threads[name].start()
