@@ -28,6 +28,7 @@ RETRY_AFTER_ERROR = 15.0
 CHILD_HEALTH_WINDOW = 15 * 60.0
 QUICK_EXIT = 300.0
 MAX_RESTART_DELAY = 60.0
+CRASH_LOOP_EXITS = 3
 
 
 def run_daemon(args, config) -> int:
@@ -127,6 +128,8 @@ class Daemon:
         if not argv:
             argv = [sys.executable, "-u", "-m", "guestagent.cli", *sys.argv[1:]]
         os.environ[SUPERVISE_ENV] = str(os.getpid())
+        log.info("Re-executing the daemon as the lean supervisor (pid {0}, RSS {1} kB, {2} modules loaded)",
+                 os.getpid(), rss_kb(), len(sys.modules))
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -150,9 +153,11 @@ class Daemon:
 
     def supervise(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        quick_exits: deque[float] = deque(maxlen=5)
-        delay = 0.0
+        log.info("Lean supervisor running (pid {0}, RSS {1} kB, {2} modules loaded)", os.getpid(), rss_kb(),
+                 len(sys.modules))
+        policy = RestartPolicy()
         while not self.stopping:
+            self._claim_pid_file()
             cmd = self.child_command()
             started = time.monotonic()
             try:
@@ -161,28 +166,39 @@ class Daemon:
                 log.error("Failed to launch the extension handler: {0}", e)
                 time.sleep(RETRY_AFTER_ERROR)
                 continue
-            log.info("Agent {0} launched with command '{1}'", AGENT_LONG_NAME, " ".join(cmd))
+            log.info("Agent {0} launched with command '{1}' (pid {2})", AGENT_LONG_NAME, " ".join(cmd),
+                     self.child.pid)
             rc = self._wait_child()
             if self.stopping:
                 break
             ran = time.monotonic() - started
+            delay, crash_loop = policy.after_exit(rc, ran, time.monotonic())
+            how = f"exited with code {rc}" if rc >= 0 else f"was killed by signal {-rc}"
             if rc != 0:
-                log.warn("Agent {0} exited with code {1} after {2:.1f} s", AGENT_LONG_NAME, rc, ran)
+                log.warn("Agent {0} {1} after {2:.1f} s; restarting it in {3:.0f} s", AGENT_LONG_NAME, how, ran,
+                         delay)
             else:
-                log.info("Agent {0} exited (code 0) after {1:.1f} s; restarting it", AGENT_LONG_NAME, ran)
-            if ran < QUICK_EXIT and rc != 0:
-                quick_exits.append(time.monotonic())
-                delay = min(MAX_RESTART_DELAY, max(1.0, delay * 2))
-                if len(quick_exits) >= 3 and quick_exits[-1] - quick_exits[-3] < QUICK_EXIT:
-                    self._event(False, f"The extension handler is in a crash loop: {len(quick_exits)} failures "
-                                       f"in {quick_exits[-1] - quick_exits[0]:.0f} s; last exit code {rc}; "
-                                       f"restarting in {delay:.0f} s")
-            else:
-                quick_exits.clear()
-                delay = 0.0
+                log.info("Agent {0} exited (code 0) after {1:.1f} s; restarting it in {2:.0f} s", AGENT_LONG_NAME,
+                         ran, delay)
+            if crash_loop:
+                self._event(False, f"The extension handler is in a crash loop: {policy.quick_exits} exits within "
+                                   f"{QUICK_EXIT:.0f} s, last {how}; restarting it in {delay:.0f} s")
             if delay:
                 time.sleep(delay)
         return 0
+
+    def _claim_pid_file(self) -> None:
+        """The child takes a pid file that is missing or names another process for "the daemon is gone"
+        and exits; make sure the file names this process before every launch (else: a restart loop)."""
+        own = str(os.getpid())
+        try:
+            text = (system.read_text(self.pid_file, default="") or "").strip()
+            if text != own:
+                log.warn("The daemon pid file {0} {1}; writing {2} again", self.pid_file,
+                         f"holds {text!r}" if text else "is missing", own)
+                system.write_file(self.pid_file, own, fsync=False)
+        except OSError as e:
+            log.error("Cannot write the daemon pid file {0}: {1}", self.pid_file, e)
 
     def _wait_child(self) -> int:
         assert self.child is not None
@@ -218,6 +234,45 @@ class Daemon:
         except OSError:
             pass
         os._exit(0)
+
+
+class RestartPolicy:
+    """When to relaunch the child. After a long run (>= QUICK_EXIT): at once. A single quick clean
+    exit (orphan check, self-update): at once. Any other quick exit: after a back-off that doubles from
+    1 s up to MAX_RESTART_DELAY; CRASH_LOOP_EXITS quick exits within QUICK_EXIT make a crash loop."""
+
+    def __init__(self) -> None:
+        self.exits: deque[float] = deque(maxlen=CRASH_LOOP_EXITS)
+        self.delay = 0.0
+
+    @property
+    def quick_exits(self) -> int:
+        return len(self.exits)
+
+    def after_exit(self, rc: int, ran: float, now: float) -> tuple[float, bool]:
+        """(seconds to wait before the next launch, whether this is a crash loop)."""
+        if ran >= QUICK_EXIT:
+            self.exits.clear()
+            self.delay = 0.0
+            return 0.0, False
+        self.exits.append(now)
+        if rc == 0 and len(self.exits) == 1:
+            return 0.0, False
+        self.delay = min(MAX_RESTART_DELAY, max(1.0, self.delay * 2))
+        crash_loop = len(self.exits) >= CRASH_LOOP_EXITS and now - self.exits[0] < QUICK_EXIT
+        return self.delay, crash_loop
+
+
+def rss_kb() -> int:
+    """Resident set size of this process (0 where /proc is not readable)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _child_env() -> dict[str, str]:

@@ -23,9 +23,13 @@ from guestagent.periodic import PeriodicThread
 from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
 
 HEARTBEAT_PERIOD = 30 * 60.0
-#: A status that did not change is uploaded again at this cadence; a change is uploaded at once.
+#: A status that did not change is uploaded again at this cadence (at most; 10 goal-state periods when
+#: the period is shorter); a change is uploaded at once.
 STATUS_REFRESH_PERIOD = 60.0
+STATUS_REFRESH_PERIODS = 10
 ORPHAN_WAIT = 15 * 60.0
+#: Consecutive goal-state errors logged at once; after that one line every GOAL_STATE_ERROR_LOG_PERIOD.
+GOAL_STATE_ERRORS_LOGGED = 3
 GOAL_STATE_ERROR_LOG_PERIOD = 6 * 3600.0
 SENTINEL = "current_version"
 READ_ONLY_PATTERNS = ("*.crt", "*.p7m", "*.pem", "*.prv", "Certificates.xml", "ovf-env.xml")
@@ -39,9 +43,14 @@ def run_exthandlers(args, config) -> int:
         return child.run()
     except SystemExit:
         raise
-    except BaseException as e:
-        child.write_sentinel(e)
-        raise
+    except BaseException as e:  # also KeyboardInterrupt: the next child must learn it was not a clean stop
+        import traceback
+
+        msg = f"Agent {AGENT_LONG_NAME} failed with exception: {_describe(e)}"
+        child.write_sentinel(msg)
+        log.warn("{0}", msg)
+        log.warn("{0}", "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip())
+        return 1
 
 
 class ExtHandler:
@@ -60,9 +69,10 @@ class ExtHandler:
         self.pid_file: Optional[str] = None
         self.heartbeat_id = str(uuid.uuid4()).upper()
         self.heartbeat_counter = 0
-        self.gs_errors = 0
-        self.gs_errors_logged = 0
-        self.last_gs_error_log = 0.0
+        self.gs_errors = 0             # since the last heartbeat
+        self.gs_errors_in_a_row = 0    # since the last successful update
+        self.next_gs_error_log = 0.0
+        self.status_refresh = min(STATUS_REFRESH_PERIOD, STATUS_REFRESH_PERIODS * self.period)
         self.last_status_key: Optional[str] = None
         self.last_status_upload = 0.0
         self.last_extensions_id: Optional[str] = None
@@ -165,11 +175,11 @@ class ExtHandler:
                              lib_dir=self.lib_dir)
             system.remove(path)
 
-    def write_sentinel(self, error: BaseException) -> None:
+    def write_sentinel(self, message: str) -> None:
         try:
-            system.write_file(os.path.join(self.lib_dir, SENTINEL), f"[{AGENT_LONG_NAME}] [{error}]")
-        except OSError:
-            pass
+            system.write_file(os.path.join(self.lib_dir, SENTINEL), f"[{AGENT_LONG_NAME}] [{message}]")
+        except OSError as e:
+            log.warn("Exception writing sentinel file {0}: {1}", os.path.join(self.lib_dir, SENTINEL), e)
 
     def _remove_sentinel(self) -> None:
         system.remove(os.path.join(self.lib_dir, SENTINEL))
@@ -226,6 +236,13 @@ class ExtHandler:
                 return
             self._check_threads()
             self.iterate()
+            from guestagent.exthandler.remoteaccess import RemoteAccessHandler  # JIT users (new incarnation)
+
+            RemoteAccessHandler.of(self).on_goal_state(getattr(self.protocol, "goal_state", None))
+            from guestagent.exthandler.monitor import AgentMemoryCheck  # Debug.EnableAgentMemoryUsageCheck
+
+            if AgentMemoryCheck.of(self).exceeded(self.extensions):
+                return
             if time.monotonic() >= next_heartbeat:
                 self._heartbeat()
                 next_heartbeat = time.monotonic() + HEARTBEAT_PERIOD
@@ -238,6 +255,8 @@ class ExtHandler:
             goal_state = self.protocol.update_goal_state()
         except Exception as e:
             self._goal_state_error(e)
+        else:
+            self._goal_state_recovered(goal_state)
         if goal_state is not None:
             ext_id = _extensions_id(goal_state)
             if ext_id is not None and ext_id != self.last_extensions_id:
@@ -246,6 +265,7 @@ class ExtHandler:
                 except Exception as e:
                     log.error("Error processing extensions goal state {0}: {1}", ext_id, e)
                 self.last_extensions_id = ext_id
+                self.last_incarnation = getattr(goal_state, "incarnation", None)
                 self.report_status(goal_state)
                 self._archive_history()
                 return
@@ -263,12 +283,33 @@ class ExtHandler:
             log.periodic(3600, log.WARNING, "Failed to archive the goal-state history: {0}", e)
 
     def _goal_state_error(self, error: Exception) -> None:
+        """The first errors in a row are logged (and sent as events) at once, then one every 6 h."""
+        from guestagent import events
+
         self.gs_errors += 1
+        self.gs_errors_in_a_row += 1
         now = time.monotonic()
-        if self.gs_errors_logged < 3 or now - self.last_gs_error_log >= GOAL_STATE_ERROR_LOG_PERIOD:
-            self.gs_errors_logged += 1
-            self.last_gs_error_log = now
-            log.error("Error fetching the goal state: {0}", error)
+        if self.gs_errors_in_a_row <= GOAL_STATE_ERRORS_LOGGED:
+            msg = f"Error fetching the goal state: {_describe(error)}"
+        elif now >= self.next_gs_error_log:
+            msg = f"Fetching the goal state is still failing: {_describe(error)}"
+        else:
+            return
+        self.next_gs_error_log = now + GOAL_STATE_ERROR_LOG_PERIOD
+        log.error("{0}", msg)
+        events.add_event(events.WALAEventOperation.FetchGoalState, is_success=False, message=msg, log_event=False,
+                         lib_dir=self.lib_dir)
+
+    def _goal_state_recovered(self, goal_state) -> None:
+        if not self.gs_errors_in_a_row:
+            return
+        from guestagent import events
+
+        msg = (f"Fetching the goal state recovered from previous errors ({self.gs_errors_in_a_row} in a row). "
+               f"Fetched {_extensions_id(goal_state)}")
+        self.gs_errors_in_a_row = 0
+        log.info("{0}", msg)
+        events.add_event(events.WALAEventOperation.FetchGoalState, message=msg, lib_dir=self.lib_dir)
 
     def report_status(self, goal_state=None) -> None:
         from guestagent.protocol.status import build_vm_status
@@ -279,7 +320,7 @@ class ExtHandler:
                                      goal_state_status=self.extensions.goal_state_status())
             key = _status_key(status)
             now = time.monotonic()
-            if key == self.last_status_key and now - self.last_status_upload < STATUS_REFRESH_PERIOD:
+            if key == self.last_status_key and now - self.last_status_upload < self.status_refresh:
                 return
             self.protocol.upload_status(status)
             if key != self.last_status_key:
@@ -319,6 +360,11 @@ class ThreadContext:
         self.protocol = protocol
         self.lib_dir = lib_dir
         self.stop_event = stop_event
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return text if text else type(error).__name__
 
 
 def _alive(pid: int) -> bool:

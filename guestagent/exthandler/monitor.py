@@ -1,5 +1,6 @@
 """MonitorHandler thread (spec 06 §6.2): periodic log reset, HTTP error counts, cgroup metrics and
-checks, system memory, HostGAPlugin and IMDS health, network configuration changes.
+checks, system memory, HostGAPlugin and IMDS health, network configuration changes, the IMDS compute
+fields of telemetry; and the main loop's agent memory check (06 §6.1 step 5).
 
 Lean on requests: the HGAP ``/health`` probe is skipped while HGAP answered other requests within the
 last minute (its status/vmSettings traffic already proves it is up), the goal-state header refresh
@@ -110,7 +111,7 @@ class HealthSignals:
     def imds_heartbeat(self) -> bool:
         self.probes["imds"] += 1
         try:
-            obs = self.imds.heartbeat()
+            obs = self.imds.heartbeat(single_attempt=True)
         except Exception as e:
             events.add_periodic(3600, events.WALAEventOperation.ImdsHeartbeat, is_success=False,
                                 message=f"{type(e).__name__}: {e}", log_event=False, lib_dir=self.lib_dir)
@@ -202,29 +203,111 @@ class NetworkConfiguration:
             self.nics = nics
 
 
-IMDS_PROBE_TIMEOUT = 2.0
+IMDS_FIELDS_RETRY_MIN = 15.0
+IMDS_FIELDS_RETRY_MAX = 3600.0
+MEMORY_CHECK_FIRST_DELAY = 5 * 60.0
+MEMORY_ERROR_REPORT_PERIOD = 6 * 3600.0
 
 
-def imds_client(protocol: Any = None) -> Any:
-    """The IMDS client of the monitor: one attempt with a short timeout per probe, so an unreachable IMDS
-    costs the thread 2 s a minute, not six retried 5-s attempts. GUESTAGENT_IMDS_HOST/PORT: lab hooks."""
-    from guestagent.protocol.http import HttpClient
+def imds_client() -> Any:
+    """The monitor's IMDS client (its calls use ImdsClient's single-attempt mode, so an unreachable IMDS
+    costs this thread 2 s a probe and never touches the main loop). GUESTAGENT_IMDS_HOST/PORT: lab hooks."""
     from guestagent.protocol.imds import IMDS_ENDPOINT, ImdsClient
-
-    class OneShot(HttpClient):
-        def request(self, *args: Any, **kw: Any):
-            kw["max_retry"] = 1
-            kw["timeout"] = min(float(kw.get("timeout") or IMDS_PROBE_TIMEOUT), IMDS_PROBE_TIMEOUT)
-            return super().request(*args, **kw)
 
     host = os.environ.get("GUESTAGENT_IMDS_HOST", IMDS_ENDPOINT)
     port = os.environ.get("GUESTAGENT_IMDS_PORT", "80")
-    return ImdsClient(host, int(port) if port.isdigit() else 80, http=OneShot())
+    return ImdsClient(host, int(port) if port.isdigit() else 80)
+
+
+class ImdsCommonFields:
+    """Telemetry's Location/SubscriptionId/ResourceGroupName/VMId from IMDS compute info: fetched once, in the
+    monitor thread; a failure raises so the periodic operation retries with back-off (15 s doubling to 1 h)."""
+
+    def __init__(self, imds: Any):
+        self.imds = imds
+        self.done = False
+        self.attempts = 0
+
+    def run(self) -> None:
+        if self.done:
+            return
+        self.attempts += 1
+        compute = self.imds.get_compute(single_attempt=True)
+        events.update_common_from_imds(compute)
+        self.done = True
+        log.info("Telemetry common fields updated from IMDS (vmId {0})", compute.vm_id or "?")
+
+
+class AgentMemoryCheck:
+    """06 §6.1 step 5 (Debug.EnableAgentMemoryUsageCheck): once the goal state converged, first after 5 min,
+    then every Debug.CgroupCheckPeriod, ask the cgroup configurator whether the agent exceeds
+    Debug.AgentMemoryQuota; if so write an AgentMemory event and tell the main loop to exit (code 0: the
+    daemon starts a fresh child). Kept on the ExtHandler object (:meth:`of`); the loop calls :meth:`exceeded`."""
+
+    def __init__(self, config: Any, configurator: Any = None, lib_dir: Optional[str] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.enabled = bool(config.get("Debug.EnableAgentMemoryUsageCheck"))
+        self.period = float(config.get("Debug.CgroupCheckPeriod") or 300)
+        self.config = config
+        self._configurator = configurator
+        self.lib_dir = lib_dir
+        self.clock = clock
+        self.next_check = clock() + MEMORY_CHECK_FIRST_DELAY
+        self.checks = 0
+        self._last_error_report: Optional[float] = None
+
+    @classmethod
+    def of(cls, child: Any) -> AgentMemoryCheck:
+        check = getattr(child, "_agent_memory_check", None)
+        if check is None:
+            check = cls(child.config, lib_dir=getattr(child, "lib_dir", None))
+            child._agent_memory_check = check
+        return check
+
+    @property
+    def configurator(self) -> Any:
+        if self._configurator is None:
+            from guestagent.exthandler import cgroups
+
+            self._configurator = cgroups.get_configurator(self.config)
+        return self._configurator
+
+    def exceeded(self, extensions: Any) -> bool:
+        """True: the limit is exceeded (event written) and the child must exit now."""
+        if not self.enabled:
+            return False
+        now = self.clock()
+        if now < self.next_check:
+            return False
+        try:
+            if extensions is None or not extensions.converged():
+                return False
+            self.next_check = now + self.period
+            self.checks += 1
+            reason = self.configurator.agent_memory_exceeded()
+        except Exception as e:
+            if self._last_error_report is None or now - self._last_error_report >= MEMORY_ERROR_REPORT_PERIOD:
+                self._last_error_report = now
+                msg = (f"Error checking the agent's memory usage: {e} --- [NOTE: Will not log the same error for "
+                       f"the 6 hours]")
+                log.warn("{0}", msg)
+                events.add_event(events.WALAEventOperation.AgentMemory, is_success=False, message=msg,
+                                 log_event=False, lib_dir=self.lib_dir)
+            return False
+        if not reason:
+            return False
+        msg = f"Check on agent memory usage:\n{reason}"
+        log.info("{0}", msg)
+        events.add_event(events.WALAEventOperation.AgentMemory, is_success=True, message=msg, log_event=False,
+                         lib_dir=self.lib_dir)
+        from guestagent.version import AGENT_LONG_NAME
+
+        log.info("Agent {0} is reached memory limit -- exiting", AGENT_LONG_NAME)
+        return True
 
 
 def operations(ctx) -> list[Operation]:
     from guestagent.exthandler import cgroups
-    from guestagent.protocol import activity
 
     config = ctx.config
     log_metrics = bool(config.get("Debug.CgroupLogMetrics"))
@@ -239,10 +322,13 @@ def operations(ctx) -> list[Operation]:
     if config.get("CGroups.Enabled") is not False and configurator.enabled:
         usage = ResourceUsage(configurator, log_metrics, ctx.lib_dir)
         ops.append(Operation("PollResourceUsage", usage.run, float(config.get("Debug.CgroupCheckPeriod") or 300)))
+    imds = imds_client()
+    fields = ImdsCommonFields(imds)
+    ctx.imds_common_fields = fields
+    ops.append(Operation("UpdateImdsCommonFields", fields.run, IMDS_FIELDS_RETRY_MAX,
+                         min_backoff=IMDS_FIELDS_RETRY_MIN))
     if ctx.protocol is not None:
-        if getattr(ctx.protocol, "http", None) is not None:
-            activity.install(ctx.protocol.http)
-        health = HealthSignals(ctx.protocol, imds_client(ctx.protocol), ctx.lib_dir)
+        health = HealthSignals(ctx.protocol, imds, ctx.lib_dir)
         ctx.health_signals = health
         ops.append(Operation("SendHealthSignals", health.run, HEALTH_PERIOD, initial_delay=HEALTH_PERIOD))
     network = NetworkConfiguration()

@@ -141,6 +141,47 @@ def status_rows(status: Dict[str, Any], telemetry: List[Dict[str, Any]]) -> List
     return rows
 
 
+def event_operation(event: Dict[str, Any]) -> str:
+    """What an event is about: the agent's Operation, else perf counters / log lines / the extension's name."""
+    params = event.get("params") or {}
+    if params.get("Operation"):
+        return str(params["Operation"])
+    if event.get("event_id") == 4:
+        return "PerfCounter"
+    if event.get("event_id") == 7:
+        return "Log"
+    return str(params.get("EventName") or params.get("Name") or "?")
+
+
+def _failed(event: Dict[str, Any]) -> bool:
+    value = (event.get("params") or {}).get("OperationSuccess", True)
+    return value is False or str(value).strip().lower() == "false"
+
+
+def telemetry_summary(telemetry: List[Dict[str, Any]], errors: int = 5) -> Dict[str, Any]:
+    """Count by operation (most frequent first), the last ``errors`` failed events and the last HeartBeat."""
+    counts: Dict[str, int] = {}
+    for event in telemetry:
+        op = event_operation(event)
+        counts[op] = counts.get(op, 0) + 1
+    failed = [e for e in telemetry if _failed(e)][-errors:] if errors else []
+    beats = [e for e in telemetry if (e.get("params") or {}).get("Operation") == "HeartBeat"]
+
+    def brief(e: Dict[str, Any]) -> Dict[str, Any]:
+        p = e.get("params") or {}
+        return {"time": str(p.get("OpcodeName", "")), "operation": event_operation(e),
+                "name": str(p.get("Name") or p.get("EventName") or ""), "message": str(p.get("Message", ""))}
+
+    return {"total": len(telemetry), "by_operation": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "recent_errors": [brief(e) for e in failed], "heartbeat": brief(beats[-1]) if beats else None}
+
+
+def _observations(record: Dict[str, Any]) -> str:
+    obs = record.get("Observations") or []
+    return ", ".join(f"{o.get('ObservationName', '?')} {'healthy' if o.get('IsHealthy') else 'UNHEALTHY'}"
+                     for o in obs if isinstance(o, dict)) or "no observations"
+
+
 def _table(rows: List[List[str]], header: List[str]) -> str:
     widths = [max(len(r[i][:60]) for r in [*rows, header]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -159,9 +200,14 @@ def _status(args) -> int:
         return 1
     health = _read_jsonl(state / "health.jsonl")
     telemetry = _read_jsonl(state / "telemetry.jsonl")
+    signals = _read_jsonl(state / "healthservice.jsonl")
+    uploads = _read_jsonl(state / "vmagentlog.jsonl")
+    summary = telemetry_summary(telemetry)
     if args.json:
         print(json.dumps({"status": status, "last_health": health[-1] if health else None,
-                          "events": len(telemetry)}, indent=2))
+                          "events": len(telemetry), "telemetry": summary,
+                          "last_health_signals": signals[-1] if signals else None,
+                          "log_uploads": uploads}, indent=2))
         return 0
     agg = status.get("aggregateStatus") or {}
     ga = agg.get("guestAgentStatus") or {}
@@ -179,7 +225,27 @@ def _status(args) -> int:
         print(f"Health      {h.get('state')} (incarnation {h.get('incarnation')}){detail}  at {h.get('time', '')}")
     else:
         print("Health      no health report received")
-    print(f"Events      {len(telemetry)} telemetry events received")
+    beat = summary["heartbeat"]
+    if beat:
+        print(f"Heartbeat   {beat['time']}  {beat['message'][:110]}")
+    elif health:
+        print(f"Heartbeat   no HeartBeat event yet; last health report at {health[-1].get('time', '?')}")
+    else:
+        print("Heartbeat   none received")
+    if signals:
+        print(f"Signals     {signals[-1].get('time', '')}  {_observations(signals[-1])}")
+    ops = ", ".join(f"{op} {n}" for op, n in list(summary["by_operation"].items())[:12])
+    print(f"Events      {len(telemetry)} telemetry events received" + (f": {ops}" if ops else ""))
+    for err in summary["recent_errors"]:
+        name = f" [{err['name']}]" if err["name"] else ""
+        print(f"  error     {err['time']}  {err['operation']}{name}: {err['message'][:100]}")
+    if uploads:
+        last = uploads[-1]
+        total = sum(int(u.get("size") or 0) for u in uploads)
+        print(f"Log upload  {len(uploads)} archive(s), {total} bytes; last {last.get('time', '')} "
+              f"({last.get('size', '?')} bytes, {last.get('file', '')})")
+    else:
+        print("Log upload  none received")
     rows = status_rows(status, telemetry)
     print()
     print(_table(rows, ["HANDLER / EXTENSION", "VERSION", "STATUS", "CODE", "MESSAGE", "EVENTS"])

@@ -10,10 +10,8 @@ scenario's goal-state steps, and ends with what changed. The host is untouched.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -21,7 +19,23 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from guestagent.lab import resourcedisk
 from guestagent.lab import summary as summ
+from guestagent.lab.image import (
+    IMDS_HOST,
+    SSHD_CONFIG,
+    WIRE_HOST,
+    LabOptionError,
+    LabOptions,
+    adapt_conf,
+    conf_settings,
+    firewall_tool,
+    install_standins,
+    lease_file,
+    load_lab_scenario,
+    networkd_lease,
+    standin_calls,
+)
 from guestagent.lab.sandbox import (
     Sandbox,
     SandboxError,
@@ -38,123 +52,23 @@ from guestagent.lab.timeline import (
     describe_request,
 )
 
-WIRE_HOST, IMDS_HOST = "127.63.129.16", "169.254.169.254"
 LAB_RUN = "/run/guestagent-lab"          # tmpfs inside: fabric state, events, daemon output
 IMAGE_HOSTNAME = "lab-image"
 UNTIL = ("ready", "status", "extensions")
-
-FABRIC_DRIVER = r'''
-import json, os, sys, time
-from pathlib import Path
-cfg = json.loads(sys.argv[1])
-run = Path(cfg["run"])
-events = open(run / "fabric-events.jsonl", "a", buffering=1)
-def emit(kind, data):
-    events.write(json.dumps({"type": kind, "data": data}, default=str) + "\n")
-def strip(o):
-    if isinstance(o, dict):
-        return {k: strip(v) for k, v in o.items() if k != "timestampUTC"}
-    return [strip(v) for v in o] if isinstance(o, list) else o
-from guestagent.fabric.scenario import load_scenario
-from guestagent.fabric.server import Fabric
-sc = load_scenario(cfg["scenario"])
-sc.tenant_certs(run / "tenant")
-if cfg["ovf"]:
-    from guestagent.fabric.ovf import build_ovf_env
-    (run / "ovf-env.xml").write_text(build_ovf_env(sc))
-fab = Fabric(scenario=sc, host=cfg["host"], wire_port=80, hgap_port=32526, imds_port=80,
-             imds_host=cfg["imds_host"], storage_port=0, state_dir=str(run / "fabric"))
-fab.start()
-emit("started", {"wire": fab.wire_port, "hgap": fab.hgap_port, "imds": fab.imds_port,
-                 "storage": getattr(fab, "storage_port", None)})
-nreq = nh = step = 0
-last = None
-while True:
-    reqs = list(fab.requests)
-    for r in reqs[nreq:]:
-        emit("request", {k: r.get(k) for k in ("kind", "method", "path", "status")})
-    nreq = len(reqs)
-    hs = list(fab.health_reports)
-    for h in hs[nh:]:
-        emit("health", h)
-    nh = len(hs)
-    blob = fab.status_blob
-    if blob is not None:
-        key = json.dumps(strip(blob), sort_keys=True, default=str)
-        if key != last:
-            last = key
-            emit("status", blob)
-    try:
-        wanted = int((run / "step").read_text())
-    except (OSError, ValueError):
-        wanted = step
-    while step < wanted:
-        fab.advance()
-        step += 1
-        emit("advanced", {"step": step})
-    time.sleep(0.2)
-'''
-
-
-SSHD_CONFIG = """\
-Include /etc/ssh/sshd_config.d/*.conf
-KbdInteractiveAuthentication no
-UsePAM yes
-X11Forwarding yes
-PrintMotd no
-AcceptEnv LANG LC_*
-Subsystem sftp /usr/lib/openssh/sftp-server
-"""
+RESOURCE_DISK_TOOLS = ("sfdisk", "mkfs.ntfs")  # util-linux, ntfs-3g: to build Azure's NTFS-formatted disk
 
 
 class LabFailure(Exception):
     """The run failed; the message is the reason shown to the user."""
 
 
-def adapt_conf(text: str, settings: dict[str, str]) -> str:
-    """Set ``key=value`` for each setting: the first (possibly commented) line of the key is replaced,
-    otherwise the line is appended."""
-    lines = text.splitlines()
-    for key, value in settings.items():
-        pat = re.compile(r"^\s*#?\s*" + re.escape(key) + r"\s*=")
-        for i, line in enumerate(lines):
-            if pat.match(line):
-                lines[i] = f"{key}={value}"
-                break
-        else:
-            lines.append(f"{key}={value}")
-    return "\n".join(lines) + "\n"
-
-
-def lease_file(endpoint: str, now: Optional[datetime.datetime] = None) -> str:
-    """An ISC dhclient lease for eth0 whose option 245 names ``endpoint``, valid for a day."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    hexed = ":".join(f"{int(o):x}" for o in endpoint.split("."))
-
-    def stamp(t: datetime.datetime) -> str:
-        return f"{(t.weekday() + 1) % 7} {t:%Y/%m/%d %H:%M:%S}"
-
-    return (
-        "lease {\n"
-        '  interface "eth0";\n'
-        "  fixed-address 10.0.0.4;\n"
-        "  option subnet-mask 255.255.255.0;\n"
-        "  option routers 10.0.0.1;\n"
-        "  option dhcp-lease-time 86400;\n"
-        "  option dhcp-message-type 5;\n"
-        f"  option domain-name-servers {endpoint};\n"
-        f"  option dhcp-server-identifier {endpoint};\n"
-        f"  option unknown-245 {hexed};\n"
-        f"  renew {stamp(now + datetime.timedelta(hours=12))};\n"
-        f"  rebind {stamp(now + datetime.timedelta(hours=21))};\n"
-        f"  expire {stamp(now + datetime.timedelta(days=1))};\n"
-        "}\n")
-
-
 class Lab:
     def __init__(self, scenario: str, *, keep: bool = False, timeout: float = 300.0, until: str = "extensions",
-                 verbose: bool = False, out: Any = None):
+                 verbose: bool = False, out: Any = None, resource_disk_mb: Optional[int] = None,
+                 swap_mb: Optional[int] = None):
         self.scenario_arg = scenario
+        self.resource_disk_mb = resource_disk_mb   # None: the scenario's "lab" object, else the default
+        self.swap_mb = swap_mb
         self.keep = keep
         self.timeout = timeout
         self.until = until
@@ -166,6 +80,13 @@ class Lab:
         self.status: Optional[summ.VmStatus] = None
         self.status_count = 0
         self.requests: dict[str, int] = {}
+        self.telemetry: list[dict] = []
+        self.healthservice: list[dict] = []
+        self.vm_agent_logs: list[dict] = []
+        self.options = LabOptions()
+        self.daemon_env: dict[str, str] = {}
+        self.settings: dict[str, str] = {}
+        self.firewall: Optional[str] = None
         self.step = 0
         self.step_started = 0        # status uploads seen when the current step began
         self.result = ""
@@ -176,10 +97,18 @@ class Lab:
     # -- set-up ---------------------------------------------------------------------------------
     def _load_scenario(self) -> Any:
         try:
-            from guestagent.fabric.scenario import load_scenario
+            scenario, options = load_lab_scenario(self.scenario_arg)
         except ImportError as e:
             raise LabFailure(f"the fabric emulator is not available ({e})")
-        return load_scenario(self.scenario_arg)
+        if self.resource_disk_mb is not None:
+            options.resource_disk_mb = self.resource_disk_mb
+        if self.swap_mb is not None:
+            options.swap_mb = self.swap_mb
+        try:
+            self.options = options.validate()
+        except LabOptionError as e:
+            raise LabFailure(str(e))
+        return scenario
 
     def _make_visible(self, sb: Sandbox, scenario: Any) -> str:
         """Copy the scenario and its handler folders in when the sandbox cannot see them (e.g. under /tmp)."""
@@ -195,33 +124,55 @@ class Lab:
                 shutil.copy2(p, target)
         return str(src) if src else self.scenario_arg
 
-    def _prepare(self, sb: Sandbox, scenario: Any) -> None:
+    def _prepare(self, sb: Sandbox, scenario: Any, workdir: Path) -> None:
         # A pristine image: no agent state (the host's, seen through the overlay, is hidden, not touched).
         sb.run(["rm", "-rf", "/var/lib/waagent", "/var/log/waagent.log", "/var/log/azure", "/var/lib/dhcp",
                 "/var/lib/dhclient", "/etc/waagent.conf"])
+        self.daemon_env = install_standins(sb)
+        disk = self._attach_resource_disk(sb, workdir)
+        self.firewall = firewall_tool()
         base = project_root() / "config" / "waagent.conf"
         text = base.read_text(encoding="utf-8") if base.is_file() else ""
         provisions = bool(getattr(scenario.ovf, "provision_guest_agent", True))
-        settings = {"Provisioning.Agent": "waagent" if provisions else "disabled",
-                    "ResourceDisk.Format": "n", "OS.EnableFirewall": "n",
-                    "Logs.Verbose": "y" if self.verbose else "n"}
-        sb.write_file("/etc/waagent.conf", adapt_conf(text, settings))
+        self.settings = conf_settings(provisions=provisions, verbose=self.verbose, resource_disk=disk,
+                                      swap_mb=self.options.swap_mb if disk else 0, firewall=bool(self.firewall))
+        sb.write_file("/etc/waagent.conf", adapt_conf(text, self.settings))
         sb.write_file("/var/lib/dhcp/dhclient.eth0.leases", lease_file(WIRE_HOST))
-        sb.write_file("/run/systemd/netif/leases/2",  # networkd-style cache (Ubuntu 18.04 - 24.04 family)
-                      "# This is private data. Do not parse.\nADDRESS=10.0.0.4\n"
-                      f"OPTION_245={''.join(f'{int(o):02x}' for o in WIRE_HOST.split('.'))}\n")
+        sb.write_file("/run/systemd/netif/leases/2", networkd_lease(WIRE_HOST))
         sb.run(["mkdir", "-p", f"{LAB_RUN}/fabric", f"{LAB_RUN}/tenant"])
         if not sb.host_path("/etc/ssh/sshd_config").exists():
             # A VM image has openssh-server; this host may not. Give the image its stock config.
             sb.write_file("/etc/ssh/sshd_config", SSHD_CONFIG)
             self.say("image has no /etc/ssh/sshd_config: wrote a stock one (openssh-server not on this host)")
-        self.say(f"sandbox ready: /etc/waagent.conf (Provisioning.Agent={settings['Provisioning.Agent']}, "
-                 "ResourceDisk.Format=n, OS.EnableFirewall=n), DHCP lease with option 245 = " + WIRE_HOST)
+        if not self.firewall:
+            self.say("neither iptables nor nft on this host: OS.EnableFirewall=n")
+        shown = ("Provisioning.Agent", "ResourceDisk.Format", "ResourceDisk.EnableSwap", "ResourceDisk.SwapSizeMB",
+                 "OS.EnableFirewall")
+        self.say("sandbox ready: /etc/waagent.conf ("
+                 + ", ".join(f"{k}={self.settings[k]}" for k in shown if k in self.settings)
+                 + f"), DHCP lease with option 245 = {WIRE_HOST}")
+
+    def _attach_resource_disk(self, sb: Sandbox, workdir: Path) -> Optional[dict[str, str]]:
+        """Azure's resource disk (MBR, NTFS "Temporary Storage") at /dev/sdb; the waagent.conf keys for it,
+        or None when the scenario has none or this host cannot build one."""
+        size = self.options.resource_disk_mb
+        if not size:
+            return None
+        missing = [t for t in RESOURCE_DISK_TOOLS if not shutil.which(t)]
+        if missing:
+            self.say(f"no resource disk: {', '.join(missing)} not installed on this host (apt: fdisk ntfs-3g); "
+                     "ResourceDisk.Format=n")
+            return None
+        self.daemon_env.update(resourcedisk.attach_resource_disk(sb, workdir, size))
+        self.say(f"resource disk attached: /dev/sdb + /dev/sdb1 ({size} MiB, MBR with one NTFS partition "
+                 "'Temporary Storage', as Azure hands it out); swapon/swapoff are stand-ins (swap is kernel-wide)")
+        return dict(resourcedisk.SETTINGS)
 
     def _start_fabric(self, sb: Sandbox, scenario_path: str, with_ovf: bool) -> FileFollower:
         cfg = {"run": LAB_RUN, "scenario": scenario_path, "host": WIRE_HOST, "imds_host": IMDS_HOST, "ovf": with_ovf}
         err = open(sb.host_path(f"{LAB_RUN}/fabric.err"), "wb")
-        self.fabric = sb.spawn([interpreter(), "-u", "-c", FABRIC_DRIVER, json.dumps(cfg)], stdout=err, stderr=err)
+        self.fabric = sb.spawn([interpreter(), "-u", "-m", "guestagent.lab.fabricdriver", json.dumps(cfg)],
+                               stdout=err, stderr=err)
         err.close()
         events = FileFollower(lambda: sb.host_path(f"{LAB_RUN}/fabric-events.jsonl"))
         deadline = time.monotonic() + 60
@@ -247,7 +198,8 @@ class Lab:
 
     def _start_daemon(self, sb: Sandbox) -> None:
         out = open(sb.host_path(f"{LAB_RUN}/daemon.out"), "wb")
-        self.daemon = sb.spawn([interpreter(), "-u", "-m", "guestagent.cli", "-daemon"], stdout=out, stderr=out)
+        self.daemon = sb.spawn([interpreter(), "-u", "-m", "guestagent.cli", "-daemon"], env=self.daemon_env or None,
+                               stdout=out, stderr=out)
         out.close()
         self.say("started: waagent -daemon")
 
@@ -268,6 +220,16 @@ class Lab:
             exts = ", ".join(f"{e.handler} {e.version} {e.status or e.handler_status}" for e in self.status.extensions)
             self.tl.add("fabric", f"status uploaded: agent {self.status.agent_status}"
                                   + (f"; {exts}" if exts else ""))
+        elif kind == "telemetry":
+            self.telemetry.append(data)
+            if data.get("ok") is False:
+                first = (data.get("message") or "").splitlines()[:1]
+                self.tl.add("fabric", f"event {data.get('op')} failed: {first[0][:160] if first else ''}".rstrip())
+        elif kind == "healthservice":
+            self.healthservice.append(data)
+        elif kind == "vmagentlog":
+            self.vm_agent_logs.append(data)
+            self.tl.add("fabric", f"collected logs uploaded ({data.get('size')} bytes)")
         elif kind == "advanced":
             self.say(f"fabric moved to step {data.get('step', 0) + 1} of {len(scenario.steps)}")
 
@@ -316,7 +278,7 @@ class Lab:
             self.say(f"sandbox created in {sb.startup_seconds:.2f}s (init pid {sb.init_pid})")
             passwd_before = sb.read_text("/etc/passwd")
             scenario_path = self._make_visible(sb, scenario)
-            self._prepare(sb, scenario)
+            self._prepare(sb, scenario, workdir)
             with_ovf = bool(getattr(scenario.ovf, "provision_guest_agent", True))
             events = self._start_fabric(sb, scenario_path, with_ovf)
             if with_ovf:
@@ -382,7 +344,40 @@ class Lab:
         print(summ.format_summary(
             changes=changes, users=summ.users_added(passwd_before, sb.read_text("/etc/passwd")),
             hostname=(IMAGE_HOSTNAME, host_after), health=self.health, status=self.status,
-            requests=self.requests, lib_files=sorted(lib)), file=self.out, flush=True)
+            requests=self.requests, lib_files=sorted(lib), platform=self._platform_lines(sb),
+            reported=summ.telemetry_lines(self.telemetry, self.healthservice, self.vm_agent_logs,
+                                          summ.queued_events(sb.host_path("/var/lib/waagent/events").glob("*.tld")))),
+            file=self.out, flush=True)
+
+    def _platform_lines(self, sb: Sandbox) -> list[str]:
+        out = []
+        if self.settings.get("ResourceDisk.Format") == "y":
+            mount_point = self.settings.get("ResourceDisk.MountPoint", "/mnt/resource")
+            out.extend(resourcedisk.summary(sb, mount_point))
+            if self.settings.get("ResourceDisk.EnableSwap") == "y":
+                out.append("  (swap is one table for the whole kernel: a real swapon here would add swap to the "
+                           "host, so swapon/swapoff in the sandbox only record their calls; real swap is the VM "
+                           "tier's)")
+        else:
+            out.append("resource disk: none (ResourceDisk.Format=n)")
+        if self.firewall:
+            argv = (["iptables", "-w", "-t", "security", "-S", "OUTPUT"] if self.firewall == "iptables"
+                    else ["nft", "list", "table", "ip", "walinuxagent"])
+            try:
+                res = sb.run(argv, check=False, timeout=20)
+                rules = [line for line in res.stdout.splitlines() if WIRE_HOST in line]
+            except Exception as e:
+                rules, res = [], None
+                out.append(f"firewall: cannot list the rules ({e})")
+            out.append(f"firewall ({' '.join(argv)}): " + (f"{len(rules)} rule(s) for {WIRE_HOST}" if rules
+                                                           else "no rules for the WireServer"))
+            out.extend(f"  {r.strip()}" for r in rules)
+        else:
+            out.append("firewall: not enabled (no iptables or nft on this host)")
+        calls = standin_calls(sb)
+        out.append("interface restart to publish the hostname: " + (", ".join(calls) if calls else "none")
+                   + " (ifdown/ifup are stand-ins that record the call: no DHCP server in the sandbox)")
+        return out
 
     def _keep(self, sb: Sandbox) -> None:
         enter = " ".join(sb.enter_argv()[:-1])
@@ -404,13 +399,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="ready: Ready health report; status: a Ready status upload; extensions: every "
                         "scenario step applied with all extensions succeeded (default)")
     p.add_argument("--verbose", action="store_true", help="run the agent with Logs.Verbose=y")
+    p.add_argument("--resource-disk-mb", type=int, default=None, metavar="N",
+                   help="size of the resource disk at /dev/sdb; 0: none (default: the scenario's lab.resource_disk_mb, "
+                        "else 96)")
+    p.add_argument("--swap-mb", type=int, default=None, metavar="N",
+                   help="ResourceDisk.EnableSwap=y with SwapSizeMB=N on the resource disk; 0: no swap (default: the "
+                        "scenario's lab.swap_mb, else 0)")
     args = p.parse_args(list(argv) if argv is not None else None)
     if os.geteuid() != 0:
         print("guestagent lab needs root: it builds a namespace sandbox (mounts, loop devices, its own network); "
               "run it with sudo.", file=sys.stderr)
         return 2
     try:
-        return Lab(args.scenario, keep=args.keep, timeout=args.timeout, until=args.until, verbose=args.verbose).run()
+        return Lab(args.scenario, keep=args.keep, timeout=args.timeout, until=args.until, verbose=args.verbose,
+                   resource_disk_mb=args.resource_disk_mb, swap_mb=args.swap_mb).run()
     except SandboxUnavailable as e:
         print(f"guestagent lab: {e}", file=sys.stderr)
         return 2

@@ -14,11 +14,8 @@ Two limits of a namespace sandbox, handled here so callers need not know them:
 
 from __future__ import annotations
 
-import fcntl
 import os
-import socket
 import stat
-import struct
 import subprocess
 from pathlib import Path
 from typing import Any, Union
@@ -55,34 +52,9 @@ def make_azure_resource_disk(path: PathLike, size_mb: int = 96) -> int:
 
 
 def attach_range(sb: Any, image: PathLike, device: str, offset: int = 0, size: int = 0) -> str:
-    """Attach bytes [offset, offset+size) of ``image`` as block device ``device`` inside the sandbox
-    (auto-clear loop held by the sandbox's keeper, detached when the sandbox closes)."""
-    from guestagent.lab import sandbox as S
-
-    backing = os.open(image, os.O_RDWR)
-    try:
-        info = struct.pack("=5Q4I64s64s32s2Q", 0, 0, 0, offset, size, 0, 0, 0, S.LO_FLAGS_AUTOCLEAR,
-                           os.fsencode(image)[:63], b"", b"", 0, 0)
-        ctl = os.open("/dev/loop-control", os.O_RDWR)
-        try:
-            n = fcntl.ioctl(ctl, S.LOOP_CTL_GET_FREE)
-        finally:
-            os.close(ctl)
-        fd = os.open(f"/dev/loop{n}", os.O_RDWR)
-        try:
-            fcntl.ioctl(fd, S.LOOP_CONFIGURE, struct.pack("=II", backing, 0) + info + bytes(64))
-        except OSError:
-            os.close(fd)
-            raise
-    finally:
-        os.close(backing)
-    sb._loops.append((n, fd, device))
-    socket.send_fds(sb._ctl, [b"fd"], [fd])
-    major, minor = Path(f"/sys/block/loop{n}/dev").read_text().strip().split(":")
-    node = sb.host_path(device)
-    node.parent.mkdir(parents=True, exist_ok=True)
-    os.mknod(node, stat.S_IFBLK | 0o660, os.makedev(int(major), int(minor)))
-    return f"/dev/loop{n}"
+    """Attach bytes [offset, offset+size) of ``image`` read-write as block device ``device`` inside the
+    sandbox (auto-clear loop held by the sandbox's keeper, detached when the sandbox closes)."""
+    return sb.attach_image(image, device=device, readonly=False, offset=offset, size=size)
 
 
 def attach_resource_disk(sb: Any, workdir: PathLike, size_mb: int = 96, device: str = "sdb") -> dict[str, str]:

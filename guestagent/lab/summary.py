@@ -7,7 +7,9 @@ so it does not reuse the agent's status models.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 #: Files the lab itself puts into the sandbox (not the agent's doing).
@@ -115,10 +117,80 @@ def users_added(passwd_before: str, passwd_after: str) -> list[str]:
     return [n for n in names(passwd_after) if n not in before]
 
 
+HEARTBEAT_FIELDS = re.compile(r"(HeartbeatCounter|UpdateGSErrors): ?(\d+)")
+
+
+def queued_events(event_files: Iterable[Path]) -> list[dict]:
+    """Events the agent has written but not sent yet (``/var/lib/waagent/events/*.tld``), in the compact
+    form the fabric driver reports received ones; unreadable files are skipped (the agent may be
+    sending and deleting them right now)."""
+    out = []
+    for path in sorted(event_files):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            p = {x["name"]: x.get("value") for x in doc.get("parameters", []) if isinstance(x, Mapping)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        out.append({"event_id": doc.get("eventId"), "op": p.get("Operation"), "ok": p.get("OperationSuccess"),
+                    "message": str(p.get("Message") or "")[:300], "time": p.get("OpcodeName"),
+                    "task": p.get("TaskName"), "name": p.get("Name"), "version": p.get("Version")})
+    return out
+
+
+def _by_operation(events: list[dict]) -> str:
+    ops: dict[str, int] = {}
+    for e in events:
+        op = e.get("op") or ("performance counters" if e.get("event_id") == 4 else f"event {e.get('event_id')}")
+        ops[op] = ops.get(op, 0) + 1
+    return " (" + ", ".join(f"{op} {n}" for op, n in sorted(ops.items())) + ")" if ops else ""
+
+
+def telemetry_lines(telemetry: list[dict], healthservice: list[dict], vm_agent_logs: list[dict],
+                    queued: Optional[list[dict]] = None, errors: int = 5) -> list[str]:
+    """What the fabric received besides requests: events (count by operation, the last errors, the
+    last heartbeat), HealthService reports and collected-log uploads; ``queued``: events still waiting
+    in the agent's events directory (it sends every 60 s). ``telemetry`` and ``queued`` hold the compact
+    records of :func:`guestagent.lab.fabricdriver.telemetry_record` / :func:`queued_events`."""
+    queued = queued or []
+    out = [f"telemetry events received: {len(telemetry)}{_by_operation(telemetry)}"]
+    if queued:
+        out.append(f"  not sent yet (queued in /var/lib/waagent/events): {len(queued)}{_by_operation(queued)}")
+    beats = [(e, "") for e in telemetry if e.get("op") == "HeartBeat"]
+    beats += [(e, ", queued") for e in queued if e.get("op") == "HeartBeat"]
+    if beats:
+        last, where = beats[-1]
+        fields = ", ".join(f"{k} {v}" for k, v in HEARTBEAT_FIELDS.findall(last.get("message") or ""))
+        out.append(f"  last heartbeat: {last.get('time')} ({last.get('name')} {last.get('version')}"
+                   + (f"; {fields}" if fields else "") + f"{where})")
+    else:
+        out.append("  last heartbeat: none yet (the agent sends one at start, then every 30 minutes)")
+    failed = [e for e in telemetry + queued if e.get("ok") is False]
+    out.append(f"  failed operations: {len(failed)}" + (f" (last {min(errors, len(failed))}):" if failed else ""))
+    for e in failed[-errors:]:
+        out.append(f"    {e.get('time')} {e.get('op')}: {(e.get('message') or '').splitlines()[0][:160]}"
+                   if e.get("message") else f"    {e.get('time')} {e.get('op')}")
+    if healthservice:
+        obs = healthservice[-1].get("Observations") or []
+        text = ", ".join(f"{o.get('ObservationName')} {'healthy' if o.get('IsHealthy') else 'UNHEALTHY'}"
+                         for o in obs if isinstance(o, Mapping))
+        out.append(f"HealthService reports: {len(healthservice)}, last at {healthservice[-1].get('time')}: "
+                   f"{text or 'no observations'}")
+    else:
+        out.append("HealthService reports: none")
+    if vm_agent_logs:
+        out.append(f"collected logs uploaded: {len(vm_agent_logs)}")
+        out.extend(f"  {v.get('time')} {v.get('size')} bytes" for v in vm_agent_logs[-5:])
+    else:
+        out.append("collected logs uploaded: none (the log collector runs 5 minutes after start at the earliest, when enabled)")
+    return out
+
+
 def format_summary(*, changes: Mapping[str, str], users: Iterable[str], hostname: tuple[str, str],
                    health: list[dict], status: Optional[VmStatus], requests: Mapping[str, int],
-                   lib_files: Iterable[tuple[str, int, int]]) -> str:
-    """The text printed at the end of a lab run."""
+                   lib_files: Iterable[tuple[str, int, int]], platform: Iterable[str] = (),
+                   reported: Iterable[str] = ()) -> str:
+    """The text printed at the end of a lab run. ``platform``: lines about the VM's devices and
+    firewall; ``reported``: :func:`telemetry_lines`."""
     out = ["", "=== what the agent changed in the sandbox (the host is untouched) ==="]
     before, after = hostname
     out.append(f"hostname: {before} -> {after}" if before != after else f"hostname: unchanged ({after})")
@@ -134,6 +206,11 @@ def format_summary(*, changes: Mapping[str, str], users: Iterable[str], hostname
     if other:
         out.append(f"elsewhere: {len(other)} change(s)")
         out.extend(f"  {changes[p]:<8} {p}" for p in other[:30])
+    platform = list(platform)
+    if platform:
+        out.append("")
+        out.append("=== the VM's resource disk, firewall, network ===")
+        out.extend(platform)
     out.append("")
     out.append("=== what the fabric heard ===")
     out.append("requests: " + (", ".join(f"{k} {n}" for k, n in sorted(requests.items())) or "none"))
@@ -141,6 +218,7 @@ def format_summary(*, changes: Mapping[str, str], users: Iterable[str], hostname
     for h in health[-5:]:
         extra = f" {h.get('substatus')}" if h.get("substatus") else ""
         out.append(f"  {h.get('state')}{extra} [incarnation {h.get('incarnation')}] {h.get('description') or ''}".rstrip())
+    out.extend(reported)
     out.append("")
     out.append("=== last status uploaded ===")
     if status is None or status.agent_status is None:

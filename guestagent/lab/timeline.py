@@ -42,6 +42,11 @@ LOG_MILESTONES: list[tuple[re.Pattern, str]] = [(re.compile(p, re.I), t) for p, 
     (r"\[([\w.]+-[\d.]+)\] Target handler state: (\w+)", "{0}: target state {1}"),
     (r"\[([\w.]+-[\d.]+)\] Executing command: \S*?([^/\s]+) (\w+)", "{0}: {1} {2}"),
     (r"ProcessExtensionsGoalState completed \[(\S+?) ", "goal state {0} processed"),
+    (r"The partition is formatted with ntfs", "resource disk: NTFS partition re-typed to 83 (Linux)"),
+    (r"Resource disk (\S+) is mounted at (\S+) with (\S+)", "resource disk {0} mounted at {1} ({2})"),
+    (r"Enabled (\d+)KB of swap at (\S+)", "swap file {1} ({0} KB) made and handed to swapon"),
+    (r"Using (\S+) \[version", "firewall managed with {0}"),
+    (r"Created firewall rules for Azure Fabric", "firewall rules for the WireServer created"),
 )]
 LOG_LINE = re.compile(r"^\S+ (VERBOSE|INFO|WARNING|ERROR) (\S+) (.*)$")
 

@@ -99,7 +99,8 @@ def _try(argvs: list[list[str]]) -> bool:
     """Run commands in sequence (the shell's ``a && b``); True when all succeed."""
     for argv in argvs:
         if system.which(argv[0]) is None:
-            log.warn("Cannot restart the interface: {0} is not installed", argv[0])
+            log.warn("Cannot restart the network interface to publish the hostname: {0} is not installed "
+                     "(the DHCP client sends the new name when it next starts)", argv[0])
             raise FileNotFoundError(argv[0])
         try:
             system.run(argv, timeout=120)

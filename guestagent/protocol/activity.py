@@ -1,8 +1,8 @@
 """When did an endpoint last answer? Lets the monitor skip probes the regular traffic already proves.
 
 The HostGAPlugin /health probe is redundant when HGAP answered a /status or /vmSettings request a
-moment ago. :func:`install` wraps one HttpClient instance's ``request`` so every answer is recorded
-(by port); the protocol client may instead call :func:`record` itself.
+moment ago. ``guestagent.protocol.http.HttpClient.request`` calls :func:`record` for every answer it
+receives (by port), so every client of the process feeds this table without any wrapping.
 """
 
 from __future__ import annotations
@@ -37,21 +37,7 @@ def answered_within(port: int, seconds: float, now: Optional[float] = None) -> b
 
 
 def install(http: Any) -> None:
-    """Record every response of this HttpClient instance (idempotent)."""
-    if getattr(http, "_activity_installed", False):
-        return
-    original = http.request
-
-    def request(method, url, *args, **kw):
-        resp = original(method, url, *args, **kw)
-        try:
-            record(url, int(resp.status))
-        except Exception:  # never let bookkeeping break a request
-            pass
-        return resp
-
-    http.request = request
-    http._activity_installed = True
+    """Kept for callers written before HttpClient recorded answers itself: nothing to do any more."""
 
 
 def reset() -> None:

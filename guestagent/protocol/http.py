@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from guestagent import log
 from guestagent.errors import HttpError, InvalidContainerError, ResourceGoneError
+from guestagent.protocol import activity
 from guestagent.version import AGENT_NAME, AGENT_VERSION
 
 DEFAULT_MAX_RETRY = 6
@@ -400,6 +401,7 @@ class HttpClient:
                 last = f"[HTTP Failed] {method} {shown} -- IOError {e}"
                 log.verbose("{0} -- {1} attempts made", last, attempt)
                 continue
+            activity.record(url, resp.status)  # any answer proves the endpoint is up (the monitor's shortcut)
             if resp.status in retry_codes:
                 last = f"[HTTP Retry] {method} {shown} -- Status Code {resp.status}"
                 log.verbose("{0} -- {1} attempts made", last, attempt)

@@ -17,6 +17,8 @@ from guestagent.protocol.http import HttpClient, user_agent
 IMDS_ENDPOINT = "169.254.169.254"
 API_VERSION = "2018-02-01"
 TIMEOUT = 5.0
+#: Single-attempt mode (the monitor thread): one try, this timeout, no retry back-off.
+QUICK_TIMEOUT = 2.0
 UNHEALTHY_AFTER = 180.0
 
 
@@ -67,18 +69,25 @@ class ImdsClient:
         self._healthy_since: Optional[float] = None
         self._last_healthy: Optional[float] = None
 
-    def get_compute(self) -> ComputeInfo:
+    @staticmethod
+    def _attempts(single_attempt: bool) -> dict[str, Any]:
+        """Request options: upstream's retried 5-s requests, or one short attempt (an unreachable IMDS then
+        costs the caller at most QUICK_TIMEOUT seconds)."""
+        return {"max_retry": 1, "timeout": QUICK_TIMEOUT} if single_attempt else {"timeout": TIMEOUT}
+
+    def get_compute(self, single_attempt: bool = False) -> ComputeInfo:
         resp = self.http.get(f"{self.base}/metadata/instance/compute?api-version={API_VERSION}",
-                             {"Metadata": "True", "User-Agent": user_agent()}, timeout=TIMEOUT)
+                             {"Metadata": "True", "User-Agent": user_agent()}, **self._attempts(single_attempt))
         if not resp.ok:
             raise HttpError(f"IMDS compute request failed: Status Code {resp.status}", status=resp.status)
         return parse_compute(resp.text())
 
-    def probe(self) -> bool:
-        """One health probe (healthy/unhealthy for this minute)."""
+    def probe(self, single_attempt: bool = False) -> bool:
+        """One health probe (healthy/unhealthy for this minute); ``single_attempt``: one short try."""
         try:
             resp = self.http.get(f"{self.base}/metadata/instance?api-version={API_VERSION}",
-                                 {"Metadata": "True", "User-Agent": user_agent() + "+health"}, timeout=TIMEOUT)
+                                 {"Metadata": "True", "User-Agent": user_agent() + "+health"},
+                                 **self._attempts(single_attempt))
         except ResourceGoneError:
             return False
         except HttpError as e:
@@ -88,10 +97,10 @@ class ImdsClient:
             return True
         return probe_is_healthy(resp.status, resp.text())
 
-    def heartbeat(self) -> dict[str, Any]:
+    def heartbeat(self, single_attempt: bool = False) -> dict[str, Any]:
         """The InstanceMetadataHeartbeat observation: unhealthy only after 3 minutes of failed probes."""
         now = self.clock()
-        if self.probe():
+        if self.probe(single_attempt):
             self._last_healthy = now
         elif self._last_healthy is None:
             self._last_healthy = now

@@ -94,6 +94,9 @@ def umount_dvd(mount_point: str) -> None:
 def eject_dvd(device: str) -> None:
     if re.search(r"(vd[b-z])", device.rsplit("/", 1)[-1]):
         return  # not a CD-ROM
+    if system.which("eject") is None:
+        # Upstream lets the OSError from Popen escape here; one clear line instead of an empty report.
+        raise OSUtilError(f"Cannot eject dvd {device}: eject is not installed")
     try:
         system.run(["eject", device], timeout=60)
     except CommandError as e:

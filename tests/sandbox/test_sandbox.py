@@ -236,3 +236,29 @@ def test_not_root_is_one_clear_sentence(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the only way to be "not root" without dropping privileges
     with pytest.raises(SandboxUnavailable, match="needs root"):
         Sandbox()
+
+
+def test_boot_clock_starts_with_the_sandbox(sandbox):
+    # a sandbox is a fresh boot: /proc/uptime (the agent's provisioning event reports it) counts from
+    # its creation; the wall clock is the host's
+    if not sandbox.timens:
+        pytest.skip("this kernel has no time namespaces (< 5.6)")
+    uptime, _idle, wall = sandbox.run(["sh", "-c", "cat /proc/uptime; date +%s"]).stdout.split()
+    assert float(uptime) <= time.monotonic() - sandbox.started + 1.5
+    assert abs(int(wall) - time.time()) < 5
+    assert "--time" in sandbox.enter_argv()
+
+
+def test_image_byte_range_is_its_own_block_device(sandbox, fs_image, tmp_path):
+    # a "partition": bytes [1 MiB, end) of a disk image, as the resource disk's /dev/sdb1
+    part = fs_image({"inside": "partition data"}, fstype="ext4", size_kb=2048)
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\xaa" * (1 << 20) + part.read_bytes())
+    sandbox.attach_image(disk, device="/dev/sdb", readonly=False)
+    sandbox.attach_image(disk, device="/dev/sdb1", readonly=False, offset=1 << 20, size=part.stat().st_size)
+    out = sandbox.run(["sh", "-c", "blockdev --getsize64 /dev/sdb /dev/sdb1 && head -c 2 /dev/sdb | od -An -tx1 && "
+                                   "mkdir -p /mnt/p && mount /dev/sdb1 /mnt/p && cat /mnt/p/inside && "
+                                   "echo x > /mnt/p/written-through-sdb1 && umount /mnt/p"]).stdout
+    assert out.split() == [str(disk.stat().st_size), str(part.stat().st_size), "aa", "aa", "partition", "data"]
+    data = disk.read_bytes()
+    assert data[: 1 << 20] == b"\xaa" * (1 << 20) and b"written-through-sdb1" in data[1 << 20:]

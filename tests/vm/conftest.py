@@ -77,7 +77,7 @@ def azure_vm(request, vm_images):
     vms = []
 
     def make(**kw) -> AzureVM:
-        name = f"{request.node.name}-{len(vms)}".replace("[", "-").replace("]", "").replace(",", "_")
+        name = f"{request.node.name[:48]}-{len(vms)}".replace("[", "-").replace("]", "").replace(",", "_")
         work = WORK / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
         shutil.rmtree(work, ignore_errors=True)
         vm = AzureVM(work, vm_images, cpus=kw.pop("cpus", CPUS), **kw)

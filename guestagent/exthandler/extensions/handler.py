@@ -37,6 +37,7 @@ class Context:
     timeouts: dict = field(default_factory=dict)
     sink: Optional[Callable[[Any], None]] = None
     event: Optional[Callable[..., None]] = None
+    config: Any = None  # the agent's configuration (reaches the cgroup configurator)
 
 
 class Handler:
@@ -83,7 +84,8 @@ class Handler:
         try:
             result = runner.run_command(op, self.files.base_dir, self.manifest.command(op), env,
                                         handler_name=self.name, log_dir=self.files.log_dir, ext_name=ext_name,
-                                        timeout=self.ctx.timeouts.get(op), sink=self.ctx.sink)
+                                        timeout=self.ctx.timeouts.get(op), sink=self.ctx.sink,
+                                        config=self.ctx.config)
         except runner.CommandFailed as e:
             self._event(op, False, e.msg)
             raise
@@ -98,12 +100,36 @@ class Handler:
             except Exception as e:  # telemetry never breaks the lifecycle
                 self.log.warn("Event failed: {0}", e)
 
+    # --- resource limits (06 §10.3) -----------------------------------------------------------------------
+    def _cgroups(self) -> Any:
+        from guestagent.exthandler import cgroups
+
+        return cgroups.get_configurator(self.ctx.config)
+
+    def _resource_limits(self) -> dict:
+        try:
+            return self.manifest.resource_limits
+        except ExtensionError:
+            return {}
+
+    def set_resource_limits(self) -> None:
+        """The extension slice's properties and its services' quotas: at install and at every enable."""
+        limits = self._resource_limits()
+        try:
+            configurator = self._cgroups()
+            configurator.setup_extension_slice(self.name, limits.get("cpuQuotaPercentage"))
+            configurator.set_extension_services_quota(limits.get("services"))
+        except Exception as e:  # resource governance never fails an operation
+            self.log.warn("Could not set the resource limits: {0}", e)
+
     def install(self, uninstall_exit: Any = NOT_RUN) -> None:
+        self.set_resource_limits()
         self.run("install", None, {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": str(uninstall_exit)})
         self.files.set_state(INSTALLED)
         self.set_status("NotReady", 0, "Plugin installed but not enabled")
 
     def enable(self, settings: Any, uninstall_exit: Any = NOT_RUN) -> None:
+        self.set_resource_limits()
         self.run("enable", settings, {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": str(uninstall_exit)})
         if self.multi_config and settings is not None:
             self.files.set_ext_state(settings.name, "enabled")
@@ -123,14 +149,23 @@ class Handler:
         self.set_status("NotReady", 0, "Plugin disabled")
 
     def uninstall(self) -> None:
+        try:
+            self._cgroups().reset_extension_services_quota(self._resource_limits().get("services"))
+        except Exception as e:
+            self.log.warn("Could not reset the services' quotas: {0}", e)
         self.run("uninstall")
 
     def remove(self) -> None:
-        """Delete the zip and base dir without running anything (tolerating files vanishing)."""
+        """Delete the zip and base dir without running anything (tolerating files vanishing); the
+        extension slice's quota is reset (as upstream, also for the old version of an update)."""
         from guestagent.exthandler.extensions.package import zip_path
 
         system.remove(zip_path(self.ctx.lib_dir, self.name, self.version))
         shutil.rmtree(system.path(self.files.base_dir), ignore_errors=True)
+        try:
+            self._cgroups().reset_extension_quota(self.name)
+        except Exception as e:
+            self.log.warn("Could not reset the extension slice's quota: {0}", e)
 
     def enabled_settings(self, settings_list: list) -> list:
         """The extensions of this (old) version that are enabled: disable targets of an update/uninstall."""

@@ -73,7 +73,7 @@ class ExtensionsManager:
         self.protocol = protocol
         self.lib_dir = _conf(conf, "Lib.Dir", "/var/lib/waagent")
         self.ctx = Context(self.lib_dir, getattr(protocol, "endpoint", "") or "", log_root, dict(timeouts or {}),
-                           sink, event if event is not None else self._default_event)
+                           sink, event if event is not None else self._default_event, config=conf)
         self.dependency_poll = dependency_poll
         self.dependency_deadline = dependency_deadline
         self.skip_unchanged_after_restart = skip_unchanged_after_restart

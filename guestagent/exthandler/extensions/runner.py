@@ -3,6 +3,8 @@
 The command runs through ``/bin/sh -c`` in the handler's base dir, in its own session, with stdout/stderr in
 two anonymous temporary files in the base dir (as upstream), so a background process the handler leaves
 behind never blocks the agent. The exit is noticed as it happens (no polling sleep, no extra 1 s wait).
+With cgroups enabled the command starts in its own ``systemd-run --scope`` under the extension's slice
+(06 §10); when systemd-run itself fails, cgroups are disabled and the command runs again directly.
 """
 
 from __future__ import annotations
@@ -77,11 +79,26 @@ def base_environment(base_dir: str, version: str, wire_address: str, seq: Option
     return env
 
 
+def _execute(argv: list, real_base: Any, timeout: float, env: dict) -> tuple:
+    """(RunResult, formatted output, stderr head) of one run of ``argv``."""
+    with tempfile.TemporaryFile(dir=real_base) as out, tempfile.TemporaryFile(dir=real_base) as err:
+        res = system.run_to_files(argv, out, err, timeout=timeout, env=env, cwd=real_base)
+        stderr = _read_head(err)
+        return res, format_output(_read_head(out), stderr), stderr
+
+
+def _scope_of(argv: list) -> str:
+    return next((a[len("--unit="):] + ".scope" for a in argv if a.startswith("--unit=")), "")
+
+
 def run_command(op: str, base_dir: str, command: str, env: dict, *, handler_name: str,
                 log_dir: Optional[str] = None, ext_name: Optional[str] = None,
-                timeout: Optional[float] = None, sink: Any = None) -> CommandResult:
+                timeout: Optional[float] = None, sink: Any = None, config: Any = None) -> CommandResult:
     """Run ``command`` (relative to ``base_dir``); raise CommandFailed on non-zero exit or timeout.
-    ``sink``, when given, is called with every CommandResult (the extension kit prints them)."""
+    ``sink``, when given, is called with every CommandResult (the extension kit prints them). ``config``
+    reaches the process-wide cgroup configurator, which decides whether the command runs in a scope."""
+    from guestagent.exthandler import cgroups
+
     timeout = TIMEOUTS[op] if timeout is None else timeout
     full = os.path.join(base_dir, command.lstrip("/"))
     real_base = system.path(base_dir)
@@ -91,10 +108,14 @@ def run_command(op: str, base_dir: str, command: str, env: dict, *, handler_name
     plog.info("Executing command: {0} with environment variables: {1}", full, json.dumps(env))
     # Under a test root the command must run from the mapped directory too.
     shown_cmd = os.path.join(os.fspath(real_base), command.lstrip("/"))
-    with tempfile.TemporaryFile(dir=real_base) as out, tempfile.TemporaryFile(dir=real_base) as err:
-        res = system.run_to_files(["/bin/sh", "-c", shown_cmd], out, err, timeout=timeout, env=child_env,
-                                  cwd=real_base)
-        output = format_output(_read_head(out), _read_head(err))
+    argv = ["/bin/sh", "-c", shown_cmd]
+    configurator = cgroups.get_configurator(config)
+    wrapped = configurator.wrap_extension_command(argv, handler_name, ext_name, op=op)
+    res, output, stderr = _execute(wrapped, real_base, timeout, child_env)
+    if wrapped != argv and not res.timed_out and res.returncode != 0 and \
+            configurator.extension_command_failed(handler_name, stderr, _scope_of(wrapped)):
+        plog.info("Failed to start {0} using systemd-run, invoking the extension directly", handler_name)
+        res, output, stderr = _execute(argv, real_base, timeout, child_env)
     exit_code = CODE_TIMEOUT if res.timed_out else res.returncode
     result = CommandResult(op, full, exit_code, res.timed_out, res.duration, output, env)
     _log_execution(plog, log_dir, ext_name, command, output, result)

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid as uuidlib
@@ -65,6 +66,8 @@ class Machine:
             raise VMError("the VM work folder must not contain a comma (QEMU option syntax)")
         self.console = self.work / "console.log"
         self.overlay = self.work / "os-disk.qcow2"
+        # a unix socket path has at most 107 bytes: keep it short, outside the work folder
+        self.ctl_sock = Path(tempfile.mkdtemp(prefix="vmctl-", dir="/tmp")) / "ctl.sock"
         self.proc: Optional[subprocess.Popen] = None
         self.ctl: Optional[Control] = None
         self.boots = 0
@@ -89,7 +92,7 @@ class Machine:
                         "product=Virtual Disk,serial=os-disk",
              "-chardev", f"file,id=con,path={self.console},append=on", "-serial", "chardev:con",
              "-device", "virtio-serial-pci,id=vser0",
-             "-chardev", f"socket,id=ctl,path={self.work / 'ctl.sock'},server=on,wait=off",
+             "-chardev", f"socket,id=ctl,path={self.ctl_sock},server=on,wait=off",
              "-device", "virtserialport,bus=vser0.0,chardev=ctl,name=vmctl"]
         if c.accel == "kvm":
             a += ["-accel", "kvm", "-cpu", "host"]
@@ -126,7 +129,7 @@ class Machine:
         """Start QEMU and wait until the guest's control channel answers; returns the boot_id."""
         if self.alive():
             raise VMError("already running")
-        (self.work / "ctl.sock").unlink(missing_ok=True)
+        self.ctl_sock.unlink(missing_ok=True)
         self.boots += 1
         with open(self.console, "ab") as con:
             con.write(f"\n===== vmtier: boot {self.boots} (qemu start) =====\n".encode())
@@ -135,7 +138,7 @@ class Machine:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self._started = time.monotonic()
         threading.Thread(target=self._watchdog, args=(self.proc,), daemon=True).start()
-        self.ctl = Control(self.work / "ctl.sock", self.alive)
+        self.ctl = Control(self.ctl_sock, self.alive)
         self.ctl.connect(timeout=30)
         try:
             boot_id = self.ctl.wait_boot(min(timeout, self.left()))
@@ -191,6 +194,7 @@ class Machine:
             self._kill(self.proc)
         if self.ctl:
             self.ctl.close()
+        shutil.rmtree(self.ctl_sock.parent, ignore_errors=True)
 
     # --- in the guest -----------------------------------------------------------------------------
     def run(self, cmd, timeout: float = 120, check: bool = True, **kw) -> Result:

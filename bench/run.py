@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""The guestagent benchmark: figures, not tests (root; every run in a fresh namespace sandbox).
+
+    python3 bench/run.py [--runs N] [--idle-seconds S] [--only GROUP[,GROUP]] [--upstream | --no-upstream]
+
+Groups: ready, status, memory, idle, cli, incarnation. Each figure is printed as median/min/max of N
+runs; the last table compares with upstream (Debian's waagent measured in the same sandbox, when
+asked and available) and with the figures the issues give for WALinuxAgent 2.15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Optional
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
+
+from figures import GROUPS, table  # noqa: E402
+from harness import Agent, BenchFailure, Session, memory_kb, our_agent, timed_commands  # noqa: E402
+
+SCENARIOS = BENCH_DIR / "scenarios"
+SAMPLE = "GuestAgent.Fabric.Sample"
+MB = 1024.0
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _ext(st, version: str, cond: Callable) -> bool:
+    return any(e.handler == SAMPLE and e.version == version and cond(e) for e in st.extensions)
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.groups = set(args.only.split(",")) if args.only else set(GROUPS)
+        self.results: dict[str, dict[str, list[float]]] = {}
+        self.mix: dict[str, dict[str, Counter]] = {}
+        self.failures: list[str] = []
+
+    def record(self, agent: Agent, key: str, value: float) -> None:
+        self.results.setdefault(agent.name, {}).setdefault(key, []).append(value)
+
+    # -- sessions
+    def session(self, agent: Agent, kind: str, run: int) -> None:
+        """kind 'bare': no provisioning, no extension; 'prov': provisioning, one extension, then an
+        update and a disable by new incarnations."""
+        g = self.groups
+        prov = kind == "prov"
+        scenario = SCENARIOS / ("extension.json" if prov else "bare.json")
+        idle = self.args.idle_seconds if "idle" in g else 0.0
+        tag = f"[{agent.name} run {run + 1}/{self.args.runs} {'provisioning+extension' if prov else 'bare'}]"
+        with Session(agent, str(scenario), provision=prov) as s:
+            try:
+                s.prepare()
+                s.start_fabric()
+                s.start_daemon()
+                ready = s.first_ready()
+                first = s.first_status()
+                self.record(agent, "ready_" + kind, ready["t"] - s.t0)
+                self.record(agent, "status_" + kind, first["t"] - s.t0)
+                say(f"{tag} Ready {ready['t'] - s.t0:.3f} s, first status {first['t'] - s.t0:.3f} s")
+                if not (g & {"memory", "idle", "incarnation"}):
+                    return
+                if prov:
+                    settled = s.status_where(lambda st: _ext(st, "1.0.0", lambda e: e.status == "success"), 0, 120,
+                                             "the extension's success status")
+                else:
+                    settled = s.status_where(lambda st: st.agent_status == "Ready", 0, 60, "a Ready status")
+                say(f"{tag} settled at {settled['t'] - s.t0:.3f} s; settling {self.args.settle:.0f} s more")
+                time.sleep(self.args.settle)
+                if g & {"memory", "idle"}:
+                    self._idle(agent, s, kind, idle, tag)
+                if prov and "incarnation" in g:
+                    self._incarnation(agent, s, tag)
+            except BenchFailure as e:
+                self.failures.append(f"{tag} {e}")
+                say(f"{tag} FAILED: {e}\n{s.diagnostics()}")
+
+    def _idle(self, agent: Agent, s: Session, kind: str, idle: float, tag: str) -> None:
+        dpid, cpid = s.daemon_pid(), s.child_pid()
+        cpu0, t1 = s.cpu(), time.time()
+        if idle > 0:
+            time.sleep(idle)
+            cpu1, t2 = s.cpu(), time.time()
+            s.events.poll()
+            mix = s.requests_between(t1, t2)
+            minutes = (t2 - t1) / 60.0
+            suffix = "ext" if kind == "prov" else "bare"
+            self.record(agent, "cpu_" + suffix, (cpu1 - cpu0) / minutes)
+            self.record(agent, "req_" + suffix, sum(mix.values()) / minutes)
+            self.mix.setdefault(agent.name, {}).setdefault(suffix, Counter()).update(mix)
+            say(f"{tag} idle {t2 - t1:.0f} s: CPU {(cpu1 - cpu0) / minutes:.3f} s/min, "
+                f"{sum(mix.values()) / minutes:.1f} requests/min ({', '.join(f'{k} {n}' for k, n in mix.most_common())})")
+        if child_pid_changed := (s.child_pid() != cpid):
+            say(f"{tag} note: the ext-handler child restarted during the window")
+        dm, cm = memory_kb(dpid), memory_kb(s.child_pid())
+        child = "child" if kind == "prov" else "child_bare"
+        self.record(agent, "rss_" + child, cm["VmRSS"] / MB)
+        self.record(agent, "hwm_" + child, cm["VmHWM"] / MB)
+        if kind == "prov":
+            self.record(agent, "rss_daemon", dm["VmRSS"] / MB)
+            self.record(agent, "hwm_daemon", dm["VmHWM"] / MB)
+            self.record(agent, "rss_total", (dm["VmRSS"] + cm["VmRSS"]) / MB)
+        say(f"{tag} memory: daemon VmRSS {dm['VmRSS'] / MB:.1f} MB (HWM {dm['VmHWM'] / MB:.1f}, anon "
+            f"{dm.get('RssAnon', 0) / MB:.1f}), child VmRSS {cm['VmRSS'] / MB:.1f} MB (HWM {cm['VmHWM'] / MB:.1f}, "
+            f"anon {cm.get('RssAnon', 0) / MB:.1f}){' [child restarted]' if child_pid_changed else ''}")
+
+    def _incarnation(self, agent: Agent, s: Session, tag: str) -> None:
+        cases = (("inc_update", "update to 1.1.0",
+                  lambda st: _ext(st, "1.1.0", lambda e: e.status == "success" and str(e.sequence_number) == "1")),
+                 ("inc_disable", "disable 1.1.0", lambda st: _ext(st, "1.1.0", lambda e: e.handler_status == "NotReady")))
+        for key, what, pred in cases:
+            adv = s.advance()
+            fetch = s.wait(lambda: s.events.find(lambda e: e.get("kind") == "goalstate", adv["t"]),
+                           60, f"the goal-state fetch of incarnation {adv['incarnation']}")
+            done = s.status_where(pred, fetch["t"], 120, f"a status with the extension's {what}")
+            self.record(agent, key, done["t"] - fetch["t"])
+            say(f"{tag} incarnation {adv['incarnation']} ({what}): fetched {fetch['t'] - adv['t']:.3f} s after the "
+                f"fabric moved; status uploaded {done['t'] - fetch['t']:.3f} s after the fetch")
+
+    def cli(self, agent: Agent) -> None:
+        times = timed_commands(agent, ["-version", "-show-configuration"], self.args.runs)
+        for verb, key in (("-version", "cli_version"), ("-show-configuration", "cli_showconf")):
+            for t in times[verb]:
+                self.record(agent, key, t)
+            say(f"[{agent.name}] waagent {verb}: " + ", ".join(f"{t:.3f}" for t in times[verb]) + " s")
+
+    def run(self, agents: list[Agent]) -> int:
+        for run in range(self.args.runs):
+            for agent in agents:
+                if self.groups & {"ready", "status", "memory", "idle"}:
+                    self.session(agent, "bare", run)
+                if self.groups & {"ready", "status", "memory", "idle", "incarnation"}:
+                    self.session(agent, "prov", run)
+        if "cli" in self.groups:
+            for agent in agents:
+                self.cli(agent)
+        self.report(agents)
+        return 1 if self.failures else 0
+
+    def report(self, agents: list[Agent]) -> None:
+        say("")
+        say(f"=== guestagent benchmark: {self.args.runs} run(s), idle window {self.args.idle_seconds:.0f} s, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
+            f"{os.cpu_count()} CPU(s), kernel {platform.release()}, Python {platform.python_version()} ===")
+        for name, kinds in self.mix.items():
+            for kind, mix in sorted(kinds.items()):
+                total = sum(mix.values()) or 1
+                say(f"idle request mix, {name}, {'one extension' if kind == 'ext' else 'no extension'} "
+                    f"(all runs): " + ", ".join(f"{k} {100 * n / total:.0f}%" for k, n in mix.most_common()))
+        say(table(self.results, [a.name for a in agents], self.groups))
+        for f in self.failures:
+            say("failed: " + f)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
+    p.add_argument("--idle-seconds", type=float, default=60.0, help="idle window (default 60)")
+    p.add_argument("--settle", type=float, default=5.0,
+                   help="seconds to wait after the expected status before the idle window (default 5)")
+    p.add_argument("--only", default="", help="comma-separated groups: " + ", ".join(GROUPS))
+    p.add_argument("--upstream", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure Debian's waagent package in the same sandbox (default on)")
+    args = p.parse_args(argv)
+    bad = set(filter(None, args.only.split(","))) - set(GROUPS)
+    if bad:
+        p.error(f"unknown group(s) {', '.join(sorted(bad))}; choose from {', '.join(GROUPS)}")
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    if os.geteuid() != 0:
+        print("bench/run.py needs root: every figure is measured in a namespace sandbox (mounts, loop devices, "
+              "its own network); run it with sudo.", file=sys.stderr)
+        return 2
+    from guestagent.lab.sandbox import SandboxUnavailable
+
+    agents = [our_agent()]
+    if args.upstream:
+        from upstream import UpstreamUnavailable, upstream_agent
+
+        try:
+            agents.append(upstream_agent())
+        except UpstreamUnavailable as e:
+            say(f"upstream comparison skipped: {e}")
+    try:
+        return Runner(args).run(agents)
+    except SandboxUnavailable as e:
+        print(f"bench/run.py: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""The real ``waagent -daemon`` and its ext-handler child in a namespace sandbox, against the fabric
+emulator running inside the sandbox (the lab's set-up: conf, DHCP lease, OVF DVD, fabric driver).
+
+Every test starts from a pristine image and drives the processes from outside with real signals, a
+broken configuration or fabric faults, then checks what the agent did: processes, pid files, the
+sentinel, /var/log/waagent.log, the events directory and what the fabric received. Extensions.
+GoalStatePeriod is 1 s so a "period" is short. Nothing here touches the host.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from guestagent.lab import main as lab
+from guestagent.lab.sandbox import Sandbox, SandboxUnavailable, interpreter
+
+pytestmark = pytest.mark.sandbox
+
+PERIOD = 1
+LIB = "/var/lib/waagent"
+PID_FILE = "/var/run/waagent.pid"
+#: /var/run is an absolute symlink to /run: read through the latter (host_path does not follow links inside)
+RUN = "/run"
+AGENT_LOG = "/var/log/waagent.log"
+FABRIC_STATE = f"{lab.LAB_RUN}/fabric"
+DAEMON_CMD = [interpreter(), "-u", "-m", "guestagent.cli", "-daemon"]
+CONTROL = ("import sys, urllib.request as u\n"
+           "m, a, b = sys.argv[1:4]\n"
+           "r = u.Request('http://" + lab.WIRE_HOST + "/fabric/' + a, data=b.encode() if b else None, method=m)\n"
+           "print(u.urlopen(r, timeout=10).read().decode())\n")
+
+
+class Agent:
+    """One sandbox with the fabric running and the image prepared; the daemon started on demand."""
+
+    def __init__(self, workdir: Path, conf: Optional[dict[str, str]] = None):
+        self.workdir = workdir
+        self.lab = lab.Lab("default", out=io.StringIO(), resource_disk_mb=0)  # no resource disk: not our subject
+        self.sb = self.lab.sb = Sandbox(hostname=lab.IMAGE_HOSTNAME, loopback_addrs=(lab.WIRE_HOST, lab.IMDS_HOST))
+        scenario = self.lab._load_scenario()
+        path = self.lab._make_visible(self.sb, scenario)
+        self.lab._prepare(self.sb, scenario, workdir)
+        self.set_conf({"Extensions.GoalStatePeriod": str(PERIOD), "Logs.Verbose": "y", **(conf or {})})
+        self.conf_text = self.sb.read_text("/etc/waagent.conf")
+        self.lab._start_fabric(self.sb, path, with_ovf=True)
+        self.lab._attach_dvd(self.sb, workdir)
+        self.daemon: Any = None
+
+    def close(self) -> None:
+        self.sb.close()
+
+    # -- control ------------------------------------------------------------------------------------
+    def set_conf(self, settings: dict[str, str]) -> None:
+        self.sb.write_file("/etc/waagent.conf", lab.adapt_conf(self.sb.read_text("/etc/waagent.conf"), settings))
+
+    def start_daemon(self) -> None:
+        """``waagent -daemon`` as the lab (and systemd) starts it; output in daemon.out."""
+        self.lab._start_daemon(self.sb)
+        self.daemon = self.lab.daemon
+
+    def start(self) -> tuple[int, int]:
+        """Start the daemon and wait for steady state: (daemon pid, child pid) inside the sandbox."""
+        self.start_daemon()
+        child = self.wait_child()
+        self.wait_log(r"Goal State Period: 1 sec")
+        self.wait(lambda: self.uploads(), 20, "a first status upload")
+        return self.daemon_pid(), child
+
+    def kill(self, pid: int, sig: str) -> None:
+        self.sb.run(["kill", f"-{sig}", str(pid)])
+
+    def fabric(self, method: str, action: str, body: Optional[dict] = None) -> dict:
+        res = self.sb.run([interpreter(), "-c", CONTROL, method, action,
+                           json.dumps(body) if body is not None else ""])
+        return json.loads(res.stdout)
+
+    def fault(self, **spec: Any) -> None:
+        self.fabric("POST", "faults", {"kind": "goalstate", **spec})
+
+    # -- observation --------------------------------------------------------------------------------
+    def log(self) -> str:
+        try:
+            return self.sb.read_text(AGENT_LOG)
+        except FileNotFoundError:
+            return ""
+
+    def mark(self) -> int:
+        return len(self.log())
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                tail = "\n".join(self.log().splitlines()[-40:])
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n--- waagent.log tail:\n{tail}"
+                                     f"\n--- processes: {self.sb.processes()}")
+            time.sleep(0.1)
+
+    def wait_log(self, pattern: str, since: int = 0, timeout: float = 20) -> re.Match:
+        rx = re.compile(pattern)
+        return self.wait(lambda: rx.search(self.log(), since), timeout, f"log line /{pattern}/")
+
+    def text(self, path: str) -> Optional[str]:
+        try:
+            return self.sb.read_text(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def daemon_pid(self) -> Optional[int]:
+        text = (self.text(f"{RUN}/waagent.pid") or "").strip()
+        return int(text) if text.isdigit() else None
+
+    def alive(self, pid: int) -> bool:
+        stat = self.text(f"/proc/{pid}/stat")
+        return stat is not None and ") Z " not in stat
+
+    def children(self) -> list[int]:
+        return [pid for pid, cmd in self.sb.processes() if "-run-exthandlers" in cmd and self.alive(pid)]
+
+    def wait_child(self, old: tuple[int, ...] = (), timeout: float = 20) -> int:
+        """The one live ext-handler (not in ``old``) once it has written its pid file."""
+
+        def ready() -> Optional[int]:
+            kids = [p for p in self.children() if p not in old]
+            if len(kids) == 1 and str(kids[0]) in self.child_pid_files().values():
+                return kids[0]
+            return None
+
+        return self.wait(ready, timeout, f"a new ext-handler (old: {old})")
+
+    def child_pid_files(self) -> dict[str, str]:
+        run = self.sb.host_path(RUN)
+        return {p.name: p.read_text().strip() for p in run.glob("*_waagent.pid")}
+
+    def rss_kb(self, pid: int) -> int:
+        m = re.search(r"^VmRSS:\s+(\d+) kB", self.text(f"/proc/{pid}/status") or "", re.M)
+        assert m, f"no VmRSS for {pid}"
+        return int(m.group(1))
+
+    def requests(self, *kinds: str) -> list[dict]:
+        text = self.text(f"{FABRIC_STATE}/requests.jsonl") or ""
+        reqs = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [r for r in reqs if not kinds or r["kind"] in kinds]
+
+    def uploads(self) -> list[dict]:
+        """Status uploads the fabric accepted (through HostGAPlugin or straight to the blob)."""
+        return [r for r in self.requests("hgap_status", "status_blob")
+                if r["method"] == "PUT" and r["status"] in (200, 201)]
+
+    def status(self) -> dict:
+        """The last status document the fabric accepted."""
+        return json.loads(self.text(f"{FABRIC_STATE}/status.json") or "{}")
+
+    def events(self) -> list[dict]:
+        """Agent events still on disk plus those already sent to the fabric, as {param: value}."""
+        out = []
+        for f in sorted(self.sb.host_path(f"{LIB}/events").glob("*.tld")):
+            try:
+                doc = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue  # collected (deleted) while we looked
+            out.append({p["name"]: p["value"] for p in doc.get("parameters", [])})
+        text = self.text(f"{FABRIC_STATE}/telemetry.jsonl") or ""
+        out += [json.loads(line).get("params", {}) for line in text.splitlines() if line.strip()]
+        return out
+
+    def event(self, op: str, text: str, success: Optional[bool] = None) -> Optional[dict]:
+        for ev in self.events():
+            ok = ev.get("OperationSuccess")
+            if ev.get("Operation") == op and text in str(ev.get("Message")) and (
+                    success is None or str(ok).lower() == str(success).lower()):
+                return ev
+        return None
+
+
+@pytest.fixture
+def agent(tmp_path):
+    try:
+        a = Agent(tmp_path)
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+# ------------------------------------------------------------------------------------ 1. start sequence
+def test_start_sequence_pid_file_lib_dir_ready_lean_reexec_and_child(agent):
+    assert agent.text(LIB) is None and not agent.sb.host_path(LIB).exists()  # the image has no agent state
+    daemon, child = agent.start()
+    log = agent.log()
+    # pid file names the daemon; the lib dir was created 0700
+    assert daemon == int(re.search(r"Re-executing the daemon as the lean supervisor \(pid (\d+)", log).group(1))
+    assert agent.sb.host_path(LIB).stat().st_mode & 0o777 == 0o700
+    # detection wrote the protocol files; provisioning reported Ready
+    assert agent.text(f"{LIB}/WireServerEndpoint").strip() == lab.WIRE_HOST
+    assert agent.text(f"{LIB}/Protocol").strip() == "WireProtocol"
+    health = [json.loads(line) for line in agent.text(f"{FABRIC_STATE}/health.jsonl").splitlines()]
+    assert health[-1]["state"] == "Ready"
+    # same PID re-executed into the lean supervisor: same command line, marker in its initial environment
+    cmdline = agent.sb.host_path(f"/proc/{daemon}/cmdline").read_bytes().split(b"\0")[:-1]
+    assert [c.decode() for c in cmdline] == DAEMON_CMD
+    environ = agent.sb.host_path(f"/proc/{daemon}/environ").read_bytes().split(b"\0")
+    assert f"_GUESTAGENT_DAEMON_SUPERVISE_={daemon}".encode() in environ
+    before = int(re.search(r"lean supervisor \(pid \d+, RSS (\d+) kB", log).group(1))
+    after = agent.rss_kb(daemon)
+    assert after < before * 0.8, f"supervisor RSS {after} kB vs {before} kB before the re-exec"
+    # the child: -run-exthandlers, its pid file 0_waagent.pid, the daemon version in its environment
+    child_env = agent.sb.host_path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+    assert b"_AZURE_GUEST_AGENT_DAEMON_VERSION_=2.15.0.1" in child_env
+    assert not any(e.startswith(b"_GUESTAGENT_DAEMON_SUPERVISE_") for e in child_env)
+    assert agent.child_pid_files() == {"0_waagent.pid": str(child)}
+    print(f"daemon RSS before re-exec {before} kB, lean supervisor {after} kB, child {agent.rss_kb(child)} kB")
+    # a second daemon: "already running", exit 0, the first one untouched
+    res = agent.sb.run(DAEMON_CMD, timeout=30, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "already running" in res.stdout
+    assert agent.daemon_pid() == daemon and agent.alive(daemon) and agent.children() == [child]
+
+
+def test_sigterm_stops_both_and_a_restart_redetects_the_protocol(agent):
+    daemon, child = agent.start()
+    agent.kill(daemon, "TERM")
+    assert agent.daemon.wait(10) == 0
+    agent.wait(lambda: not agent.alive(child), 5, "the child to end with the daemon")
+    assert agent.text(f"{RUN}/waagent.pid") is None
+    assert agent.children() == []
+    # stale protocol files are replaced by detection on the next start
+    agent.sb.write_file(f"{LIB}/WireServerEndpoint", "10.255.255.1")
+    agent.sb.write_file(f"{LIB}/Protocol", "StaleProtocol")
+    mark = agent.mark()
+    daemon2, child2 = agent.start()
+    assert daemon2 != daemon and child2 != child
+    assert agent.text(f"{LIB}/WireServerEndpoint").strip() == lab.WIRE_HOST
+    assert agent.text(f"{LIB}/Protocol").strip() == "WireProtocol"
+    assert "10.255.255.1" not in agent.log()[mark:]
+    # the old child's pid file (left by SIGTERM) was superseded and removed
+    assert agent.child_pid_files() == {"1_waagent.pid": str(child2)}
+
+
+# ------------------------------------------------------------------------------------ 2. supervision
+def test_killed_child_is_replaced_and_a_lost_pid_file_is_claimed_again(agent):
+    daemon, child = agent.start()
+    agent.kill(child, "KILL")
+    t0 = time.monotonic()
+    child2 = agent.wait_child(old=(child,), timeout=10)
+    assert time.monotonic() - t0 < 5
+    assert agent.child_pid_files() == {"1_waagent.pid": str(child2)}
+    assert re.search(r"Agent WALinuxAgent-2\.15\.0\.1 was killed by signal 9 after [\d.]+ s; restarting it in 1 s",
+                     agent.log())
+    # someone deletes the daemon's pid file: the child leaves as an orphan, the daemon writes the file
+    # again before the next launch, and the next child stays
+    mark = agent.mark()
+    agent.sb.run(["rm", PID_FILE])
+    agent.wait_log(r"is an orphan -- exiting", mark, 10)
+    child3 = agent.wait_child(old=(child, child2), timeout=10)
+    assert agent.daemon_pid() == daemon
+    assert re.search(r"pid file /var/run/waagent\.pid is missing; writing \d+ again", agent.log()[mark:])
+    time.sleep(3 * PERIOD)
+    assert agent.children() == [child3] and agent.alive(daemon)
+
+
+def test_crash_loop_backs_off_reports_and_recovers(agent):
+    daemon, child = agent.start()
+    agent.sb.write_file("/etc/waagent.conf", "")  # every new child fails at start-up
+    mark = agent.mark()
+    agent.kill(child, "KILL")
+    m = agent.wait_log(r"ERROR Daemon Daemon Event: name=WALinuxAgent, op=Enable, message=The extension handler is "
+                       r"in a crash loop: 3 exits within 300 s, last exited with code 1; restarting it in (\d+) s",
+                       mark, 20)
+    assert m.group(1) == "4"
+    delays = [int(d) for d in re.findall(r"after [\d.]+ s; restarting it in (\d+) s", agent.log()[mark:])]
+    assert delays[:3] == [1, 2, 4], delays
+    assert agent.alive(daemon)
+    assert agent.event("Enable", "crash loop", success=False)
+    assert agent.event("Enable", "failed with exit code 1", success=False)
+    # the configuration is fixed: the next launch (after the back-off) comes up and reports again
+    agent.sb.write_file("/etc/waagent.conf", agent.conf_text)
+    before = len(agent.uploads())
+    child2 = agent.wait_child(old=(child,), timeout=20)
+    agent.wait(lambda: len(agent.uploads()) > before, 20, "status uploads to resume")
+    assert agent.daemon_pid() == daemon and agent.children() == [child2]
+
+
+# ------------------------------------------------------------------------------------ 3. orphan
+def test_child_exits_when_the_daemon_is_killed(agent):
+    daemon, child = agent.start()
+    mark = agent.mark()
+    agent.kill(daemon, "KILL")
+    t0 = time.monotonic()
+    agent.wait(lambda: not agent.alive(child), 5 * PERIOD + 5, "the orphaned child to exit")
+    print(f"orphan exited {time.monotonic() - t0:.1f} s after the daemon was killed")
+    assert "Agent WALinuxAgent-2.15.0.1 is an orphan -- exiting" in agent.log()[mark:]
+    assert agent.child_pid_files() == {}  # an orderly exit: its pid file is gone, no sentinel
+    assert agent.text(f"{LIB}/current_version") is None
+    assert agent.children() == []
+
+
+# ------------------------------------------------------------------------------------ 5. sentinel
+def test_unhandled_exception_leaves_the_sentinel_and_the_next_child_reports_it(agent):
+    daemon, child = agent.start()
+    mark = agent.mark()
+    agent.kill(child, "INT")  # KeyboardInterrupt in the main thread: an exception nothing handles
+    expected = "[WALinuxAgent-2.15.0.1] [Agent WALinuxAgent-2.15.0.1 failed with exception: KeyboardInterrupt]"
+    agent.wait(lambda: agent.text(f"{LIB}/current_version") == expected or "did not terminate" in agent.log()[mark:],
+               10, "the sentinel")
+    child2 = agent.wait_child(old=(child,), timeout=10)
+    agent.wait_log(re.escape(f"Agent did not terminate cleanly: {expected}"), mark, 10)
+    assert "exited with code 1" in agent.log()[mark:]
+    agent.wait(lambda: agent.text(f"{LIB}/current_version") is None, 5, "the sentinel to be removed")
+    assert agent.event("Restart", "Agent did not terminate cleanly", success=False)
+    assert agent.children() == [child2] and agent.alive(daemon)
+
+
+# ------------------------------------------------------------------------------------ 4. faults
+#: Faults that fail the goal-state update at once: (fault, what the error line must say).
+HARD_FAULTS = [
+    ({"status": 410}, r"ResourceGone"),
+    ({"body": "malformed"}, r"invalid goal state\nInner error: \[XmlError\] Goal state is malformed"),
+    ({"body": "no_role_instance", "count": 6}, r"without a RoleInstance"),  # re-read 6 times, 0.5 s apart
+]
+
+
+def test_goal_state_errors_are_logged_and_the_loop_recovers(agent):
+    daemon, child = agent.start()
+    for spec, expected in HARD_FAULTS:
+        mark = agent.mark()
+        agent.fault(**spec)
+        line = agent.wait_log(r"ERROR ExtHandler ExtHandler Error fetching the goal state: (.*(\nInner error: .*)?)",
+                              mark, 20)
+        assert re.search(expected, line.group(1)), (spec, line.group(0))
+        agent.wait_log(r"Fetching the goal state recovered from previous errors \(1 in a row\)", mark, 10)
+        assert agent.event("FetchGoalState", line.group(1)[:60], success=False), spec
+    assert agent.children() == [child] and agent.alive(daemon)
+    # the loop still does its work: a new goal state is processed and its status uploaded
+    agent.fabric("POST", "advance")
+    agent.wait(lambda: '"sequenceNumber": 1' in json.dumps(agent.status()), 20, "the status of the next goal state")
+
+
+#: Faults the HTTP policy absorbs with retries: (fault, the verbose retry line it leaves). One
+#: goal-state request meets them in turn (back-off 2 s, then 1 s once throttled).
+TRANSIENT_FAULTS = [
+    ({"status": 500}, r"\[HTTP Retry\] GET \S+comp=goalstate -- Status Code 500 -- 1 attempts made"),
+    ({"status": 429}, r"\[HTTP Retry\] GET \S+comp=goalstate -- Status Code 429 -- 2 attempts made"),
+    ({"status": 503}, r"\[HTTP Retry\] GET \S+comp=goalstate -- Status Code 503 -- 3 attempts made"),
+    ({"reset": True}, r"\[HTTP Failed\] GET \S+comp=goalstate -- IOError .*Connection reset by peer -- 4 attempts"),
+    ({"body": "truncated"}, r"\[HTTP Retry\] GET \S+comp=goalstate -- IncompleteRead\(\d+ bytes read, \d+ more "
+                            r"expected\) -- 5 attempts made"),
+]
+SLOW = ({"delay": 11.0}, r"\[HTTP Failed\] GET \S+comp=goalstate -- IOError .*timed out -- 1 attempts made")
+
+
+def test_transient_goal_state_faults_are_retried_without_disturbing_the_loop(agent):
+    daemon, child = agent.start()
+    first = agent.mark()
+    for faults in (TRANSIENT_FAULTS, [SLOW]):  # SLOW: beyond the 10 s timeout, then a good answer
+        mark, seen = agent.mark(), len(agent.requests())
+        for spec, _ in faults:
+            agent.fault(**spec)
+
+        def recovered() -> bool:
+            reqs = [r for r in agent.requests()[seen:] if r["kind"] == "goalstate"]
+            hits = [i for i, r in enumerate(reqs) if r.get("fault")]
+            return len(hits) == len(faults) and any(r["status"] == 200 for r in reqs[hits[-1] + 1:])
+
+        agent.wait(recovered, 25, f"a good goal state after the faults {faults}")
+        for spec, expected in faults:
+            assert re.search(expected, agent.log()[mark:]), spec
+    assert "Error fetching the goal state" not in agent.log()[first:]
+    assert agent.children() == [child] and agent.alive(daemon)
+    agent.fabric("POST", "advance")
+    agent.wait(lambda: '"sequenceNumber": 1' in json.dumps(agent.status()), 20, "the status of the next goal state")
+
+
+def test_a_failing_periodic_operation_is_logged_once_and_its_thread_lives(agent):
+    # the events directory is a file: the event collector (TelemetryEventsCollector) fails from its first run
+    agent.sb.write_file(f"{LIB}/events", "not a directory")
+    agent.start()
+    error = r"WARNING TelemetryEventsCollector ExtHandler Error in CollectAndEnqueueEvents: .*Not a directory.*"
+    first = agent.wait_log(error, 0, 10)
+    time.sleep(3.5)  # retried after 1 s and 3 s (back-off), failing again: still one line
+    assert len(re.findall(error, agent.log())) == 1
+    assert "[NOTE: Will not log the same error for the next hour]" in first.group(0)
+    agent.sb.run(["sh", "-c", f"rm {LIB}/events && mkdir -m 0700 {LIB}/events"])
+    agent.sb.python("from guestagent import events\n"
+                    f"events.add_event('Unknown', message='probe after the repair', lib_dir='{LIB}')")
+    # the same thread collects again at its next retry, and the event reaches the fabric
+    agent.wait(lambda: agent.event("Unknown", "probe after the repair") and not list(
+        agent.sb.host_path(f"{LIB}/events").glob("*.tld")), 20, "the probe event to be collected and sent")
+    assert len(re.findall(error, agent.log())) == 1
+
+
+# ------------------------------------------------------------------------------------ 6. status cadence
+def _at(req: dict) -> float:
+    from datetime import datetime
+
+    return datetime.strptime(req["time"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+
+def test_status_is_uploaded_on_change_and_refreshed_when_idle(agent):
+    refresh = 10 * PERIOD  # exthandler.main: min(STATUS_REFRESH_PERIOD, 10 goal-state periods)
+    agent.start()
+
+    def settled() -> bool:
+        st = json.dumps(agent.status())
+        return '"status": "success"' in st and '"sequenceNumber": 0' in st
+
+    agent.wait(settled, 20, "the first goal state to succeed")
+    time.sleep(1.5 * PERIOD)
+    last = agent.uploads()[-1]
+    # idle: the next upload is the refresh, not one per goal-state iteration
+    nxt = agent.wait(lambda: [u for u in agent.uploads() if _at(u) > _at(last)], refresh + 5,
+                     "the idle refresh upload")[0]
+    gap = _at(nxt) - _at(last)
+    polls = [r for r in agent.requests("goalstate") if _at(last) < _at(r) < _at(nxt)]
+    print(f"idle: status re-uploaded after {gap:.1f} s, {len(polls)} goal-state polls in between")
+    assert refresh - 1.5 <= gap <= refresh + 3, gap
+    assert len(polls) >= refresh - 3
+    # a change goes out at once
+    agent.fabric("POST", "advance")
+    t0 = time.time()
+    agent.wait(lambda: '"sequenceNumber": 1' in json.dumps(agent.status()), 10, "the status of the new goal state")
+    changed = [u for u in agent.uploads() if _at(u) >= t0]
+    print(f"change: uploaded {_at(changed[0]) - t0:.1f} s after the fabric moved on")
+    assert _at(changed[0]) - t0 < 3 * PERIOD + 1
