@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -23,7 +24,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
 from figures import GROUPS, table  # noqa: E402
-from harness import Agent, BenchFailure, Session, memory_kb, our_agent, timed_commands  # noqa: E402
+from harness import (  # noqa: E402
+    Agent,
+    BenchFailure,
+    Session,
+    interpreter_floor,
+    memory_kb,
+    our_agent,
+    timed_commands,
+)
 
 SCENARIOS = BENCH_DIR / "scenarios"
 SAMPLE = "GuestAgent.Fabric.Sample"
@@ -45,6 +54,7 @@ class Runner:
         self.results: dict[str, dict[str, list[float]]] = {}
         self.mix: dict[str, dict[str, Counter]] = {}
         self.failures: list[str] = []
+        self.floor = ""
 
     def record(self, agent: Agent, key: str, value: float) -> None:
         self.results.setdefault(agent.name, {}).setdefault(key, []).append(value)
@@ -120,7 +130,7 @@ class Runner:
                  ("inc_disable", "disable 1.1.0", lambda st: _ext(st, "1.1.0", lambda e: e.handler_status == "NotReady")))
         for key, what, pred in cases:
             adv = s.advance()
-            fetch = s.wait(lambda: s.events.find(lambda e: e.get("kind") == "goalstate", adv["t"]),
+            fetch = s.wait(lambda t=adv["t"]: s.events.find(lambda e: e.get("kind") == "goalstate", t),
                            60, f"the goal-state fetch of incarnation {adv['incarnation']}")
             done = s.status_where(pred, fetch["t"], 120, f"a status with the extension's {what}")
             self.record(agent, key, done["t"] - fetch["t"])
@@ -135,6 +145,13 @@ class Runner:
             say(f"[{agent.name}] waagent {verb}: " + ", ".join(f"{t:.3f}" for t in times[verb]) + " s")
 
     def run(self, agents: list[Agent]) -> int:
+        self.load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        if "memory" in self.groups:
+            f = interpreter_floor(self.args.python)
+            self.floor = (f"interpreter floor ({self.args.python} -c pass, in the sandbox): VmRSS "
+                          f"{f['VmRSS'] / MB:.1f} MB (anon {f['RssAnon'] / MB:.1f}, file {f['RssFile'] / MB:.1f}), "
+                          f"{f['modules']} modules -- every agent process pays this before its first import")
+            say(self.floor)
         for run in range(self.args.runs):
             for agent in agents:
                 if self.groups & {"ready", "status", "memory", "idle"}:
@@ -151,7 +168,10 @@ class Runner:
         say("")
         say(f"=== guestagent benchmark: {self.args.runs} run(s), idle window {self.args.idle_seconds:.0f} s, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
-            f"{os.cpu_count()} CPU(s), kernel {platform.release()}, Python {platform.python_version()} ===")
+            f"{os.cpu_count()} CPU(s), kernel {platform.release()}, agents run by {self.args.python} "
+            f"({python_version(self.args.python)}), load average before {self.load} ===")
+        if self.floor:
+            say(self.floor)
         for name, kinds in self.mix.items():
             for kind, mix in sorted(kinds.items()):
                 total = sum(mix.values()) or 1
@@ -162,6 +182,26 @@ class Runner:
             say("failed: " + f)
 
 
+AGENT_IMPORTS = "import lxml.etree, cryptography.x509, asn1crypto.cms"
+
+
+def python_version(python: str) -> str:
+    res = subprocess.run([python, "-c", "import platform; print(platform.python_version())"], capture_output=True,
+                         text=True)
+    return "Python " + res.stdout.strip() if res.returncode == 0 else "?"
+
+
+def pick_python(choice: str) -> str:
+    """``auto``: the distribution's /usr/bin/python3 when it can import what the agent needs (as on a VM,
+    where both the package and ours run under it), else the interpreter running the bench."""
+    if choice != "auto":
+        return choice
+    system = "/usr/bin/python3"
+    if os.path.exists(system) and subprocess.run([system, "-c", AGENT_IMPORTS], capture_output=True).returncode == 0:
+        return system
+    return sys.executable
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
@@ -169,6 +209,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--settle", type=float, default=5.0,
                    help="seconds to wait after the expected status before the idle window (default 5)")
     p.add_argument("--only", default="", help="comma-separated groups: " + ", ".join(GROUPS))
+    p.add_argument("--python", default="auto",
+                   help="interpreter that runs the agents (default auto: /usr/bin/python3 when it has lxml, "
+                        "cryptography and asn1crypto, else this one)")
     p.add_argument("--upstream", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure Debian's waagent package in the same sandbox (default on)")
     args = p.parse_args(argv)
@@ -183,12 +226,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     from guestagent.lab.sandbox import SandboxUnavailable
 
-    agents = [our_agent()]
+    args.python = pick_python(args.python)
+    agents = [our_agent(args.python)]
     if args.upstream:
         from upstream import UpstreamUnavailable, upstream_agent
 
         try:
-            agents.append(upstream_agent())
+            agents.append(upstream_agent(args.python))
         except UpstreamUnavailable as e:
             say(f"upstream comparison skipped: {e}")
     try:

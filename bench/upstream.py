@@ -14,9 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from guestagent.lab.sandbox import interpreter
-
-from harness import Agent
+from harness import Agent, byte_compile
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "upstream"
 PACKAGES = ("waagent", "python3-distro")
@@ -49,7 +47,6 @@ def prepare() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     for deb in sorted(glob.glob(str(CACHE / "*.deb"))):
         _run(["dpkg-deb", "-x", deb, str(tmp)], CACHE)
-    _run([interpreter(), "-m", "compileall", "-q", str(tmp / "usr" / "lib" / "python3" / "dist-packages")], CACHE)
     tmp.rename(root)
     return root
 
@@ -80,10 +77,11 @@ exit 0
 IFUPDOWN_SHIM = "#!/bin/sh\nexit 0\n"
 
 
-def upstream_agent() -> Agent:
+def upstream_agent(python: str) -> Agent:
     root = prepare()
-    return Agent(f"upstream {version(root)}", [interpreter(), str(root / "usr" / "sbin" / "waagent")],
-                 env={"PYTHONPATH": str(root / "usr" / "lib" / "python3" / "dist-packages")},
+    site = root / "usr" / "lib" / "python3" / "dist-packages"
+    return Agent(f"upstream {version(root)}", [python, str(root / "usr" / "sbin" / "waagent")],
+                 env={"PYTHONPATH": str(site), **byte_compile(python, site)},
                  files={"/usr/local/sbin/mount": (MOUNT_SHIM, 0o755), "/usr/local/bin/eject": (EJECT_SHIM, 0o755),
                         "/usr/local/sbin/ifdown": (IFUPDOWN_SHIM, 0o755),
                         "/usr/local/sbin/ifup": (IFUPDOWN_SHIM, 0o755)})

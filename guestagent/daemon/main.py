@@ -99,8 +99,7 @@ class Daemon:
             return False
         except PermissionError:
             return True
-        cmdline = system.read_text(f"/proc/{pid}/cmdline", default="") or ""
-        return "daemon" in cmdline
+        return "daemon" in _proc_cmdline(pid)
 
     def _body(self) -> None:
         from guestagent.daemon import resourcedisk, scvmm
@@ -261,6 +260,15 @@ class RestartPolicy:
         self.delay = min(MAX_RESTART_DELAY, max(1.0, self.delay * 2))
         crash_loop = len(self.exits) >= CRASH_LOOP_EXITS and now - self.exits[0] < QUICK_EXIT
         return self.delay, crash_loop
+
+
+def _proc_cmdline(pid: int) -> str:
+    """The kernel's view of a process (not subject to the osutil root used by file-effect tests)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read(4096).replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def rss_kb() -> int:

@@ -93,7 +93,9 @@ class ExtHandler:
 
         events.set_lib_dir(self.lib_dir)
         self.protocol = self._get_protocol()
-        self._initialize_goal_state()
+        if not self._initialize_goal_state():
+            log.info("Agent {0} is an orphan -- exiting", AGENT_LONG_NAME)
+            return 0
         events.update_common_from_goal_state(self.protocol.goal_state)
         self._write_pid_file()
         self._check_sentinel()
@@ -115,14 +117,20 @@ class ExtHandler:
 
         return from_files(self.config, self.lib_dir)
 
-    def _initialize_goal_state(self) -> None:
+    def _initialize_goal_state(self) -> bool:
+        """Retry every period until one goal-state update succeeds (errors logged as in the loop);
+        False if the daemon went away meanwhile."""
         while True:
             try:
-                self.protocol.update_goal_state()
-                return
+                goal_state = self.protocol.update_goal_state()
             except Exception as e:
-                log.error("Failed to initialize the goal state: {0}; retrying in {1} s", e, self.period)
-                time.sleep(self.period)
+                self._goal_state_error(e)
+            else:
+                self._goal_state_recovered(goal_state)
+                return True
+            if self._is_orphan():
+                return False
+            time.sleep(self.period)
 
     def _write_pid_file(self) -> None:
         pid_path = self.config.get("Pid.File")
@@ -374,8 +382,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    stat = system.read_text(f"/proc/{pid}/stat", default="") or ""
-    return ") Z " not in stat
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:  # the kernel's view, not the root
+            return ") Z " not in f.read()
+    except OSError:
+        return True
 
 
 def _extensions_id(goal_state) -> Optional[str]:

@@ -348,6 +348,30 @@ def test_goal_state_errors_are_logged_and_the_loop_recovers(agent):
     agent.wait(lambda: '"sequenceNumber": 1' in json.dumps(agent.status()), 20, "the status of the next goal state")
 
 
+def test_a_child_without_a_first_goal_state_waits_quietly_and_still_notices_the_daemon_is_gone(agent):
+    daemon, child = agent.start()
+    mark = agent.mark()
+    agent.kill(child, "KILL")
+    agent.fault(status=410, count=0)  # every goal-state request fails from now on (before the next child starts)
+    child2 = agent.wait(lambda: [p for p in agent.children() if p != child], 10, "a new child")[0]
+    agent.wait(lambda: len(re.findall("Error fetching the goal state", agent.log()[mark:])) >= 3, 10, "3 errors")
+    time.sleep(4 * PERIOD)  # still failing: no more lines
+    assert len(re.findall("Error fetching the goal state", agent.log()[mark:])) == 3
+    assert "Goal State Period" not in agent.log()[mark:] and agent.alive(child2)
+    agent.fabric("DELETE", "faults")
+    agent.wait_log(r"Fetching the goal state recovered from previous errors \(\d+ in a row\)", mark, 10)
+    agent.wait_log(r"Goal State Period: 1 sec", mark, 10)
+    # again without a goal state, and now the daemon dies: the child must not wait forever
+    mark = agent.mark()
+    agent.kill(child2, "KILL")
+    agent.fault(status=410, count=0)
+    child3 = agent.wait(lambda: [p for p in agent.children() if p not in (child, child2)], 10, "a third child")[0]
+    agent.wait_log("Error fetching the goal state", mark, 10)
+    agent.kill(daemon, "KILL")
+    agent.wait(lambda: not agent.alive(child3), 5 * PERIOD, "the child to leave as an orphan")
+    assert "is an orphan -- exiting" in agent.log()[mark:]
+
+
 #: Faults the HTTP policy absorbs with retries: (fault, the verbose retry line it leaves). One
 #: goal-state request meets them in turn (back-off 2 s, then 1 s once throttled).
 TRANSIENT_FAULTS = [
@@ -369,10 +393,10 @@ def test_transient_goal_state_faults_are_retried_without_disturbing_the_loop(age
         for spec, _ in faults:
             agent.fault(**spec)
 
-        def recovered() -> bool:
+        def recovered(seen: int = seen, count: int = len(faults)) -> bool:
             reqs = [r for r in agent.requests()[seen:] if r["kind"] == "goalstate"]
             hits = [i for i, r in enumerate(reqs) if r.get("fault")]
-            return len(hits) == len(faults) and any(r["status"] == 200 for r in reqs[hits[-1] + 1:])
+            return len(hits) == count and any(r["status"] == 200 for r in reqs[hits[-1] + 1:])
 
         agent.wait(recovered, 25, f"a good goal state after the faults {faults}")
         for spec, expected in faults:

@@ -43,6 +43,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(str(item.fspath)).resolve().parent == here:
             item.add_marker(pytest.mark.vm)
+            # a VM test waits on a booting guest (the first one also on the image build)
+            item.add_marker(pytest.mark.timeout(1800))
 
 
 @pytest.hookimpl(hookwrapper=True)

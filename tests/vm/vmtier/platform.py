@@ -183,10 +183,19 @@ class AzureVM:
         log = self.work / "collected" / "waagent.log"
         if log.exists():
             parts.append("--- /var/log/waagent.log (tail) ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-60:]))
-        if self.fabric is not None:
-            reqs = [f"{r.get('time', '')} {r.get('method', '')} {r.get('kind', '')} {r.get('path', '')} -> {r.get('status', '')}"
-                    for r in list(getattr(self.fabric, "requests", []))[-60:]]
-            parts.append("--- fabric requests (last 60) ---\n" + ("\n".join(reqs) or "(none: the guest never reached the fabric)"))
+        for state in sorted(self.work.glob("fabric*/requests.jsonl")):
+            lines = state.read_text(errors="replace").splitlines()[-60:]
+            reqs = []
+            for line in lines:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                reqs.append(f"{r.get('time', '')} {r.get('method', '')} {r.get('kind', '')} {r.get('path', '')} "
+                            f"-> {r.get('status', '')}")
+            parts.append(f"--- {state.parent.name}: requests (last 60) ---\n" + "\n".join(reqs))
+        if not list(self.work.glob("fabric*/requests.jsonl")):
+            parts.append("--- fabric: no request log (the guest never reached the fabric) ---")
         return "\n".join(parts)
 
     def remove(self) -> None:
