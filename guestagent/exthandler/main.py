@@ -120,6 +120,9 @@ class ExtHandler:
     def _initialize_goal_state(self) -> bool:
         """Retry every period until one goal-state update succeeds (errors logged as in the loop);
         False if the daemon went away meanwhile."""
+        from guestagent import events
+
+        self._info_event(events.WALAEventOperation.GoalState, "Initializing the goal state...")
         while True:
             try:
                 goal_state = self.protocol.update_goal_state()
@@ -127,10 +130,17 @@ class ExtHandler:
                 self._goal_state_error(e)
             else:
                 self._goal_state_recovered(goal_state)
+                self._info_event(events.WALAEventOperation.GoalState, "Goal state initialization completed.")
                 return True
             if self._is_orphan():
                 return False
             time.sleep(self.period)
+
+    def _info_event(self, op: str, message: str) -> None:
+        from guestagent import events
+
+        log.info("{0}", message)
+        events.add_event(op, message=message, lib_dir=self.lib_dir)
 
     def _write_pid_file(self) -> None:
         pid_path = self.config.get("Pid.File")
@@ -316,8 +326,7 @@ class ExtHandler:
         msg = (f"Fetching the goal state recovered from previous errors ({self.gs_errors_in_a_row} in a row). "
                f"Fetched {_extensions_id(goal_state)}")
         self.gs_errors_in_a_row = 0
-        log.info("{0}", msg)
-        events.add_event(events.WALAEventOperation.FetchGoalState, message=msg, lib_dir=self.lib_dir)
+        self._info_event(events.WALAEventOperation.FetchGoalState, msg)
 
     def report_status(self, goal_state=None) -> None:
         from guestagent.protocol.status import build_vm_status

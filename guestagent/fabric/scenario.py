@@ -210,7 +210,7 @@ _OVF_KEYS = ("hostname", "username", "password", "disable_ssh_password_auth", "s
              "custom_data", "provision_guest_agent", "preprovisioned_vm", "version")
 _TOP_KEYS = ("name", "description", "container_id", "role_instance_id", "role_name", "deployment_name", "vm_name",
              "location", "hgap_version", "vm_settings", "artifacts_profile", "ovf", "handlers", "imds", "steps",
-             "comment")
+             "comment", "lab")  # "lab": options for `guestagent lab` (resource disk, swap); ignored here
 
 
 def _settings(r: _Reader, raw: dict, where: str, multi: bool) -> SettingsSpec:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from guestagent.lab.resourcedisk import STUB_DIR
+
 WIRE_HOST, IMDS_HOST = "127.63.129.16", "169.254.169.254"
 DEFAULT_RESOURCE_DISK_MB = 96
 MIN_RESOURCE_DISK_MB = 16  # mkfs.ntfs and the agent's ext4 need a few MiB; below this the lab refuses
@@ -38,7 +40,7 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 #: Stand-ins the lab puts first on the daemon's PATH. ifupdown: a real ``ifdown eth0`` in the sandbox
 #: fails (no stanza for eth0) or runs a DHCP client that waits for a server that does not exist, and
 #: the host may not have it at all; the agent's call (hostname publishing) is recorded instead.
-STANDIN_DIR = "/run/stubs"
+STANDIN_DIR = STUB_DIR  # the resource disk's swapon/swapoff stand-ins live there too
 STANDINS = {name: ('#!/bin/sh\n# guestagent lab stand-in: records the call (see docs/lab.md)\n'
                    'echo "$(basename "$0") $*" >> /run/ifupdown.log\n') for name in ("ifdown", "ifup")}
 

@@ -54,6 +54,15 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{rep.when}", rep)
 
 
+def _timing(entry: dict) -> None:
+    """One JSON line per VM in <work>/timings.jsonl: the tier's figures, also under pytest-xdist."""
+    import json
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / "timings.jsonl", "a") as f:
+        f.write(json.dumps(dict(entry, at=time.strftime("%Y-%m-%dT%H:%M:%S"))) + "\n")
+
+
 @pytest.fixture(scope="session")
 def vm_images():
     """(base image folder, agent layer qcow2): built or reused once per session."""
@@ -86,10 +95,16 @@ def azure_vm(request, vm_images):
         vms.append(vm)
         return vm
 
+    t0 = time.monotonic()
     yield make
     rep = getattr(request.node, "rep_call", None)
     failed = rep is None or rep.failed
     for vm in vms:
+        m = vm.machine
+        _timing({"test": request.node.name, "passed": not failed, "wall": round(time.monotonic() - t0, 1),
+                 "boots": m.boots if m else 0, "cpus": vm.cpus,
+                 "guest_boot": round(getattr(m, "boot_seconds", 0) or 0, 1),
+                 "ready": round(vm.ready_seconds, 1) if vm.ready_seconds else None})
         report = vm.close(failed)
         if failed:
             print(f"\n===== VM {vm.work.name} =====\n{report}", file=sys.stderr)

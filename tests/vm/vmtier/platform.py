@@ -51,6 +51,7 @@ class AzureVM:
         self.cpus, self.timeout, self.resource_disk_mb = cpus, timeout, resource_disk_mb
         self.fabric = None
         self.machine: Optional[Machine] = None
+        self.ready_seconds: Optional[float] = None   # qemu start → the fabric saw Ready (last boot)
         self.ssh_key = self.work / "id_ed25519"
         if not self.ssh_key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmtier", "-f", str(self.ssh_key)],
@@ -133,7 +134,8 @@ class AzureVM:
     def wait_ready(self, timeout: float = 420) -> float:
         """Until the fabric has received a Ready health report; returns seconds since the first boot."""
         self.machine.wait_for("the agent's Ready health report", self.ready_reports, timeout, interval=2)
-        return time.monotonic() - self.t_start
+        self.ready_seconds = time.monotonic() - self.t_start
+        return self.ready_seconds
 
     def wait_provisioned(self, timeout: float = 420) -> None:
         self.machine.wait_for("/var/lib/waagent/provisioned", lambda: self.exists("/var/lib/waagent/provisioned"),
