@@ -201,15 +201,15 @@ class Daemon:
 
     def _wait_child(self) -> int:
         assert self.child is not None
+        launched = f"Agent {AGENT_LONG_NAME} launched with command '{' '.join(self.child.args)}'"
         try:
             rc = self.child.wait(timeout=CHILD_HEALTH_WINDOW)
         except subprocess.TimeoutExpired:
-            self._event(True, f"Agent {AGENT_LONG_NAME} is successfully running")
+            self._event(True, f"{launched} is successfully running")
             rc = self.child.wait()
         else:
             if rc > 0:
-                self._event(False, f"Agent {AGENT_LONG_NAME} launched with command '{' '.join(self.child.args)}' "
-                                   f"failed with exit code {rc}")
+                self._event(False, f"{launched} failed with return code: {rc}")
         return rc
 
     def _event(self, ok: bool, message: str) -> None:

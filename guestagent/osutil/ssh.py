@@ -199,6 +199,7 @@ def restart_ssh_service(argv: Optional[tuple[str, ...]]) -> None:
     try:
         result = system.run(list(argv), timeout=120, check=False)
         if not result.ok:
-            log.warn("{0} returned {1}: {2}", " ".join(argv), result.returncode, result.stderr.strip())
+            first = (result.stderr.strip().splitlines() or [""])[0]
+            log.info("sshd reload ({0}) returned {1}: {2}", " ".join(argv), result.returncode, first)
     except CommandError as e:
         log.warn("{0} failed: {1}", " ".join(argv), e)

@@ -203,6 +203,8 @@ def test_start_sequence_pid_file_lib_dir_ready_lean_reexec_and_child(agent):
     # pid file names the daemon; the lib dir was created 0700
     assert daemon == int(re.search(r"Re-executing the daemon as the lean supervisor \(pid (\d+)", log).group(1))
     assert agent.sb.host_path(LIB).stat().st_mode & 0o777 == 0o700
+    for pid in (daemon, child):  # the daemon changed into the directory it created; the child inherits it
+        assert agent.sb.run(["readlink", f"/proc/{pid}/cwd"]).stdout.strip() == LIB
     # detection wrote the protocol files; provisioning reported Ready
     assert agent.text(f"{LIB}/WireServerEndpoint").strip() == lab.WIRE_HOST
     assert agent.text(f"{LIB}/Protocol").strip() == "WireProtocol"
@@ -255,6 +257,7 @@ def test_killed_child_is_replaced_and_a_lost_pid_file_is_claimed_again(agent):
     agent.kill(child, "KILL")
     t0 = time.monotonic()
     child2 = agent.wait_child(old=(child,), timeout=10)
+    print(f"new child with its pid file {time.monotonic() - t0:.1f} s after kill -9")
     assert time.monotonic() - t0 < 5
     assert agent.child_pid_files() == {"1_waagent.pid": str(child2)}
     assert re.search(r"Agent WALinuxAgent-2\.15\.0\.1 was killed by signal 9 after [\d.]+ s; restarting it in 1 s",
@@ -284,7 +287,7 @@ def test_crash_loop_backs_off_reports_and_recovers(agent):
     assert delays[:3] == [1, 2, 4], delays
     assert agent.alive(daemon)
     assert agent.event("Enable", "crash loop", success=False)
-    assert agent.event("Enable", "failed with exit code 1", success=False)
+    assert agent.event("Enable", "-run-exthandlers' failed with return code: 1", success=False)
     # the configuration is fixed: the next launch (after the back-off) comes up and reports again
     agent.sb.write_file("/etc/waagent.conf", agent.conf_text)
     before = len(agent.uploads())

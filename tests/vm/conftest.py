@@ -6,6 +6,7 @@ GUESTAGENT_VM=skip     skip the tier
 GUESTAGENT_VM_CPUS     vCPUs per VM (default 2: tests run one VM at a time)
 GUESTAGENT_VM_KEEP=1   keep every VM's work folder (default: only failed ones)
 GUESTAGENT_VM_WORK     where work folders go (default /var/tmp/guestagent-vm-runs)
+GUESTAGENT_VM_AGENT_LAYER  use this agent layer (qcow2) instead of building one for the current sources
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def vm_images():
         pytest.skip(why)
     t0 = time.monotonic()
     base = image.base_image()
-    agent = image.agent_image(base)
+    # scripts/vm/test-tier builds the agent layer once and passes it to every pytest-xdist worker,
+    # so all workers test the same wheel even while the sources change under them
+    given = os.environ.get("GUESTAGENT_VM_AGENT_LAYER")
+    agent = Path(given) if given else image.agent_image(base)
     image.log(f"images ready in {time.monotonic() - t0:.0f}s: {base.name}, {agent.name}")
     return base, agent
 

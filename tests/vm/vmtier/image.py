@@ -146,12 +146,20 @@ def agent_image(base: Path, force: bool = False) -> Path:
                        DEPS_SH, "dependency")
             files = {f"{stage}/{w.name}": w.read_bytes() for w in own}
             files.update({f"{stage}/{name}": (REPO / src).read_bytes() for src, name in PACKAGED})
-            for old in CACHE.glob("agent-*.qcow2"):
-                old.unlink()  # one agent layer at a time: sources change all the time
             _layer(deps_layer, out, base, files, INSTALL_SH, "agent")
+            for old in CACHE.glob("agent-*.qcow2"):
+                # sources change all the time: drop old layers, but not ones a parallel run may use
+                if old != out and time.time() - old.stat().st_mtime > 3 * 3600:
+                    old.unlink()
             for old in CACHE.glob("deps-*.qcow2"):
-                if old != deps_layer:
+                if old != deps_layer and time.time() - old.stat().st_mtime > 3 * 3600:
                     old.unlink()
             return out
         finally:
             shutil.rmtree(wdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    # PYTHONPATH=tests/vm python3 -m vmtier.image [--force]: build/reuse both layers, print the agent layer
+    force = "--force" in sys.argv[1:]
+    print(agent_image(base_image(force=force), force=force))
