@@ -162,6 +162,13 @@ def add_appender(name: str, appender: Appender) -> None:
         _appenders[name] = appender
 
 
+def file_appender() -> Optional[FileAppender]:
+    """The agent log file appender, if any (a helper process writes its lines to the same file)."""
+    with _lock:
+        a = _appenders.get("file")
+    return a if isinstance(a, FileAppender) else None
+
+
 def remove_appender(name: str) -> None:
     with _lock:
         _appenders.pop(name, None)

@@ -347,3 +347,61 @@ def decrypt_jit_password(b64: str, lib_dir: str) -> str:
         raise CryptError("decrypted JIT password is not UTF-16") from None
     log.register_secret(password)
     return password
+
+
+# --------------------------------------------------------------------------- isolation
+
+#: The long-running ext-handler keeps its memory small by decrypting certificate bundles in a
+#: short-lived interpreter: cryptography and asn1crypto cost ~9 MB of RSS that would otherwise stay
+#: resident for the life of the process, for work done once per new goal state.
+ISOLATE_ENV = "GUESTAGENT_CERTS_IN_PROCESS"
+
+
+def process_certificates_isolated(xml_text: str, lib_dir: str) -> CertificateList:
+    """:func:`process_certificates` in a child interpreter (same files, same log lines).
+
+    Falls back to in-process work when the child cannot run; never raises."""
+    import sys
+    import threading
+
+    if os.environ.get(ISOLATE_ENV) == "1" or "cryptography" in sys.modules:
+        return process_certificates(xml_text, lib_dir)
+    file_appender = log.file_appender()
+    argv = [sys.executable, "-m", "guestagent.protocol.certificates", lib_dir,
+            threading.current_thread().name, log.get_prefix() or "",
+            file_appender.path if file_appender else "", str(file_appender.level if file_appender else log.INFO),
+            os.fspath(system.get_root())]
+    try:
+        result = system.run(argv, input=xml_text, timeout=120, check=False, log=False)
+        data = json.loads(result.stdout.strip().splitlines()[-1]) if result.ok else None
+    except Exception as e:  # the child could not run: do the work here rather than lose the certificates
+        log.warn("Certificates could not be processed in a child interpreter ({0}); processing in-process", e)
+        return process_certificates(xml_text, lib_dir)
+    if data is None:
+        log.warn("Certificates child interpreter failed (exit {0}): {1}; processing in-process",
+                 result.returncode, result.stderr.strip()[-500:])
+        return process_certificates(xml_text, lib_dir)
+    return CertificateList((CertSummary(t, bool(k)) for t, k in data["certs"]), error=data["error"],
+                           decrypt_failed=bool(data["decrypt_failed"]))
+
+
+def _child_main(argv: list[str]) -> int:
+    import sys
+    import threading
+
+    lib_dir, thread, prefix, log_file, level, root = argv
+    threading.current_thread().name = thread
+    log.set_prefix(prefix or None)
+    if log_file:
+        log.add_appender("file", log.FileAppender(int(level), log_file))
+    system.set_root(root)
+    summary = process_certificates(sys.stdin.read(), lib_dir)
+    print(json.dumps({"certs": [[s.thumbprint, s.has_private_key] for s in summary], "error": summary.error,
+                      "decrypt_failed": summary.decrypt_failed}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child_main(sys.argv[1:]))

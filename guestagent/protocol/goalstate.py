@@ -455,9 +455,9 @@ class GoalStateUpdater:
             try:
                 text = self.p.wire.fetch(doc.certificates_uri, self.p.wire.encrypted_headers(cipher))
                 envelope = parse_certificates_document(text)
-                from guestagent.protocol.certificates import process_certificates
+                from guestagent.protocol.certificates import process_certificates_isolated
 
-                summary = process_certificates(text, self.p.lib_dir)
+                summary = process_certificates_isolated(text, self.p.lib_dir)
             except Exception as e:
                 log.warn("Error fetching certificates with cipher {0}: {1}", cipher, e)
                 continue

@@ -1,0 +1,71 @@
+"""The long-running ext-handler stays small: what it imports, and certificate work kept out of it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from guestagent.exthandler.telemetry import quoteattr
+from guestagent.protocol import certificates as certs
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("certs_vectors", REPO / "tests" / "data" / "certs" / "vectors.py")
+vectors = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(vectors)
+
+CHILD_MODULES = ["guestagent.exthandler.main", "guestagent.exthandler.extensions.manager",
+                 "guestagent.exthandler.monitor", "guestagent.exthandler.env", "guestagent.exthandler.telemetry",
+                 "guestagent.exthandler.cgroups", "guestagent.exthandler.logcollector",
+                 "guestagent.exthandler.remoteaccess", "guestagent.protocol", "guestagent.protocol.goalstate"]
+HEAVY = ["ssl", "urllib.request", "http.client", "cryptography", "asn1crypto", "psutil", "pyroute2", "email"]
+
+
+def _fresh(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                          timeout=60).stdout
+
+
+def test_child_modules_import_nothing_heavy():
+    loaded = json.loads(_fresh(f"import importlib, json, sys\nfor m in {CHILD_MODULES!r}: importlib.import_module(m)\n"
+                               f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"))
+    assert loaded == []
+
+
+def test_quoteattr_matches_the_standard_library():
+    from xml.sax.saxutils import quoteattr as stdlib_quoteattr
+
+    for value in ["plain", 'say "hi"', "it's", "both \" and '", "<a & b>", "line\nbreak\ttab\r", "", "ünï"]:
+        assert quoteattr(value) == stdlib_quoteattr(value)
+
+
+def test_certificates_are_processed_in_a_child_interpreter(tmp_path):
+    lib = tmp_path / "waagent"
+    lib.mkdir()
+    (lib / certs.TRANSPORT_PRV_FILE).write_bytes(vectors.read("transport.key"))
+    (lib / certs.TRANSPORT_CERT_FILE).write_bytes(vectors.read("transport.crt"))
+    transport = x509.load_pem_x509_certificate(vectors.read("transport.crt"))
+    xml_text = vectors.certificates_xml(vectors.envelope(vectors.read("tenant.pfx"), transport, oaep=True))
+    (tmp_path / "in.xml").write_text(xml_text)
+    log_file = tmp_path / "waagent.log"
+    out = _fresh(
+        "import json, sys, threading\n"
+        "from guestagent import log\n"
+        "from guestagent.protocol import certificates as c\n"
+        "threading.current_thread().name = 'ExtHandler'; log.set_prefix('ExtHandler')\n"
+        f"log.add_appender('file', log.FileAppender(log.INFO, {str(log_file)!r}))\n"
+        f"s = c.process_certificates_isolated(open({str(tmp_path / 'in.xml')!r}).read(), {str(lib)!r})\n"
+        "print(json.dumps({'certs': sorted([x.thumbprint, x.has_private_key] for x in s), 'error': s.error,\n"
+        "                  'crypto_loaded': 'cryptography' in sys.modules}))\n")
+    result = json.loads(out.strip().splitlines()[-1])
+    expected = vectors.thumbprints()
+    assert result == {"certs": sorted([[expected["tenant"], True], [expected["ca"], False]]), "error": None,
+                      "crypto_loaded": False}
+    assert (lib / f"{expected['tenant']}.prv").exists()
+    text = log_file.read_text()
+    assert f"INFO ExtHandler ExtHandler Downloaded certificate {{'thumbprint': '{expected['tenant']}'" in text
+    assert "PRIVATE KEY" not in text
