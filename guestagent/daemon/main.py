@@ -18,7 +18,7 @@ from collections import deque
 from typing import Optional
 
 from guestagent import log
-from guestagent.osutil import system
+from guestagent.osutil import processes, system
 from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
 
 DAEMON_VERSION_ENV = "_AZURE_GUEST_AGENT_DAEMON_VERSION_"
@@ -99,7 +99,7 @@ class Daemon:
             return False
         except PermissionError:
             return True
-        return "daemon" in _proc_cmdline(pid)
+        return "daemon" in processes.cmdline(pid)
 
     def _body(self) -> None:
         from guestagent.daemon import resourcedisk, scvmm
@@ -128,7 +128,7 @@ class Daemon:
             argv = [sys.executable, "-u", "-m", "guestagent.cli", *sys.argv[1:]]
         os.environ[SUPERVISE_ENV] = str(os.getpid())
         log.info("Re-executing the daemon as the lean supervisor (pid {0}, RSS {1} kB, {2} modules loaded)",
-                 os.getpid(), rss_kb(), len(sys.modules))
+                 os.getpid(), processes.rss_kb(), len(sys.modules))
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -152,7 +152,7 @@ class Daemon:
 
     def supervise(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        log.info("Lean supervisor running (pid {0}, RSS {1} kB, {2} modules loaded)", os.getpid(), rss_kb(),
+        log.info("Lean supervisor running (pid {0}, RSS {1} kB, {2} modules loaded)", os.getpid(), processes.rss_kb(),
                  len(sys.modules))
         policy = RestartPolicy()
         while not self.stopping:
@@ -260,27 +260,6 @@ class RestartPolicy:
         self.delay = min(MAX_RESTART_DELAY, max(1.0, self.delay * 2))
         crash_loop = len(self.exits) >= CRASH_LOOP_EXITS and now - self.exits[0] < QUICK_EXIT
         return self.delay, crash_loop
-
-
-def _proc_cmdline(pid: int) -> str:
-    """The kernel's view of a process (not subject to the osutil root used by file-effect tests)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read(4096).replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def rss_kb() -> int:
-    """Resident set size of this process (0 where /proc is not readable)."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _child_env() -> dict[str, str]:

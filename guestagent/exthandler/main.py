@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.osutil import system
+from guestagent.osutil.processes import pid_alive
 from guestagent.periodic import PeriodicThread
 from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
 
@@ -166,10 +167,10 @@ class ExtHandler:
             system.remove(path)
             return
         deadline = time.monotonic() + ORPHAN_WAIT
-        while pid != os.getpid() and _alive(pid) and time.monotonic() < deadline:
+        while pid != os.getpid() and pid_alive(pid) and time.monotonic() < deadline:
             log.info("Waiting for the older extension handler (pid {0}) to exit", pid)
             time.sleep(3)
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             log.warn("Killing the older extension handler (pid {0})", pid)
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -382,20 +383,6 @@ class ThreadContext:
 def _describe(error: BaseException) -> str:
     text = str(error)
     return text if text else type(error).__name__
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:  # the kernel's view, not the root
-            return ") Z " not in f.read()
-    except OSError:
-        return True
 
 
 def _extensions_id(goal_state) -> Optional[str]:

@@ -9,12 +9,12 @@ own (only the daemon exchanged DHCP), so re-applying adds nothing unless routes 
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 from guestagent import log
 from guestagent.errors import CommandError
 from guestagent.osutil import system
+from guestagent.osutil.processes import pid_alive
 
 
 def dhcp_client_pids(command: Sequence[str]) -> list[int]:
@@ -24,16 +24,6 @@ def dhcp_client_pids(command: Sequence[str]) -> list[int]:
     except CommandError:
         return []
     return sorted(int(p) for p in out.split() if p.isdigit())
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def missing_default_route() -> bool:

@@ -12,6 +12,7 @@ import pytest
 from guestagent import conf, log
 from guestagent.daemon import main as daemon_main
 from guestagent.daemon.main import MAX_RESTART_DELAY, QUICK_EXIT, Daemon, RestartPolicy
+from guestagent.osutil import processes
 
 
 class Lines(log.Appender):
@@ -122,4 +123,4 @@ def test_child_environment_drops_the_supervisor_marker(monkeypatch):
 
 
 def test_rss_is_read_from_proc():
-    assert daemon_main.rss_kb() > 1000
+    assert processes.rss_kb() > 1000
