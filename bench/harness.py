@@ -61,9 +61,15 @@ def byte_compile(python: str, *trees: Path) -> dict[str, str]:
     return {"PYTHONPYCACHEPREFIX": str(PYCACHE)}
 
 
-def our_agent(python: str) -> Agent:
-    env = byte_compile(python, project_root() / "guestagent")
-    return Agent("guestagent", [python, str(project_root() / "bin" / "waagent")], env=env)
+def our_agent(python: str, tree: Optional[Path] = None) -> Agent:
+    """Ours, from the project or from ``tree`` (a copy with a change to try; it must be visible inside
+    the sandbox: under the project or on the root file system, not under /tmp)."""
+    tree = Path(tree).resolve() if tree else project_root()
+    env = byte_compile(python, tree / "guestagent")
+    if tree != project_root():
+        env["PYTHONPATH"] = str(tree)
+    name = "guestagent" if tree == project_root() else f"guestagent ({tree.name})"
+    return Agent(name, [python, str(tree / "bin" / "waagent")], env=env)
 
 
 def interpreter_floor(python: str) -> dict[str, int]:

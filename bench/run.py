@@ -146,6 +146,7 @@ class Runner:
 
     def run(self, agents: list[Agent]) -> int:
         self.load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        self.source = source_state()
         if "memory" in self.groups:
             f = interpreter_floor(self.args.python)
             self.floor = (f"interpreter floor ({self.args.python} -c pass, in the sandbox): VmRSS "
@@ -170,6 +171,9 @@ class Runner:
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
             f"{os.cpu_count()} CPU(s), kernel {platform.release()}, agents run by {self.args.python} "
             f"({python_version(self.args.python)}), load average before {self.load} ===")
+        say(f"agent source: {self.source}")
+        if source_state() != self.source:
+            say("WARNING: the agent's sources changed during the run: the runs measured different code")
         if self.floor:
             say(self.floor)
         for name, kinds in self.mix.items():
@@ -180,6 +184,21 @@ class Runner:
         say(table(self.results, [a.name for a in agents], self.groups))
         for f in self.failures:
             say("failed: " + f)
+
+
+def source_state() -> str:
+    """The commit the agent's sources are at, whether they differ from it, and their newest change."""
+    tree = BENCH_DIR.parent
+    newest = max((p.stat().st_mtime for p in (tree / "guestagent").rglob("*.py")), default=0.0)
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "guestagent"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        head, dirty = "", ""
+    return (f"{head or 'no git'}{' + uncommitted changes' if dirty else ''}, newest file "
+            f"{time.strftime('%H:%M:%S', time.gmtime(newest))} UTC")
 
 
 AGENT_IMPORTS = "import lxml.etree, cryptography.x509, asn1crypto.cms"
@@ -212,6 +231,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--python", default="auto",
                    help="interpreter that runs the agents (default auto: /usr/bin/python3 when it has lxml, "
                         "cryptography and asn1crypto, else this one)")
+    p.add_argument("--tree", type=Path, action="append", default=[],
+                   help="also measure our agent from this copy of the project (bin/, guestagent/): try a change "
+                        "before making it; repeatable; must be visible in the sandbox (not under /tmp)")
     p.add_argument("--upstream", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure Debian's waagent package in the same sandbox (default on)")
     args = p.parse_args(argv)
@@ -227,7 +249,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from guestagent.lab.sandbox import SandboxUnavailable
 
     args.python = pick_python(args.python)
-    agents = [our_agent(args.python)]
+    agents = [our_agent(args.python)] + [our_agent(args.python, tree) for tree in args.tree]
     if args.upstream:
         from upstream import UpstreamUnavailable, upstream_agent
 

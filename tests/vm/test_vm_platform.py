@@ -22,8 +22,9 @@ def test_guest_boots_with_azure_like_devices(vm_images, tmp_path):
         assert m.read("/sys/class/dmi/id/product_uuid").decode().strip() == vm_id
         assert m.read("/sys/class/dmi/id/chassis_asset_tag").decode().strip() == net.ASSET_TAG
         assert m.read("/sys/class/dmi/id/sys_vendor").decode().strip() == "Microsoft Corporation"
-        # endpoint discovery step 1: the WireServer route is in /proc/net/route
-        assert "10813FA8" in m.read("/proc/net/route").decode()
+        # endpoint discovery step 1: the WireServer route is in /proc/net/route (once networkd is up:
+        # the control channel answers earlier in boot)
+        m.wait_for("the route to 168.63.129.16", lambda: "10813FA8" in m.read("/proc/net/route").decode(), 120, 1)
         # the provisioning DVD and the NTFS resource disk, where the agent looks for them
         assert m.run(["blkid", "-o", "value", "-s", "TYPE", "/dev/sr0"]).out.strip() == "udf"
         # (LUN 1, but not always sdb: SCSI probe order varies, as on Azure)

@@ -66,8 +66,6 @@ class Machine:
             raise VMError("the VM work folder must not contain a comma (QEMU option syntax)")
         self.console = self.work / "console.log"
         self.overlay = self.work / "os-disk.qcow2"
-        # a unix socket path has at most 107 bytes: keep it short, outside the work folder
-        self.ctl_sock = Path(tempfile.mkdtemp(prefix="vmctl-", dir="/tmp")) / "ctl.sock"
         self.proc: Optional[subprocess.Popen] = None
         self.ctl: Optional[Control] = None
         self.boots = 0
@@ -75,6 +73,8 @@ class Machine:
         self.timed_out = False
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                         str(Path(cfg.disk).resolve()), str(self.overlay)], check=True)
+        # a unix socket path has at most 107 bytes: keep it short, outside the work folder
+        self.ctl_sock = Path(tempfile.mkdtemp(prefix="vmctl-", dir="/tmp")) / "ctl.sock"
 
     # --- life cycle -------------------------------------------------------------------------------
     def argv(self) -> list:
@@ -133,9 +133,9 @@ class Machine:
         self.boots += 1
         with open(self.console, "ab") as con:
             con.write(f"\n===== vmtier: boot {self.boots} (qemu start) =====\n".encode())
-        self.qemu_log = open(self.work / f"qemu-{self.boots}.log", "wb")
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=self.qemu_log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.work / f"qemu-{self.boots}.log", "wb") as qemu_log:  # QEMU keeps its own copy
+            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=qemu_log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         self._started = time.monotonic()
         threading.Thread(target=self._watchdog, args=(self.proc,), daemon=True).start()
         self.ctl = Control(self.ctl_sock, self.alive)
