@@ -93,13 +93,7 @@ class Daemon:
             return False
         if pid == os.getpid():
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return "daemon" in processes.cmdline(pid)
+        return processes.pid_alive(pid) and "daemon" in processes.cmdline(pid)
 
     def _body(self) -> None:
         from guestagent.daemon import resourcedisk, scvmm
