@@ -139,17 +139,23 @@ def goal_state_xml(fab: Fabric, view: GoalView, host: str) -> str:
             "</GoalState>\n")
 
 
-def hosting_env_xml(fab: Fabric, view: GoalView) -> str:
+def _deployment_xml(fab: Fabric, view: GoalView) -> str:
+    """The Deployment and Incarnation elements HostingEnvironmentConfig and SharedConfig both carry."""
     sc = fab.scenario
-    return (f'<HostingEnvironmentConfig version="1.0.0.0" goalStateIncarnation={quoteattr(view.incarnation)}>\n'
-            "  <StoredCertificates />\n"
-            f"  <Deployment name={quoteattr(sc.deployment_name)} guid=\"{{{view.container_id}}}\" incarnation=\"0\">\n"
+    return (f"  <Deployment name={quoteattr(sc.deployment_name)} guid=\"{{{view.container_id}}}\" incarnation=\"0\">\n"
             f"    <Service name={quoteattr(sc.role_name + 'Service')} guid=\"{{00000000-0000-0000-0000-000000000000}}\" />\n"
             f"    <ServiceInstance name={quoteattr(sc.deployment_name + '.0')} "
             "guid=\"{00000000-0000-0000-0000-000000000000}\" />\n  </Deployment>\n"
             f"  <Incarnation number=\"1\" instance={quoteattr(sc.vm_name)} "
-            "guid=\"{00000000-0000-0000-0000-000000000000}\" />\n"
-            f"  <Role guid=\"{{00000000-0000-0000-0000-000000000000}}\" name={quoteattr(sc.role_name)} "
+            "guid=\"{00000000-0000-0000-0000-000000000000}\" />\n")
+
+
+def hosting_env_xml(fab: Fabric, view: GoalView) -> str:
+    sc = fab.scenario
+    return (f'<HostingEnvironmentConfig version="1.0.0.0" goalStateIncarnation={quoteattr(view.incarnation)}>\n'
+            "  <StoredCertificates />\n"
+            + _deployment_xml(fab, view)
+            + f"  <Role guid=\"{{00000000-0000-0000-0000-000000000000}}\" name={quoteattr(sc.role_name)} "
             "hostingEnvironmentVersion=\"1\" software=\"\" softwareType=\"ApplicationPackage\" entryPoint=\"\" "
             "parameters=\"\" settleTimeSeconds=\"10\" />\n"
             "  <HostingEnvironmentSettings name=\"full\" runtime=\"rd_fabric_stable.runtimePackage_1.0.0.8.zip\">\n"
@@ -163,13 +169,8 @@ def shared_config_xml(fab: Fabric, view: GoalView) -> str:
     sc = fab.scenario
     address = fab.imds_document()["network"]["interface"][0]["ipv4"]["ipAddress"][0]["privateIpAddress"]
     return (f'<SharedConfig version="1.0.0.0" goalStateIncarnation={quoteattr(view.incarnation)}>\n'
-            f"  <Deployment name={quoteattr(sc.deployment_name)} guid=\"{{{view.container_id}}}\" incarnation=\"0\">\n"
-            f"    <Service name={quoteattr(sc.role_name + 'Service')} guid=\"{{00000000-0000-0000-0000-000000000000}}\" />\n"
-            f"    <ServiceInstance name={quoteattr(sc.deployment_name + '.0')} "
-            "guid=\"{00000000-0000-0000-0000-000000000000}\" />\n  </Deployment>\n"
-            f"  <Incarnation number=\"1\" instance={quoteattr(sc.vm_name)} "
-            "guid=\"{00000000-0000-0000-0000-000000000000}\" />\n"
-            f"  <Role guid=\"{{00000000-0000-0000-0000-000000000000}}\" name={quoteattr(sc.role_name)} "
+            + _deployment_xml(fab, view)
+            + f"  <Role guid=\"{{00000000-0000-0000-0000-000000000000}}\" name={quoteattr(sc.role_name)} "
             "settleTimeSeconds=\"10\" />\n"
             "  <LoadBalancerSettings timeoutSeconds=\"0\" waitLoadBalancerProbeCount=\"8\">\n"
             f"    <Probes>\n      <Probe name={quoteattr(sc.role_name)} />\n    </Probes>\n  </LoadBalancerSettings>\n"

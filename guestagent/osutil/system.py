@@ -9,6 +9,7 @@ redaction of secrets before anything reaches a log or an exception.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -200,10 +201,7 @@ def run(argv: Sequence[str], *, timeout: Optional[float] = DEFAULT_TIMEOUT, inpu
         out, err = proc.communicate(data, timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        _kill_group(proc)
         out, err = proc.communicate()
     result = CommandResult(argv=argv, returncode=proc.returncode, stdout=redact(_cap(out, output_cap), secrets),
                            stderr=redact(_cap(err, output_cap), secrets), duration=time.monotonic() - start,
@@ -213,6 +211,44 @@ def run(argv: Sequence[str], *, timeout: Optional[float] = DEFAULT_TIMEOUT, inpu
         raise CommandError([redact(a, secrets) for a in argv], result.returncode, result.stdout,
                            result.stderr, reason=reason)
     return result
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def wait_exit(proc: subprocess.Popen, timeout: Optional[float]) -> bool:
+    """Wait for ``proc`` to exit; False when ``timeout`` passed first.
+
+    A pidfd wakes us the moment the process exits, without polling: ``Popen.wait(timeout)`` sleeps in
+    steps of up to 50 ms, which delays every extension command's result and costs wake-ups."""
+    if timeout is None:
+        proc.wait()
+        return True
+    pidfd_open = getattr(os, "pidfd_open", None)
+    fd = None
+    if pidfd_open is not None and proc.returncode is None:
+        try:
+            fd = pidfd_open(proc.pid)
+        except OSError:
+            fd = None
+    if fd is None:
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        ready, _, _ = select.select([fd], [], [], max(timeout, 0))
+    finally:
+        os.close(fd)
+    if not ready:
+        return False
+    proc.wait()
+    return True
 
 
 def spawn(argv: Sequence[str], *, new_session: bool = True, env: Optional[Mapping[str, str]] = None) -> int:
@@ -242,15 +278,9 @@ def run_to_files(argv: Sequence[str], stdout: Any, stderr: Any, *, timeout: Opti
                                 start_new_session=True, close_fds=True)
     except OSError as e:
         raise CommandError(argv[:1], None, reason=str(e))
-    timed_out = False
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
+    timed_out = not wait_exit(proc, timeout)
+    if timed_out:
+        _kill_group(proc)
         proc.wait()
     return CommandResult(argv=argv, returncode=proc.returncode, stdout="", stderr="",
                          duration=time.monotonic() - start, timed_out=timed_out)

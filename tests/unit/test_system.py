@@ -62,3 +62,32 @@ def test_run_missing_binary_is_clear():
     with pytest.raises(CommandError) as e:
         system.run(["/nonexistent/binary"])
     assert "/nonexistent/binary" in str(e.value)
+
+
+def _no_sleep(monkeypatch):
+    """Popen.wait(timeout) polls with time.sleep; the pidfd path must never sleep."""
+    import time as _time
+
+    def fail(seconds):
+        raise AssertionError(f"polled with time.sleep({seconds})")
+
+    monkeypatch.setattr(_time, "sleep", fail)
+
+
+def test_wait_exit_blocks_on_the_process_not_a_poll(monkeypatch):
+    import subprocess as sp
+
+    proc = sp.Popen(["sleep", "0.2"])
+    _no_sleep(monkeypatch)
+    assert system.wait_exit(proc, timeout=0.01) is False and proc.returncode is None
+    assert system.wait_exit(proc, timeout=10) is True and proc.returncode == 0
+
+
+def test_run_to_files_notices_exit_and_kills_on_timeout(tmp_path, monkeypatch):
+    _no_sleep(monkeypatch)
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        res = system.run_to_files(["sh", "-c", "echo hi; exit 3"], out, err, timeout=30)
+        assert res.returncode == 3 and not res.timed_out
+        res = system.run_to_files(["sh", "-c", "sleep 30 & sleep 30"], out, err, timeout=0.3)
+        assert res.timed_out and res.returncode == -9 and res.duration < 10
+    assert (tmp_path / "out").read_text() == "hi\n"

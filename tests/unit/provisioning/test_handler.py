@@ -7,6 +7,7 @@ tier runs the same flows against the fabric emulator over HTTP.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -167,3 +168,30 @@ def test_cloud_init_flow_gives_up(env):
     result = handler.run_handler(cfg("Provisioning.Agent=cloud-init\n"), detect=detect, sleep=lambda s: None)
     assert not result.ok and rec.reports[-1][1] == "ProvisioningFailed"
     assert "OVF xml could not be parsed" in rec.reports[-1][2]
+
+
+def test_cloud_init_host_key_wait_sees_a_late_key_and_gives_up_on_garbage(env):
+    root, _, _, _ = env
+    from guestagent.provisioning import cloudinit
+
+    ssh_dir = root / "etc/ssh"
+    ssh_dir.mkdir(parents=True, exist_ok=True)
+    for f in ssh_dir.glob("ssh_host_rsa_key*"):
+        f.unlink()
+    slept = []
+
+    def late_key(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 2:  # cloud-init writes the key during the second wait
+            subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f",
+                            str(ssh_dir / "ssh_host_rsa_key")], check=True)
+
+    thumbprint = cloudinit.wait_for_host_key("/etc/ssh", "auto", max_retry=5, sleep=late_key)
+    assert thumbprint.startswith("SHA256") and ":" not in thumbprint
+    assert slept == [1.0, 1.0]
+
+    (ssh_dir / "ssh_host_rsa_key.pub").write_text("not a key\n")
+    slept.clear()
+    with pytest.raises(ProvisionError, match=r"Giving up, ssh host key was not found"):
+        cloudinit.wait_for_host_key("/etc/ssh", "rsa", max_retry=3, sleep=slept.append)
+    assert slept == [1.0, 1.0]
