@@ -200,8 +200,12 @@ def check_status(lab: ExtensionLab, name: str, expect_seq: Optional[int], report
 
 
 def run_ext_test(folder: str, name: Optional[str] = None, version2: Optional[str] = None, out: Any = None,
-                 fast_track: bool = False) -> int:
-    """The kit flow; returns 0 when every step kept the contract."""
+                 fast_track: bool = False, public: Any = None, protected_settings: Optional[dict] = None) -> int:
+    """The kit flow; returns 0 when every step kept the contract.
+
+    ``public`` / ``protected_settings`` replace the kit's own settings (a real handler such as
+    CustomScript needs its own, e.g. ``commandToExecute``); the protected ones are encrypted to a
+    throwaway tenant certificate and every command's output is checked for their values."""
     report = Report(out)
     folder = os.path.abspath(folder)
     report.step(f"HandlerManifest.json of {folder}")
@@ -214,13 +218,15 @@ def run_ext_test(folder: str, name: Optional[str] = None, version2: Optional[str
     lab = ExtensionLab(work, sink=report.command)
     try:
         thumb = make_certificate(lab.lib_dir)
-        secret = {"password": f"kit-{os.getpid()}-{time.time_ns()}"}
+        secret = protected_settings if protected_settings is not None else \
+            {"password": f"kit-{os.getpid()}-{time.time_ns()}"}
         protected = encrypt_settings(secret, lab.lib_dir, thumb)
         src1, src2 = lab.prepare(folder, v1), lab.prepare(folder, v2)
         url = lab.publish(name, {v1: src1, v2: src2})
 
         def spec(version: str, seq: int, state: str = "enabled") -> HandlerSpec:
-            s = SettingsSpec(seq=seq, public={"kit": "public", "seq": seq}, protected=protected, thumbprint=thumb)
+            settings = public if public is not None else {"kit": "public", "seq": seq}
+            s = SettingsSpec(seq=seq, public=settings, protected=protected, thumbprint=thumb)
             return HandlerSpec(name, version, url, state=state, settings=[s])
 
         steps = [(f"install + enable {v1} (seq 0, public + protected settings)", spec(v1, 0), 0),
@@ -272,11 +278,34 @@ def _check_files(lab: ExtensionLab, name: str, spec: HandlerSpec, manifest: Any,
         report.problem(f"settings file {path}: {e}")
     except Exception as e:  # CryptError and friends: reported, not fatal
         report.problem(f"protected settings could not be decrypted: {e}")
+    leaks = [str(v) for v in _leaf_values(secret) if len(str(v)) >= 6]
     for command in report.commands:
-        if secret["password"] in command.output:
+        if any(v in command.output for v in leaks):
             report.problem(f"{command.op} printed the protected settings in clear text")
     if manifest.report_heartbeat and not os.path.exists(files.heartbeat_file):
         report.problem("reportHeartbeat is true but heartbeat.log was not written")
+
+
+def _leaf_values(doc: Any) -> list:
+    """Every scalar in a JSON document: the values a handler must never print."""
+    if isinstance(doc, dict):
+        return [v for item in doc.values() for v in _leaf_values(item)]
+    if isinstance(doc, list):
+        return [v for item in doc for v in _leaf_values(item)]
+    return [] if doc is None or isinstance(doc, bool) else [doc]
+
+
+def _json_option(value: Optional[str], what: str) -> Any:
+    """A JSON document given inline or as @FILE; a clear error when it is not JSON."""
+    if value is None:
+        return None
+    try:
+        if value.startswith("@"):
+            with open(value[1:], encoding="utf-8") as f:
+                return json.load(f)
+        return json.loads(value)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{what} is not a JSON document: {e}") from None
 
 
 def _check_order(report: Report) -> None:
@@ -294,11 +323,23 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("folder", help="handler folder (with HandlerManifest.json at its root)")
     parser.add_argument("--name", help="handler name (Publisher.Type); default Kit.<manifest name>")
     parser.add_argument("--fast-track", action="store_true", help="deliver goal states as vmSettings (FastTrack)")
+    parser.add_argument("--settings", metavar="JSON|@FILE", help="public settings for every step (default: the kit's)")
+    parser.add_argument("--protected-settings", metavar="JSON|@FILE",
+                        help="protected settings (a JSON object), encrypted to a throwaway tenant certificate")
     args = parser.parse_args(argv)
+    try:
+        public = _json_option(args.settings, "--settings")
+        protected = _json_option(args.protected_settings, "--protected-settings")
+        if protected is not None and not isinstance(protected, dict):
+            raise ValueError("--protected-settings must be a JSON object")
+    except ValueError as e:
+        print(f"guestagent ext-test: {e}", file=sys.stderr)
+        return 2
     if not os.path.isfile(os.path.join(args.folder, "HandlerManifest.json")):
         print(f"{args.folder}: no HandlerManifest.json", file=sys.stderr)
         return 2
-    return run_ext_test(args.folder, name=args.name, fast_track=args.fast_track)
+    return run_ext_test(args.folder, name=args.name, fast_track=args.fast_track, public=public,
+                        protected_settings=protected)
 
 
 if __name__ == "__main__":  # pragma: no cover
