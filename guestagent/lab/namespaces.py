@@ -117,12 +117,20 @@ def _mount_of(p: str, points: Sequence[str]) -> str:
     return best
 
 
-def needed_binds() -> list[str]:
-    """Host directories the sandbox must see (project, interpreter, its libraries) that an overlay of
-    the root file system would not show: on another mount, or under a directory the sandbox shadows."""
-    wanted = {str(project_root()), os.path.dirname(interpreter()), sys.prefix, sys.base_prefix,
-              sys.exec_prefix}
+def python_paths() -> list[str]:
+    """The running interpreter's own directories: the project, the interpreter, its prefixes (a venv's
+    too) and its import path."""
+    wanted = {str(project_root()), os.path.dirname(interpreter()), os.path.dirname(os.path.abspath(sys.executable)),
+              sys.prefix, sys.base_prefix, sys.exec_prefix}
     wanted.update(p for p in sys.path if p and os.path.isdir(p))
+    return sorted(wanted)
+
+
+def needed_binds(extra: Sequence[str] = ()) -> list[str]:
+    """Host directories the sandbox must see (project, interpreter, its libraries, and ``extra``: the
+    creating process's :func:`python_paths`, e.g. a venv under /tmp) that an overlay of the root file
+    system would not show: on another mount, or under a directory the sandbox shadows."""
+    wanted = set(python_paths()) | set(extra)
     points = _host_mounts()
     out: set[str] = set()
     for p in sorted(wanted):
@@ -208,7 +216,7 @@ def _keeper_cleanup(work: Path) -> None:
 def _build(cfg: dict, work: Path) -> tuple[int, bool]:
     """Create the namespaces and the file system view; fork init; return (init's PID, whether it has
     its own time namespace)."""
-    binds = needed_binds()  # computed on the host's mount table, before anything changes
+    binds = needed_binds(cfg.get("paths", ()))  # on the host's mount table, before anything changes
     _check(_c().unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     host = cfg["hostname"].encode()

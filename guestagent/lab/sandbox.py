@@ -22,7 +22,14 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from guestagent.lab import loop
 from guestagent.lab.errors import SandboxError, SandboxUnavailable
 from guestagent.lab.loop import build_image
-from guestagent.lab.namespaces import START_TIMEOUT, interpreter, needed_binds, project_root, sweep_stale
+from guestagent.lab.namespaces import (
+    START_TIMEOUT,
+    interpreter,
+    needed_binds,
+    project_root,
+    python_paths,
+    sweep_stale,
+)
 
 __all__ = ["DEFAULT_PATH", "Sandbox", "SandboxError", "SandboxUnavailable", "build_image", "interpreter",
            "needed_binds", "project_root", "sweep_stale"]
@@ -63,7 +70,7 @@ class Sandbox:
         sweep_stale(base)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cfg = {"parent": os.getpid(), "base": str(base), "hostname": hostname, "addrs": list(loopback_addrs),
-               "eth0": eth0, "mac": mac, "size": size}
+               "eth0": eth0, "mac": mac, "size": size, "paths": python_paths()}
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(project_root())] + [p for p in [env.get("PYTHONPATH")] if p])
         env["PYTHONDONTWRITEBYTECODE"] = "1"

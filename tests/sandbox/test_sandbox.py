@@ -262,3 +262,26 @@ def test_image_byte_range_is_its_own_block_device(sandbox, fs_image, tmp_path):
     assert out.split() == [str(disk.stat().st_size), str(part.stat().st_size), "aa", "aa", "partition", "data"]
     data = disk.read_bytes()
     assert data[: 1 << 20] == b"\xaa" * (1 << 20) and b"written-through-sdb1" in data[1 << 20:]
+
+
+def test_a_venv_under_tmp_is_visible_inside(tmp_path):
+    """A sandbox made by a venv's interpreter under /tmp (which the sandbox shadows with its own tmpfs)
+    can run that same venv interpreter: the creating process's prefix is bound in (it once was not, and
+    the bench's session failed with 'exec: …/bin/python: not found' when run from such a venv)."""
+    venv = Path("/tmp") / f"guestagent-venv-test-{os.getpid()}"
+    subprocess.run([os.path.realpath(sys.executable), "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(venv)], check=True, timeout=120)
+    try:
+        code = textwrap.dedent(f"""
+            import sys
+            sys.path.insert(0, {str(sbmod.project_root())!r})
+            from guestagent.lab.sandbox import Sandbox
+            with Sandbox(hostname="venv-test") as sb:
+                r = sb.run([sys.executable, "-c", "import sys; print(sys.prefix)"], check=False)
+                print("INSIDE", r.returncode, r.stdout.strip(), r.stderr.strip())
+        """)
+        out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                             timeout=120)
+        assert f"INSIDE 0 {venv}" in out.stdout, out.stdout + out.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(venv)], check=False)
