@@ -226,6 +226,10 @@ class CGroupConfigurator:
                     return
                 self.cleanup_old_setup()
                 self.setup_azure_slice()
+                controllers = self.log_root_paths()
+                if not controllers:
+                    warning("Neither the cpu nor the memory controller is usable; will not track the agent")
+                    return
                 path = self._unit_path(agent_slice, self.agent_unit)
                 self.agent_enabled = self.extensions_enabled = True
                 self.systemd.set_properties(self.agent_unit, [("CPUAccounting", "yes"), ("MemoryAccounting", "yes")])
@@ -241,6 +245,40 @@ class CGroupConfigurator:
                 warning(f"Error initializing cgroups: {e}")
             finally:
                 info(f"Agent cgroups enabled: {self.agent_enabled}")
+                if self.hierarchy is not None and self.hierarchy.supported and not self.can_enforce_cpu():
+                    # a quota left by an earlier run (or by hand) must not outlive enforcement (06 §10.1)
+                    info("Reset CPU quota if agent cgroups were not enabled for enforcement")
+                    self._reset_cpu_quota(self.agent_unit)
+
+    def log_root_paths(self) -> list[str]:
+        """Log where the controllers are (as upstream); return the usable ones among cpu and memory:
+        v2 — listed in the root's cgroup.subtree_control; v1 — mounted under /sys/fs/cgroup."""
+        h = self.hierarchy
+        usable = []
+        if h.version == cgroupfs.V2:
+            info(f"The root cgroup path is {h.v2_root}")
+            for name in ("cpu", "memory"):
+                enabled = name in h.v2_root_controllers
+                info(f"The {name} controller is {'enabled' if enabled else 'not enabled'} at the root cgroup")
+                if enabled:
+                    usable.append(name)
+        else:
+            for name in ("cpu", "memory"):
+                mount = (h.v1_mounts or {}).get(name)
+                info(f"The {name} controller is mounted at {mount}" if mount else f"The {name} controller is not mounted")
+                if mount:
+                    usable.append(name)
+        return usable
+
+    def _reset_cpu_quota(self, unit: str) -> None:
+        """CPUQuota back to none, only when one is set (a no-op costs one systemctl show)."""
+        try:
+            if quota_percent(self.systemd.get_property(unit, "CPUQuotaPerSecUSec")) == "infinity":
+                return
+            info(f"Resetting {unit}'s CPUQuota", send_event=False)
+            self.systemd.set_properties(unit, [("CPUQuota", "")])
+        except Exception as e:
+            warning(f"Failed to reset the CPUQuota of {unit}: {e}")
 
     def _unit_path(self, slice_name: str, unit: str) -> Optional[str]:
         """The unit's cgroup directory (v2 unified or the v1 cpu mount)."""
@@ -451,11 +489,11 @@ class CGroupConfigurator:
         if self.agent_cgroup is None:
             return
         pids = cgroupfs.procs(self.agent_cgroup.cpu.path) if pids is None else pids
-        unexpected = [p for p in pids if not _expected_process(p, self._systemd_run_pids)]
+        unexpected = [p for p in pids if not cgroupfs.expected_process(p, self._systemd_run_pids)]
         seen_before = [p for p in unexpected if p in self._unexpected]
         self._unexpected = {p: 1 for p in unexpected}
         if seen_before:
-            samples = [_describe(p) for p in seen_before[:5]]
+            samples = [cgroupfs.describe_process(p) for p in seen_before[:5]]
             raise cgroupfs.CgroupsError(f"The agent's cgroup includes unexpected processes: {samples}")
 
     def agent_memory_exceeded(self) -> Optional[str]:
@@ -468,49 +506,6 @@ class CGroupConfigurator:
         if current > limit:
             return f"The agent memory limit {limit} bytes exceeded. The current reported usage is {current} bytes."
         return None
-
-
-def _read_proc(pid: int, name: str) -> str:
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _describe(pid: int) -> str:
-    return f"[PID: {pid}] {_read_proc(pid, 'cmdline').replace(chr(0), ' ').strip() or 'UNKNOWN'}"
-
-
-def _expected_process(pid: int, systemd_run: set[int]) -> bool:
-    """Ours: this process and its ancestors (the daemon), our descendants, processes carrying the agent's
-    environment marker, systemd-run helpers, zombies and processes that are gone."""
-    me = os.getpid()
-    if pid in (me, os.getppid()) or pid in systemd_run:
-        return True
-    stat = _read_proc(pid, "stat")
-    if not stat:
-        return True
-    if ") Z " in stat:
-        return True
-    key, value = system.AGENT_ENV_MARKER
-    if f"{key}={value}".encode() in _read_proc(pid, "environ").encode("utf-8", "replace"):
-        return True
-    if re.search(r"systemd-run.*--unit=.*--scope.*--slice=azure-vmextensions", _read_proc(pid, "cmdline")
-                 .replace("\0", " ")):
-        return True
-    parent = pid
-    for _ in range(32):  # walk up to us
-        text = _read_proc(parent, "stat")
-        try:
-            parent = int(text.rsplit(")", 1)[1].split()[1])
-        except (IndexError, ValueError):
-            return False
-        if parent == me:
-            return True
-        if parent <= 1:
-            return False
-    return False
 
 
 _instance: Optional[CGroupConfigurator] = None

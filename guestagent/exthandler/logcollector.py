@@ -15,7 +15,6 @@ import heapq
 import os
 import sys
 import time
-import zipfile
 from typing import Any, Optional
 
 from guestagent import events, log
@@ -229,6 +228,8 @@ class LogCollector:
             results.info("### Creating compressed archive ###")
             tmp = self._real(self.archive + ".tmp")
             errors = 0
+            import zipfile  # here: the ext-handler imports this module but collects in its own process
+
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 for path in chosen:
                     try:
@@ -262,18 +263,99 @@ def _in_logcollector_scope() -> bool:
     return "azure-walinuxagent-logcollector.slice/collect-logs.scope" in text
 
 
+ANON_LIMIT, CACHE_LIMIT, MAX_THROTTLED_EVENTS_V2 = 25 * 1024 * 1024, 155 * 1024 * 1024, 10
+MONITOR_PERIOD = 2.0
+
+
+def own_cgroup(hierarchy: Any, proc_self_cgroup: str) -> Optional[tuple[str, str]]:
+    """(cpu cgroup dir, memory cgroup dir) of this process when both controllers are usable, else None
+    (upstream: "At least one required controller is missing" → exit 2)."""
+    from guestagent.osutil import cgroupfs
+
+    if not hierarchy.supported:
+        return None
+    if hierarchy.version == cgroupfs.V2:
+        rel = cgroupfs.process_cgroup_path(proc_self_cgroup, cgroupfs.V2)
+        if rel is None or not {"cpu", "memory"} <= set(hierarchy.v2_root_controllers):
+            return None
+        path = os.path.join(hierarchy.v2_root, rel.lstrip("/"))
+        return path, path
+    mounts = hierarchy.v1_mounts or {}
+    cpu_rel = cgroupfs.process_cgroup_path(proc_self_cgroup, cgroupfs.V1, "cpu")
+    mem_rel = cgroupfs.process_cgroup_path(proc_self_cgroup, cgroupfs.V1, "memory")
+    if not ("cpu" in mounts and "memory" in mounts and cpu_rel and mem_rel):
+        return None
+    return os.path.join(mounts["cpu"], cpu_rel.lstrip("/")), os.path.join(mounts["memory"], mem_rel.lstrip("/"))
+
+
+def memory_over_limit(usage: Any) -> Optional[str]:
+    """Upstream's limits for the collector: anon + swap 25 MiB, cache 155 MiB, 10 MemoryHigh events (v2)."""
+    anon = usage.anon + (usage.swap or 0)
+    if anon > ANON_LIMIT:
+        return f"Log collector anon + swap memory limit {ANON_LIMIT} bytes exceeded. The reported usage is {anon} bytes."
+    if usage.cache > CACHE_LIMIT:
+        return f"Log collector cache memory limit {CACHE_LIMIT} bytes exceeded. The reported usage is {usage.cache} bytes."
+    if (usage.throttled_events or 0) > MAX_THROTTLED_EVENTS_V2:
+        return (f"Log collector memory throttled events limit {MAX_THROTTLED_EVENTS_V2} exceeded. The reported "
+                f"number of throttled events is {usage.throttled_events}.")
+    return None
+
+
+def _start_memory_monitor(memory_path: str, version: str) -> None:
+    """Every 2 s: over a limit → event and exit 3 at once (the parent then stops periodic collection)."""
+    import threading
+
+    from guestagent.osutil import cgroupfs
+
+    controller = cgroupfs.MemoryController(memory_path, version)
+
+    def watch() -> None:
+        while True:
+            try:
+                reason = memory_over_limit(controller.usage())
+            except Exception as e:  # a monitor problem never stops the collection
+                log.periodic(3600, log.WARNING, "Log collector monitor: {0}", e)
+                reason = None
+            if reason:
+                print(reason, file=sys.stderr)
+                events.add_event(events.WALAEventOperation.LogCollection, message=reason, is_success=False)
+                sys.stderr.flush()
+                os._exit(GRACEFUL_KILL)
+            time.sleep(MONITOR_PERIOD)
+
+    threading.Thread(target=watch, name="LogCollectorMonitorHandler", daemon=True).start()
+
+
+def _check_scope() -> int:
+    """The periodic run's own checks (05 §15.3): in the collector's slice (3 tries, 5 s apart) → 4;
+    cpu and memory controllers usable → else 2; then the memory monitor. 0 when all is well."""
+    from guestagent.osutil import cgroupfs
+
+    for attempt in range(3):
+        if _in_logcollector_scope():
+            break
+        if attempt < 2:
+            time.sleep(5)
+    else:
+        print("The log collector is not running in its expected cgroup", file=sys.stderr)
+        return UNEXPECTED_CGROUP_PATH
+    hierarchy = cgroupfs.detect_host()
+    paths = own_cgroup(hierarchy, system.read_text("/proc/self/cgroup", default="") or "")
+    if paths is None:
+        print("At least one required controller is missing. The following controllers are required for the log "
+              f"collector to run: ['cpu', 'memory'] ({hierarchy.reason or hierarchy.version})", file=sys.stderr)
+        return INVALID_CGROUPS
+    _start_memory_monitor(paths[1], hierarchy.version)
+    return 0
+
+
 def run_collect_logs(args: Any, config: Any) -> int:
     """``waagent -collect-logs [-full]``; exit 1 on failure. Under systemd-run (the periodic run) the
     process first checks it really is in the log collector's scope (else exit 4)."""
     if os.environ.get("GUESTAGENT_LOGCOLLECTOR_SCOPE") == "1":
-        for attempt in range(3):
-            if _in_logcollector_scope():
-                break
-            if attempt < 2:
-                time.sleep(5)
-        else:
-            print("The log collector is not running in its expected cgroup", file=sys.stderr)
-            return UNEXPECTED_CGROUP_PATH
+        code = _check_scope()
+        if code:
+            return code
     collector = LogCollector(config, full=bool(getattr(args, "full", False)))
     try:
         archive, _total = collector.collect()
@@ -302,38 +384,69 @@ class PeriodicLogCollection:
     def run(self) -> None:
         if self.stopped_reason:
             return
+        if self.collect():
+            self.send()
+
+    def _event(self, ok: bool, msg: str) -> None:
+        events.add_event(events.WALAEventOperation.LogCollection, is_success=ok, message=msg, log_event=False,
+                         lib_dir=self.ctx.lib_dir)
+
+    def collect(self) -> bool:
+        """The collector in its scope; exit 2/3 (or 4 three times) stop periodic collection until restart."""
+        log.info("Starting log collection...")
         env = dict(os.environ, GUESTAGENT_LOGCOLLECTOR_SCOPE="1")
         start = time.monotonic()
         res = system.run(self.command(), check=False, timeout=3600, env=env)
-        if res.returncode in (GRACEFUL_KILL, INVALID_CGROUPS):
-            self.stopped_reason = f"log collector exited with {res.returncode}"
-        elif res.returncode == UNEXPECTED_CGROUP_PATH:
+        elapsed = int((time.monotonic() - start) * 1000)
+        if res.returncode == 0:
+            self.unexpected_path_failures = 0
+            size = os.path.getsize(system.path(os.path.join(self.ctx.lib_dir, "logcollector", "logs.zip")))
+            msg = f"Successfully collected logs. Archive size: {size} b, elapsed time: {elapsed} ms."
+            log.info("{0}", msg)
+            self._event(True, msg)
+            return True
+        if res.returncode == UNEXPECTED_CGROUP_PATH:
             self.unexpected_path_failures += 1
-            if self.unexpected_path_failures >= 3:
-                self.stopped_reason = "log collector ran outside its cgroup 3 times"
-        if res.returncode != 0:
-            msg = f"Log collection failed: exit {res.returncode} {res.stderr.strip()[:500]}"
-            events.add_event(events.WALAEventOperation.LogCollection, is_success=False, message=msg,
-                             lib_dir=self.ctx.lib_dir)
-            if self.stopped_reason:
-                log.info("Stopping periodic log collection: {0}", self.stopped_reason)
-            return
+            if self.unexpected_path_failures < 3:
+                log.info("Log collector cgroup is not in the expected path, will attempt log collection in next "
+                         "iteration.")
+            else:
+                self.stopped_reason = "cgroup not in expected path in multiple runs"
+        elif res.returncode == INVALID_CGROUPS:
+            self.stopped_reason = "process error"
+        elif res.returncode == GRACEFUL_KILL:
+            self.stopped_reason = "exceeded process memory limit"
+        error = f"Log Collector exited with code {res.returncode}"
+        if self.stopped_reason:
+            log.info("Disabling periodic log collection until service restart due to {0}.", self.stopped_reason)
+        else:
+            log.info("{0}", error)
+        detail = res.stderr.strip()[-500:]
+        self._event(False, f"Failed to collect logs. Elapsed time: {elapsed} ms. Error: {error}"
+                           + (f" {detail}" if detail else ""))
+        return False
+
+    def send(self) -> None:
         archive = os.path.join(self.ctx.lib_dir, "logcollector", "logs.zip")
-        self.ctx.protocol.upload_logs(system.read_bytes(archive))
+        try:
+            self.ctx.protocol.upload_logs(system.read_bytes(archive))
+        except Exception as e:
+            msg = f"Failed to upload logs. Error: {e}"
+            log.warn("{0}", msg)
+            self._event(False, msg)
+            return
         self.uploads += 1
-        msg = f"Collected and uploaded logs ({os.path.getsize(system.path(archive))} b) in " \
-              f"{int((time.monotonic() - start) * 1000)} ms"
-        log.info("{0}", msg)
-        events.add_event(events.WALAEventOperation.LogCollection, message=msg, lib_dir=self.ctx.lib_dir)
+        log.info("Successfully uploaded logs.")
+        self._event(True, "Successfully uploaded logs.")
 
 
 def is_periodic_collection_allowed(config: Any, configurator: Any) -> bool:
-    """Logs.Collect and usable cgroups (v1 enabled, or v2 with Debug.EnableCgroupV2ResourceLimiting)."""
+    """Logs.Collect and a way to limit the collector: cgroups enabled, or (even with the agent's cgroups
+    off) a v2 hierarchy with Debug.EnableCgroupV2ResourceLimiting — upstream's ``enabled or (v2 and switch)``."""
     if not config.get("Logs.Collect"):
         return False
-    if not configurator.enabled:
-        return False
-    return not configurator.using_v2 or bool(config.get("Debug.EnableCgroupV2ResourceLimiting"))
+    v2_limiting = configurator.using_v2 and config.get("Debug.EnableCgroupV2ResourceLimiting") is not False
+    return bool(configurator.enabled or v2_limiting)
 
 
 def operations(ctx: Any) -> list[Operation]:
@@ -341,8 +454,16 @@ def operations(ctx: Any) -> list[Operation]:
 
     configurator = cgroups.get_configurator(ctx.config)
     configurator.initialize()
-    if not is_periodic_collection_allowed(ctx.config, configurator):
-        log.info("Periodic log collection is disabled (Logs.Collect or cgroups not usable)")
+    allowed = is_periodic_collection_allowed(ctx.config, configurator)
+    v2_limiting = configurator.using_v2 and ctx.config.get("Debug.EnableCgroupV2ResourceLimiting") is not False
+    msg = (f"Checking if log collection is allowed at this time [{allowed}]. All three conditions must be met: "
+           f"1. configuration enabled [{bool(ctx.config.get('Logs.Collect'))}], 2. cgroups v1 enabled "
+           f"[{configurator.enabled}] OR cgroups v2 is in use and v2 resource limiting configuration enabled "
+           f"[{v2_limiting}], 3. python supported: [True]")
+    log.info("{0}", msg)
+    events.add_event(events.WALAEventOperation.LogCollection, is_success=allowed, message=msg, log_event=False,
+                     lib_dir=ctx.lib_dir)
+    if not allowed:
         return []
     job = PeriodicLogCollection(ctx, configurator)
     return [Operation("CollectLogs", job.run, float(ctx.config.get("Logs.CollectPeriod") or 3600),

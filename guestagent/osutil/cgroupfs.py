@@ -301,3 +301,47 @@ def procs(path: str) -> list[int]:
     except FileNotFoundError:
         return []
     return [int(p) for p in re.findall(r"\d+", text)]
+
+
+# --- the agent cgroup's process check (06 §10.4) -------------------------------------------------------
+def _read_proc(pid: int, name: str) -> str:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def describe_process(pid: int) -> str:
+    return f"[PID: {pid}] {_read_proc(pid, 'cmdline').replace(chr(0), ' ').strip() or 'UNKNOWN'}"
+
+
+def expected_process(pid: int, systemd_run: set[int]) -> bool:
+    """Ours: this process and its ancestors (the daemon), our descendants, processes carrying the agent's
+    environment marker, systemd-run helpers, zombies and processes that are gone."""
+    me = os.getpid()
+    if pid in (me, os.getppid()) or pid in systemd_run:
+        return True
+    stat = _read_proc(pid, "stat")
+    if not stat:
+        return True
+    if ") Z " in stat:
+        return True
+    key, value = system.AGENT_ENV_MARKER
+    if f"{key}={value}".encode() in _read_proc(pid, "environ").encode("utf-8", "replace"):
+        return True
+    if re.search(r"systemd-run.*--unit=.*--scope.*--slice=azure-vmextensions", _read_proc(pid, "cmdline")
+                 .replace("\0", " ")):
+        return True
+    parent = pid
+    for _ in range(32):  # walk up to us
+        text = _read_proc(parent, "stat")
+        try:
+            parent = int(text.rsplit(")", 1)[1].split()[1])
+        except (IndexError, ValueError):
+            return False
+        if parent == me:
+            return True
+        if parent <= 1:
+            return False
+    return False
