@@ -14,7 +14,6 @@ fails later; here it is refused up front with a clear error.
 
 from __future__ import annotations
 
-import secrets
 import string
 import threading
 import warnings
@@ -117,6 +116,8 @@ def libcrypt_crypt(word: str, setting: str) -> Optional[str]:
 
 def gen_salt(length: int) -> str:
     """``length`` random ``[A-Za-z0-9]`` characters from a CSPRNG (upstream's alphabet)."""
+    import secrets  # here: secrets → hmac → hashlib maps libcrypto; the ext-handler rarely needs it
+
     return "".join(secrets.choice(SALT_ALPHABET) for _ in range(length))
 
 
@@ -127,6 +128,8 @@ def verify_password(word: str, hashed: str, crypt: Optional[Callable[[str, str],
     """True if ``hashed`` (a crypt(3) string as in /etc/shadow) is the hash of ``word``."""
     if not hashed or hashed[0] in "!*":
         return False
+    import secrets
+
     result = (crypt or backend())(word, hashed)
     return bool(result) and secrets.compare_digest(result, hashed)
 

@@ -1,5 +1,12 @@
 """The hardened XML parser: hostile and broken documents are refused with XmlError."""
 
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from guestagent.errors import XmlError
@@ -53,3 +60,164 @@ def test_lookups_by_local_name_anywhere_first_match():
 
 def test_escape():
     assert xml.escape("a<b>&c") == "a&lt;b&gt;&amp;c"
+
+
+# --- the expat parser: the DTD rule holds even where the byte scan cannot see it -------------------
+
+BOMB = b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY a "aaaaaaaaaa">""" + b"".join(
+    f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(9)) + b"]><lolz>&j;</lolz>"
+UNPARSED = b"""<?xml version="1.0"?><!DOCTYPE r [<!NOTATION n SYSTEM "x"><!ENTITY u SYSTEM "http://127.0.0.1:9/u" NDATA n>
+]><r/>"""
+
+
+@pytest.fixture
+def no_byte_scan(monkeypatch):
+    """Disable the pre-parse byte scan so that only the expat handlers stand between a DTD and the tree."""
+    monkeypatch.setattr(xml, "_DECLARATION", re.compile(rb"(?!)"))
+
+
+@pytest.mark.parametrize("doc", [XXE, LAUGHS, BOMB, EXTERNAL_DTD, UNPARSED,
+                                 PARAM_ENTITY.replace(b"doctype", b"DOCTYPE").replace(b"entity", b"ENTITY")],
+                         ids=["xxe", "laughs", "bomb", "dtd", "unparsed", "param"])
+def test_expat_handlers_refuse_dtds_without_the_byte_scan(no_byte_scan, doc):
+    with pytest.raises(XmlError, match="DTD or entity"):
+        xml.parse(doc, what="Goal state")
+
+
+@pytest.mark.parametrize("doc", [XXE, LAUGHS, BOMB, EXTERNAL_DTD], ids=["xxe", "laughs", "bomb", "dtd"])
+def test_utf16_documents_with_a_dtd_are_refused(doc):
+    # The byte scan cannot match "<!DOCTYPE" in UTF-16; the expat handler does.
+    encoded = doc.decode().replace('<?xml version="1.0"?>', '<?xml version="1.0" encoding="utf-16"?>').encode("utf-16")
+    assert not xml._DECLARATION.search(encoded)
+    with pytest.raises(XmlError, match="DTD or entity"):
+        xml.parse(encoded)
+
+
+def test_bomb_is_refused_fast_and_expands_nothing():
+    start = time.perf_counter()
+    with pytest.raises(XmlError, match="DTD or entity"):
+        xml.parse(BOMB)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_external_entity_is_never_fetched(no_byte_scan):
+    # A listening socket on loopback: the parser must refuse before any connection to it.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        srv.settimeout(0.2)
+        port = srv.getsockname()[1]
+        doc = (f'<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://127.0.0.1:{port}/x.dtd">'
+               f'<r>&e;</r>').encode()
+        with pytest.raises(XmlError):
+            xml.parse(doc)
+        with pytest.raises(socket.timeout):
+            srv.accept()
+
+
+def test_documents_up_to_the_limit_parse_and_depth_is_capped():
+    doc = b"<a>" + b"<b>x</b>" * 20000 + b"</a>"
+    assert len(xml.findall(xml.parse(doc, max_size=len(doc)), "b")) == 20000
+    with pytest.raises(XmlError, match="too large"):
+        xml.parse(doc, max_size=len(doc) - 1)
+    deep = b"<a>" * xml.MAX_DEPTH + b"</a>" * xml.MAX_DEPTH
+    assert len(list(xml.parse(deep).iter())) == xml.MAX_DEPTH
+    with pytest.raises(XmlError, match="nested too deeply"):
+        xml.parse(b"<a>" + deep + b"</a>")
+
+
+def test_element_count_is_capped(monkeypatch):
+    monkeypatch.setattr(xml, "MAX_ELEMENTS", 1000)
+    assert len(xml.parse(b"<a>" + b"<b/>" * 999 + b"</a>")) == 999
+    with pytest.raises(XmlError, match="too many elements"):
+        xml.parse(b"<a>" + b"<b/>" * 1000 + b"</a>", what="SharedConfig")
+
+
+def test_a_document_of_the_size_limit_made_of_tiny_elements_is_refused_quickly():
+    # 2.6 million empty elements would be a ~200 MB tree in the small ext-handler: refused at the cap.
+    start = time.perf_counter()
+    with pytest.raises(XmlError, match="too many elements"):
+        xml.parse(b"<a>" + b"<b/>" * (xml.MAX_SIZE // 4 - 2) + b"</a>")
+    assert time.perf_counter() - start < 10
+
+
+def test_shared_empty_attributes_cannot_be_changed_through_one_element():
+    root = xml.parse("<a><b/><c/></a>")
+    with pytest.raises(TypeError):
+        root[0].attrib["x"] = "1"  # type: ignore[index]
+    assert xml.attr(root[1], "x") is None and dict(root.attrib) == {} and len(root[0]) == 0
+
+
+@pytest.mark.parametrize("doc", [b"<a>x</a><b/>", b"<a b='1' b='2'/>", b"<a>&#0;</a>", b"<p:a/>",
+                                 b'<?xml version="1.0" encoding="bogus"?><a/>',
+                                 b'<?xml version="1.0" encoding="shift_jis"?><a/>', b"\xff\xfe<\x00", b"<a>\xff</a>"],
+                         ids=["two-roots", "dup-attr", "nul-ref", "unbound-prefix", "bad-encoding", "multibyte",
+                              "truncated-utf16", "bad-utf8"])
+def test_more_malformed_documents_have_a_clear_error(doc):
+    with pytest.raises(XmlError, match=r"Goal state is malformed: .+"):
+        xml.parse(doc, what="Goal state")
+
+
+def test_bom_and_encodings():
+    body = '<?xml version="1.0" encoding="utf-8"?><a k="é">ü</a>'
+    for doc in [body, "\ufeff" + body, body.encode(), b"\xef\xbb\xbf" + body.encode(),
+                body.replace("utf-8", "utf-16").encode("utf-16"),
+                body.replace("utf-8", "iso-8859-1").encode("latin-1"),
+                body.replace("utf-8", "utf-16")]:  # text is parsed as the characters it is
+        root = xml.parse(doc)
+        assert (root.tag, xml.text(root), xml.attr(root, "k")) == ("a", "ü", "é")
+
+
+def test_namespaces_comments_pis_and_cdata():
+    root = xml.parse(b'<?xml version="1.0"?><?pi x?><r xmlns="urn:d" xmlns:p="urn:p" p:a="1" b="2">'
+                     b'x<!-- c -->y<?pi inner?><p:e xml:lang="en">1</p:e>t<![CDATA[<&>]]><e/></r><!-- after -->')
+    assert root.tag == "{urn:d}r"
+    assert root.attrib == {"{urn:p}a": "1", "b": "2"}  # xmlns declarations are not attributes
+    assert [e.tag for e in root.iter()] == ["{urn:d}r", "{urn:p}e", "{urn:d}e"]
+    assert xml.local_name(root[0]) == "e" and xml.attr(root[0], "lang") == "en"
+    assert root.text == "xy" and root[0].tail == "t<&>" and xml.text(root) == "xy1t<&>"
+    assert [e.tag for e in xml.findall(root, "e")] == ["{urn:p}e", "{urn:d}e"]
+    assert len(root) == 2 and [c.tag for c in root] == ["{urn:p}e", "{urn:d}e"] and root.get("b") == "2"
+
+
+def test_text_and_tails_in_document_order():
+    root = xml.parse("<a>1<b>2<c>3</c>4</b>5<d/>6</a>")
+    assert list(root.itertext()) == ["1", "2", "3", "4", "5", "6"]
+    assert xml.text(xml.find(root, "b")) == "234"  # an element's own tail is not its text
+    assert xml.text(xml.find(root, "d")) == "" and xml.findtext(root, "d") == ""
+
+
+def _shape(el):
+    return (el.tag, dict(el.attrib), el.text, el.tail, [_shape(c) for c in el])
+
+
+def test_same_trees_as_elementtree_on_upstream_samples(upstream):
+    """Every upstream XML sample parses to the tree ElementTree builds (comments/PIs dropped)."""
+    import xml.etree.ElementTree as ET
+
+    samples = sorted(upstream.rglob("*.xml"))
+    assert len(samples) > 20
+    compared = 0
+    for path in samples:
+        data = path.read_bytes()
+        try:
+            expected = ET.fromstring(data)
+        except ET.ParseError:
+            with pytest.raises(XmlError):
+                xml.parse(data)
+            continue
+        if xml._DECLARATION.search(data):
+            continue
+        ours = xml.parse(data)
+        expected.tail = None
+        assert _shape(ours) == _shape(expected), path
+        compared += 1
+    assert compared > 20
+
+
+def test_the_parser_does_not_import_lxml_or_elementtree():
+    code = ("import sys; from guestagent.protocol import xml; xml.parse('<a xmlns=\"urn:x\"><b>1</b></a>'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('lxml', 'xml.etree', 'xml.dom', 'xml.sax'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[3]).stdout
+    assert out.strip() == "[]"
