@@ -201,7 +201,7 @@ def source_state() -> str:
             f"{time.strftime('%H:%M:%S', time.gmtime(newest))} UTC")
 
 
-AGENT_IMPORTS = "import lxml.etree, cryptography.x509, asn1crypto.cms"
+AGENT_IMPORTS = "import cryptography.x509, asn1crypto.cms"
 
 
 def python_version(python: str) -> str:
@@ -229,8 +229,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="seconds to wait after the expected status before the idle window (default 5)")
     p.add_argument("--only", default="", help="comma-separated groups: " + ", ".join(GROUPS))
     p.add_argument("--python", default="auto",
-                   help="interpreter that runs the agents (default auto: /usr/bin/python3 when it has lxml, "
-                        "cryptography and asn1crypto, else this one)")
+                   help="interpreter that runs the agents (default auto: /usr/bin/python3 when it has cryptography "
+                        "and asn1crypto, else this one)")
     p.add_argument("--tree", type=Path, action="append", default=[],
                    help="also measure our agent from this copy of the project (bin/, guestagent/): try a change "
                         "before making it; repeatable; must be visible in the sandbox (not under /tmp)")

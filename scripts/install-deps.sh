@@ -27,7 +27,7 @@ if [ -x scripts/vm/install-host-deps.sh ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import guestagent, lxml, cryptography, asn1crypto, pyroute2, psutil, pytest, pytest_timeout, xdist' 2>/dev/null \
+if ! "$PY" -c 'import guestagent, cryptography, asn1crypto, psutil, pytest, pytest_timeout, xdist' 2>/dev/null \
    || [ "$("$PY" -c 'import guestagent,os;print(os.path.dirname(guestagent.__file__))' 2>/dev/null)" != "$PWD/guestagent" ]; then
   echo "== pip: installing guestagent (editable) with test extras"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
