@@ -9,8 +9,16 @@ modules are imported only when their command runs.
 from __future__ import annotations
 
 import os
-import re
 import sys
+
+if os.environ.get("_GUESTAGENT_DAEMON_SUPERVISE_") == str(os.getpid()):
+    # The daemon's re-exec after Ready (guestagent.daemon.main): become the lean supervisor before this
+    # module imports anything a supervisor does not need (re, typing, conf, log, osutil).
+    from guestagent.daemon.supervisor import main as _supervise
+
+    sys.exit(_supervise())
+
+import re
 from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
 from guestagent.version import AGENT_LONG_NAME, AGENT_NAME, AGENT_VERSION, GUESTAGENT_NAME, GUESTAGENT_VERSION

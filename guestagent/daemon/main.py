@@ -1,34 +1,39 @@
 """``waagent -daemon``: start sequence, provisioning, then supervision of the ext-handler child.
 
-The sequence follows spec 06 §3. Once the VM is Ready the daemon re-executes itself as a lean
-supervisor (same PID, so the pid file, systemd and the child's orphan check stay valid): the
-protocol, XML and crypto modules it needed before Ready are gone from memory, and all it does
-from then on is wait for the child, restart it with back-off and forward SIGTERM.
+The sequence follows spec 06 §3. Once the VM is Ready the daemon re-executes itself (same PID and
+command line, so the pid file, systemd and the child's orphan check stay valid) into the lean
+supervisor of :mod:`guestagent.daemon.supervisor`: the protocol, XML and crypto modules it needed
+before Ready are gone from memory, and all it does from then on is wait for the child in the kernel,
+restart it with back-off and forward SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from typing import Optional
 
 from guestagent import log
+from guestagent.daemon.supervisor import (  # noqa: F401 - re-exported: the daemon's supervision constants
+    CHILD_HEALTH_WINDOW,
+    CRASH_LOOP_EXITS,
+    MAX_RESTART_DELAY,
+    QUICK_EXIT,
+    RETRY_AFTER_ERROR,
+    SETTINGS_ENV,
+    SUPERVISE_ENV,
+    RestartPolicy,
+    Settings,
+    Supervisor,
+    child_env,
+    encode_settings,
+)
 from guestagent.osutil import processes, system
 from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
 
 DAEMON_VERSION_ENV = "_AZURE_GUEST_AGENT_DAEMON_VERSION_"
-#: Set across the lean re-exec; never inherited by the child.
-SUPERVISE_ENV = "_GUESTAGENT_DAEMON_SUPERVISE_"
-RETRY_AFTER_ERROR = 15.0
-CHILD_HEALTH_WINDOW = 15 * 60.0
-QUICK_EXIT = 300.0
-MAX_RESTART_DELAY = 60.0
-CRASH_LOOP_EXITS = 3
 
 
 def run_daemon(args, config) -> int:
@@ -40,10 +45,7 @@ def run_daemon(args, config) -> int:
     from guestagent import events
 
     events.set_lib_dir(lib_dir)
-    daemon = Daemon(args, config, lib_dir, pid_file)
-    if os.environ.pop(SUPERVISE_ENV, None) == str(os.getpid()):
-        return daemon.supervise()
-    return daemon.start()
+    return Daemon(args, config, lib_dir, pid_file).start()
 
 
 class Daemon:
@@ -52,8 +54,6 @@ class Daemon:
         self.config = config
         self.lib_dir = lib_dir
         self.pid_file = pid_file
-        self.child: Optional[subprocess.Popen] = None
-        self.stopping = False
 
     # -- start sequence -------------------------------------------------------------------------
     def start(self) -> int:
@@ -104,7 +104,7 @@ class Daemon:
         resourcedisk.activate(self.config)
         for name in ("Protocol", "WireServerEndpoint"):
             system.remove(os.path.join(self.lib_dir, name))
-        provision(self.config)
+        self._finish_detection(provision(self.config))
         if system.exists(os.path.join(self.lib_dir, "disable_agent")):
             log.warn("The agent is disabled by {0}; it will not process extensions",
                      os.path.join(self.lib_dir, "disable_agent"))
@@ -115,11 +115,36 @@ class Daemon:
         log.remove_appender("console")
         self._reexec_lean()
 
+    def _finish_detection(self, protocol) -> None:
+        """Ready went out without the transport certificate when nothing needed certificates (no
+        cryptography before Ready); the child needs it for its first Certificates request, so it is
+        made now, before the re-exec drops whatever it imported. Failed detection: made if missing."""
+        if protocol is not None:
+            protocol.finish_detection()
+            return
+        from guestagent.protocol import make_transport_cert
+        from guestagent.protocol.certificates import TRANSPORT_CERT_FILE, TRANSPORT_PRV_FILE
+
+        if not all(system.exists(os.path.join(self.lib_dir, f)) for f in (TRANSPORT_CERT_FILE, TRANSPORT_PRV_FILE)):
+            make_transport_cert(self.lib_dir)
+
+    def supervisor_settings(self) -> Settings:
+        """What the lean supervisor needs, resolved here where the configuration is loaded."""
+        appender = log.file_appender()
+        verbose = bool(getattr(self.args, "verbose", False))
+        return Settings(pid_file=str(system.path(self.pid_file)), lib_dir=self.lib_dir, child=self.child_command(),
+                        root=str(system.get_root()), log_file=appender.path if appender else "",
+                        file_level=appender.level if appender else log.INFO,
+                        stdout_level=log.VERBOSE if verbose else log.INFO)
+
     def _reexec_lean(self) -> None:
-        """Replace this process by a fresh interpreter that only supervises (same PID)."""
+        """Replace this process by a fresh interpreter that only supervises (same PID, same argv);
+        guestagent.cli sees SUPERVISE_ENV and runs guestagent.daemon.supervisor before anything else."""
         argv = list(getattr(sys, "orig_argv", []) or [])
         if not argv:
             argv = [sys.executable, "-u", "-m", "guestagent.cli", *sys.argv[1:]]
+        settings = self.supervisor_settings()
+        os.environ[SETTINGS_ENV] = encode_settings(settings)
         os.environ[SUPERVISE_ENV] = str(os.getpid())
         log.info("Re-executing the daemon as the lean supervisor (pid {0}, RSS {1} kB, {2} modules loaded)",
                  os.getpid(), processes.rss_kb(), len(sys.modules))
@@ -129,8 +154,9 @@ class Daemon:
             os.execv(sys.executable, [sys.executable, *argv[1:]])
         except OSError as e:
             os.environ.pop(SUPERVISE_ENV, None)
+            os.environ.pop(SETTINGS_ENV, None)
             log.warn("Could not re-execute the daemon ({0}); supervising in place", e)
-            self.supervise()
+            self.supervise(settings)
 
     # -- supervision ----------------------------------------------------------------------------
     def child_command(self) -> list[str]:
@@ -144,83 +170,12 @@ class Daemon:
             cmd.append(f"-configuration-path:{conf_path}")
         return cmd
 
-    def supervise(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        log.info("Lean supervisor running (pid {0}, RSS {1} kB, {2} modules loaded)", os.getpid(), processes.rss_kb(),
-                 len(sys.modules))
-        policy = RestartPolicy()
-        while not self.stopping:
-            self._claim_pid_file()
-            cmd = self.child_command()
-            started = time.monotonic()
-            try:
-                self.child = subprocess.Popen(cmd, env=_child_env(), cwd=os.getcwd())
-            except OSError as e:
-                log.error("Failed to launch the extension handler: {0}", e)
-                time.sleep(RETRY_AFTER_ERROR)
-                continue
-            log.info("Agent {0} launched with command '{1}' (pid {2})", AGENT_LONG_NAME, " ".join(cmd),
-                     self.child.pid)
-            rc = self._wait_child()
-            if self.stopping:
-                break
-            ran = time.monotonic() - started
-            delay, crash_loop = policy.after_exit(rc, ran, time.monotonic())
-            how = f"exited with code {rc}" if rc >= 0 else f"was killed by signal {-rc}"
-            if rc != 0:
-                log.warn("Agent {0} {1} after {2:.1f} s; restarting it in {3:.0f} s", AGENT_LONG_NAME, how, ran,
-                         delay)
-            else:
-                log.info("Agent {0} exited (code 0) after {1:.1f} s; restarting it in {2:.0f} s", AGENT_LONG_NAME,
-                         ran, delay)
-            if crash_loop:
-                self._event(False, f"The extension handler is in a crash loop: {policy.quick_exits} exits within "
-                                   f"{QUICK_EXIT:.0f} s, last {how}; restarting it in {delay:.0f} s")
-            if delay:
-                time.sleep(delay)
-        return 0
-
-    def _claim_pid_file(self) -> None:
-        """The child takes a pid file that is missing or names another process for "the daemon is gone"
-        and exits; make sure the file names this process before every launch (else: a restart loop)."""
-        own = str(os.getpid())
-        try:
-            text = (system.read_text(self.pid_file, default="") or "").strip()
-            if text != own:
-                log.warn("The daemon pid file {0} {1}; writing {2} again", self.pid_file,
-                         f"holds {text!r}" if text else "is missing", own)
-                system.write_file(self.pid_file, own, fsync=False)
-        except OSError as e:
-            log.error("Cannot write the daemon pid file {0}: {1}", self.pid_file, e)
-
-    def _wait_child(self) -> int:
-        assert self.child is not None
-        launched = f"Agent {AGENT_LONG_NAME} launched with command '{' '.join(self.child.args)}'"
-        try:
-            rc = self.child.wait(timeout=CHILD_HEALTH_WINDOW)
-        except subprocess.TimeoutExpired:
-            self._event(True, f"{launched} is successfully running")
-            rc = self.child.wait()
-        else:
-            if rc > 0:
-                self._event(False, f"{launched} failed with return code: {rc}")
-        return rc
-
-    def _event(self, ok: bool, message: str) -> None:
-        from guestagent import events
-
-        if ok:
-            log.info("{0}", message)
-        events.add_event(events.WALAEventOperation.Enable, is_success=ok, message=message, lib_dir=self.lib_dir)
+    def supervise(self, settings: Settings | None = None) -> int:
+        """Supervise in this process (only when the re-exec failed)."""
+        return Supervisor(settings or self.supervisor_settings()).run()
 
     def _on_sigterm(self, signum, frame) -> None:
-        self.stopping = True
-        child = self.child
-        if child is not None and child.poll() is None:
-            try:
-                child.send_signal(signal.SIGTERM)
-            except OSError:
-                pass
+        """Before Ready there is no child: leave, removing the pid file if it is ours."""
         try:
             if (system.read_text(self.pid_file, default="") or "").strip() == str(os.getpid()):
                 system.remove(self.pid_file)
@@ -229,34 +184,5 @@ class Daemon:
         os._exit(0)
 
 
-class RestartPolicy:
-    """When to relaunch the child. After a long run (>= QUICK_EXIT): at once. A single quick clean
-    exit (orphan check, self-update): at once. Any other quick exit: after a back-off that doubles from
-    1 s up to MAX_RESTART_DELAY; CRASH_LOOP_EXITS quick exits within QUICK_EXIT make a crash loop."""
-
-    def __init__(self) -> None:
-        self.exits: deque[float] = deque(maxlen=CRASH_LOOP_EXITS)
-        self.delay = 0.0
-
-    @property
-    def quick_exits(self) -> int:
-        return len(self.exits)
-
-    def after_exit(self, rc: int, ran: float, now: float) -> tuple[float, bool]:
-        """(seconds to wait before the next launch, whether this is a crash loop)."""
-        if ran >= QUICK_EXIT:
-            self.exits.clear()
-            self.delay = 0.0
-            return 0.0, False
-        self.exits.append(now)
-        if rc == 0 and len(self.exits) == 1:
-            return 0.0, False
-        self.delay = min(MAX_RESTART_DELAY, max(1.0, self.delay * 2))
-        crash_loop = len(self.exits) >= CRASH_LOOP_EXITS and now - self.exits[0] < QUICK_EXIT
-        return self.delay, crash_loop
-
-
 def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop(SUPERVISE_ENV, None)
-    return env
+    return child_env()

@@ -74,6 +74,8 @@ class WireProtocol:
 
         self.history = History(lib_dir, enabled=save_history)
         self._updater: Any = None
+        #: Detection without certificates left the transport certificate to finish_detection().
+        self.transport_cert_pending = False
 
     @property
     def wire_port(self) -> int:
@@ -92,6 +94,24 @@ class WireProtocol:
             self._updater = GoalStateUpdater(self)
         self.goal_state = self._updater.update(force=force)
         return self.goal_state
+
+    def fetch_goal_state_document(self) -> GoalState:
+        """Only ``?comp=goalstate``: incarnation, container and role instance (all a health report
+        needs) and the HostGAPlugin headers; nothing else is fetched, saved or decrypted. The next
+        update_goal_state() fetches the whole goal state."""
+        from guestagent.protocol.goalstate import parse_goal_state
+
+        doc = parse_goal_state(self.wire.fetch_goal_state_xml())
+        self.host_plugin.update_headers(doc.container_id, doc.role_config_name)
+        self.goal_state = GoalState(document=doc)
+        return self.goal_state
+
+    def finish_detection(self) -> None:
+        """Make the transport certificate a detection without certificates skipped (the daemon, after
+        Ready, before the ext-handler child needs it for its first Certificates request)."""
+        if self.transport_cert_pending:
+            self.transport_cert_pending = False
+            make_transport_cert(self.lib_dir)
 
     def refresh_headers(self) -> None:
         """Re-read only the goal-state XML to refresh the HGAP container id / config name."""
@@ -229,6 +249,16 @@ class WireProtocol:
         self.host_plugin.put_vm_agent_log(content)
 
 
+def make_transport_cert(lib_dir: str) -> None:
+    """(Re)generate TransportPrivate.pem/TransportCert.pem; errors are logged, as upstream does."""
+    try:
+        from guestagent.protocol.certificates import ensure_transport_cert
+
+        ensure_transport_cert(lib_dir)
+    except Exception as e:  # upstream only logs generation errors
+        log.error("Failed to generate the transport certificate: {0}", e)
+
+
 def _download_error(msg: str) -> ExtensionError:
     try:
         from guestagent.errors import ExtensionDownloadError  # type: ignore[attr-defined]
@@ -249,9 +279,15 @@ def from_files(conf: Any, lib_dir: Optional[str] = None, **kw: Any) -> WireProto
 
 def detect(conf: Any, lib_dir: Optional[str] = None, *, endpoint_ip: Optional[str] = None,
            sleep: Optional[Callable[[float], None]] = None, attempts: Optional[int] = None,
-           transport_cert: bool = True, **kw: Any) -> WireProtocol:
+           transport_cert: bool = True, certificates: bool = True, **kw: Any) -> WireProtocol:
     """Full detection (01 §1.3): find the endpoint, check versions, make the transport certificate,
-    fetch the whole goal state; then write WireServerEndpoint and Protocol."""
+    fetch the whole goal state; then write WireServerEndpoint and Protocol.
+
+    ``certificates=False`` is for a daemon that provisions nothing from certificates (provisioning
+    disabled, cloud-init, already provisioned, SSH keys given by value): no transport certificate and
+    only the goal-state document (what health reports need) -- no cryptography import, no certificate
+    decryption. The ext-handler child fetches the whole goal state with its certificates; the caller
+    makes the transport certificate before the child starts (:meth:`WireProtocol.finish_detection`)."""
     from guestagent.protocol import endpoint
 
     lib_dir = lib_dir or _conf(conf, "Lib.Dir", "/var/lib/waagent")
@@ -259,17 +295,17 @@ def detect(conf: Any, lib_dir: Optional[str] = None, *, endpoint_ip: Optional[st
     def probe(ip: str) -> WireProtocol:
         protocol = WireProtocol(ip, lib_dir, conf, sleep=sleep, **kw)
         protocol.wire.check_versions()
+        if not certificates:
+            protocol.transport_cert_pending = transport_cert
+            protocol.fetch_goal_state_document()
+            return protocol
         if transport_cert:
-            try:
-                from guestagent.protocol.certificates import ensure_transport_cert
-
-                ensure_transport_cert(lib_dir)
-            except Exception as e:  # upstream only logs generation errors
-                log.error("Failed to generate the transport certificate: {0}", e)
+            make_transport_cert(lib_dir)
         protocol.update_goal_state(force=True)
         return protocol
 
     return endpoint.detect(conf, lib_dir, probe, endpoint_ip=endpoint_ip, sleep=sleep, attempts=attempts)
 
 
-__all__ = ["GoalState", "ProtocolError", "ProtocolNotFoundError", "WireProtocol", "detect", "from_files"]
+__all__ = ["GoalState", "ProtocolError", "ProtocolNotFoundError", "WireProtocol", "detect", "from_files",
+           "make_transport_cert"]

@@ -20,7 +20,8 @@ from guestagent.errors import AgentError, ProtocolError, ProvisionError
 from guestagent.osutil import distros, system
 from guestagent.provisioning import cloudinit, marker
 
-Detect = Callable[[Any, str], Any]
+#: ``detect(conf, lib_dir, certificates=...)`` (guestagent.protocol.detect, or a test's stand-in).
+Detect = Callable[..., Any]
 
 
 @dataclass
@@ -66,6 +67,9 @@ class _Flow:
         self.sleep = sleep
         self.result = HandlerResult()
         self._detect_error: Optional[AgentError] = None
+        #: Whether detection must fetch the certificates (provisioning deploys keys by thumbprint);
+        #: without them the daemon needs neither the transport certificate nor cryptography.
+        self.certificates = False
 
     # --- protocol and health ---------------------------------------------------------------------
     def protocol(self) -> Any:
@@ -77,7 +81,7 @@ class _Flow:
             if detect is None:
                 from guestagent.protocol import detect
             try:
-                self.result.protocol = detect(self.conf, self.lib_dir)
+                self.result.protocol = detect(self.conf, self.lib_dir, certificates=self.certificates)
             except AgentError as e:
                 self._detect_error = e
                 raise
@@ -131,6 +135,13 @@ class _Flow:
             system.write_file(os.path.join(self.lib_dir, "disable_agent"), "", mode=0o644)
 
 
+def needs_certificates(ovf: Any) -> bool:
+    """Provisioning reads ``<thumbprint>.crt``/``.prv`` for an SSH key given without its value and
+    for every key pair; everything else it does needs no certificate."""
+    return any(getattr(k, "value", None) is None for k in getattr(ovf, "ssh_pubkeys", ()) or ()) or bool(
+        getattr(ovf, "ssh_keypairs", None))
+
+
 class AgentFlow(_Flow):
     """The agent's own provisioning (05 §3.3)."""
 
@@ -156,6 +167,7 @@ class AgentFlow(_Flow):
                                      "cannot continue")
             log.info("Copying ovf-env.xml")
             ovf = copy_ovf_env(self.lib_dir, self.conf.dvd_mount_point, sleep=self.sleep)
+            self.certificates = needs_certificates(ovf)
             self.protocol()
             self.report_not_ready("Provisioning", "Starting")
             log.info("Starting provisioning")

@@ -183,6 +183,18 @@ class Agent:
         return None
 
 
+#: Modules the lean supervisor must not hold beyond what the interpreter itself loads (a .pth file may
+#: import some): it imports os, select, time and _signal only.
+LEAN_ABSENT = ["typing", "dataclasses", "subprocess", "json", "threading", "re", "signal", "datetime", "pathlib",
+               "guestagent.conf", "guestagent.log", "guestagent.events", "guestagent.osutil.system",
+               "guestagent.daemon.main", "guestagent.protocol", "lxml", "cryptography", "asn1crypto"]
+
+
+def switches(agent: Agent, pid: int) -> int:
+    status = agent.text(f"/proc/{pid}/status") or ""
+    return sum(int(n) for n in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)", status, re.M))
+
+
 @pytest.fixture
 def agent(tmp_path):
     try:
@@ -218,6 +230,16 @@ def test_start_sequence_pid_file_lib_dir_ready_lean_reexec_and_child(agent):
     before = int(re.search(r"lean supervisor \(pid \d+, RSS (\d+) kB", log).group(1))
     after = agent.rss_kb(daemon)
     assert after < before * 0.8, f"supervisor RSS {after} kB vs {before} kB before the re-exec"
+    # the re-exec landed in guestagent.daemon.supervisor before cli imported anything heavy
+    modules = set(agent.wait_log(r"VERBOSE Daemon Daemon Lean supervisor modules: (.*)").group(1).split())
+    assert "guestagent.daemon.supervisor" in modules
+    floor = set(agent.sb.run([interpreter(), "-c", "import sys; print(' '.join(sys.modules))"]).stdout.split())
+    assert not (modules - floor) & set(LEAN_ABSENT), sorted((modules - floor) & set(LEAN_ABSENT))
+    # it sleeps in the kernel while the child works (the child polls every second here)
+    woke = switches(agent, daemon)
+    time.sleep(3)
+    woke = switches(agent, daemon) - woke
+    assert woke <= 2, f"the supervisor woke {woke} times in 3 s"
     # the child: -run-exthandlers, its pid file 0_waagent.pid, the daemon version in its environment
     child_env = agent.sb.host_path(f"/proc/{child}/environ").read_bytes().split(b"\0")
     assert b"_AZURE_GUEST_AGENT_DAEMON_VERSION_=2.15.0.1" in child_env

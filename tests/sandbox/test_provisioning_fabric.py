@@ -23,8 +23,8 @@ from guestagent.provisioning.handler import run_handler
 log.setup(log_file="/var/log/waagent.log", file_verbose=True)
 config = conf.load("/etc/waagent.conf")
 start = time.monotonic()
-r = run_handler(config, detect=lambda c, lib: detect(c, lib, endpoint_ip="{WIRE}", wire_port=8080, hgap_port=32526,
-                                                     sleep=lambda s: None),
+r = run_handler(config, detect=lambda c, lib, **kw: detect(c, lib, endpoint_ip="{WIRE}", wire_port=8080,
+                                                           hgap_port=32526, sleep=lambda s: None, **kw),
                 distro=distros.make("debian", "12"), sleep=lambda s: None)
 print(json.dumps({{"ok": r.ok, "error": r.error, "thumbprint": r.thumbprint, "seconds": time.monotonic() - start}}))
 """

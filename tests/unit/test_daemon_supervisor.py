@@ -11,6 +11,7 @@ import pytest
 
 from guestagent import conf, log
 from guestagent.daemon import main as daemon_main
+from guestagent.daemon import supervisor
 from guestagent.daemon.main import MAX_RESTART_DELAY, QUICK_EXIT, Daemon, RestartPolicy
 from guestagent.osutil import processes
 
@@ -90,22 +91,6 @@ def test_already_running_only_for_a_live_daemon_process(daemon, tmp_root):
         fake.wait()
 
 
-def test_pid_file_is_claimed_when_missing_or_foreign(daemon, tmp_root):
-    lines = Lines()
-    log.add_appender("test", lines)
-    pid_file = tmp_root / "var/run/waagent.pid"
-    daemon._claim_pid_file()
-    assert pid_file.read_text() == str(os.getpid())
-    assert any("is missing; writing" in line for line in lines.lines)
-    pid_file.write_text("12345")
-    daemon._claim_pid_file()
-    assert pid_file.read_text() == str(os.getpid())
-    assert any("holds '12345'" in line for line in lines.lines)
-    count = len(lines.lines)
-    daemon._claim_pid_file()
-    assert len(lines.lines) == count  # already ours: silent
-
-
 def test_child_command_passes_the_configuration_path(daemon, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/usr/sbin/waagent", "-daemon"])
     assert daemon.child_command() == [sys.executable, "-u", "/usr/sbin/waagent", "-run-exthandlers"]
@@ -115,12 +100,43 @@ def test_child_command_passes_the_configuration_path(daemon, monkeypatch):
                                       "-configuration-path:/etc/other.conf"]
 
 
-def test_child_environment_drops_the_supervisor_marker(monkeypatch):
+def test_child_environment_drops_the_supervisor_markers(monkeypatch):
     monkeypatch.setenv(daemon_main.SUPERVISE_ENV, "42")
+    monkeypatch.setenv(daemon_main.SETTINGS_ENV, "pid_file=/x")
     monkeypatch.setenv(daemon_main.DAEMON_VERSION_ENV, "2.15.0.1")
     env = daemon_main._child_env()
-    assert daemon_main.SUPERVISE_ENV not in env and env[daemon_main.DAEMON_VERSION_ENV] == "2.15.0.1"
+    assert daemon_main.SUPERVISE_ENV not in env and daemon_main.SETTINGS_ENV not in env
+    assert env[daemon_main.DAEMON_VERSION_ENV] == "2.15.0.1"
+
+
+def test_supervisor_settings_resolve_paths_levels_and_the_child_command(daemon, tmp_root, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/usr/sbin/waagent", "-daemon"])
+    log.add_appender("file", log.FileAppender(log.VERBOSE, str(tmp_root / "var/log/waagent.log")))
+    s = daemon.supervisor_settings()
+    assert s.pid_file == str(tmp_root / "var/run/waagent.pid") and s.lib_dir == "/var/lib/waagent"
+    assert s.root == str(tmp_root) and s.log_file == str(tmp_root / "var/log/waagent.log")
+    assert (s.file_level, s.stdout_level) == (log.VERBOSE, log.INFO)
+    assert s.child == [sys.executable, "-u", "/usr/sbin/waagent", "-run-exthandlers"]
+    back = supervisor.decode_settings(supervisor.encode_settings(s))
+    assert vars(back) == vars(s)
 
 
 def test_rss_is_read_from_proc():
     assert processes.rss_kb() > 1000
+
+
+def test_transport_certificate_is_made_after_ready_by_the_daemon(daemon, tmp_root):
+    class Detected:
+        calls = 0
+
+        def finish_detection(self):
+            Detected.calls += 1
+
+    daemon._finish_detection(Detected())
+    assert Detected.calls == 1 and not (tmp_root / "var/lib/waagent").exists()  # the protocol's job
+    daemon._finish_detection(None)  # detection failed: the child still needs the pair
+    lib = tmp_root / "var/lib/waagent"
+    assert (lib / "TransportPrivate.pem").stat().st_mode & 0o777 == 0o600
+    cert = (lib / "TransportCert.pem").read_text()
+    daemon._finish_detection(None)
+    assert (lib / "TransportCert.pem").read_text() == cert  # present: not made again

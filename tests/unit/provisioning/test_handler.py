@@ -41,8 +41,8 @@ def env(tmp_root, monkeypatch):
     rec = Recorder()
     detected = []
 
-    def detect(conf, lib_dir):
-        detected.append(lib_dir)
+    def detect(conf, lib_dir, **kw):
+        detected.append(kw.get("certificates"))
         return rec
 
     return tmp_root, rec, detect, detected
@@ -60,7 +60,8 @@ def test_instance_id_byte_order():
 def test_disabled_writes_marker_and_reports_ready(env):
     root, rec, detect, detected = env
     protocol = handler.provision(cfg("Provisioning.Agent=disabled\n"), detect=detect)
-    assert protocol is rec and rec.reports == [("Ready",)] and len(detected) == 1
+    assert protocol is rec and rec.reports == [("Ready",)]
+    assert detected == [False]  # nothing needs certificates: no transport cert, no Certificates fetch
     assert (root / "var/lib/waagent/provisioned").read_text() == VMID
 
 
@@ -74,11 +75,12 @@ def test_legacy_provisioning_enabled_n_means_disabled(env):
 
 @pytest.mark.parametrize("recorded", [VMID, SMBIOS, VMID.lower()])
 def test_already_provisioned_skips_everything(env, recorded):
-    root, rec, detect, _ = env
+    root, rec, detect, detected = env
     (root / "var/lib/waagent/provisioned").write_text(recorded)
     result = handler.run_handler(cfg(), detect=detect)
     assert result.ok and result.skipped and rec.reports == []
     assert handler.provision(cfg(), detect=detect) is rec  # the daemon still gets its protocol
+    assert detected == [False]
 
 
 def test_changed_unique_id_cleans_state_and_reports_ready(env):
@@ -130,7 +132,7 @@ def test_detection_failure_is_reported_once_and_daemon_goes_on(env):
 
     calls = []
 
-    def failing(conf, lib_dir):
+    def failing(conf, lib_dir, **kw):
         calls.append(1)
         raise ProtocolError("no endpoint")
 
@@ -195,3 +197,15 @@ def test_cloud_init_host_key_wait_sees_a_late_key_and_gives_up_on_garbage(env):
     with pytest.raises(ProvisionError, match=r"Giving up, ssh host key was not found"):
         cloudinit.wait_for_host_key("/etc/ssh", "rsa", max_retry=3, sleep=slept.append)
     assert slept == [1.0, 1.0]
+
+
+def test_only_keys_by_thumbprint_make_provisioning_need_certificates():
+    from guestagent.provisioning.ovfenv import KeyPair, OvfEnv, PublicKey
+
+    base = OvfEnv(version="1.0", hostname="h", username="u", user_password="secret-pw")
+    assert not handler.needs_certificates(base)
+    by_value = PublicKey("/home/u/.ssh/authorized_keys", "ABCD", "ssh-rsa AAAA u@h")
+    by_thumbprint = PublicKey("/home/u/.ssh/authorized_keys", "ABCD", None)
+    assert not handler.needs_certificates(OvfEnv("1.0", "h", "u", ssh_pubkeys=[by_value]))
+    assert handler.needs_certificates(OvfEnv("1.0", "h", "u", ssh_pubkeys=[by_value, by_thumbprint]))
+    assert handler.needs_certificates(OvfEnv("1.0", "h", "u", ssh_keypairs=[KeyPair("/home/u/.ssh/id_rsa", "AB")]))
