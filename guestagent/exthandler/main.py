@@ -101,6 +101,8 @@ class ExtHandler:
         self._write_pid_file()
         self._check_sentinel()
         self._make_secrets_read_only()
+        # from now on a new certificate bundle is decrypted beside the loop (waited for only where needed)
+        self.protocol.async_certificates = True
         self.extensions = self._make_extensions_manager()
         self._start_threads()
         log.info("Goal State Period: {0} sec. This indicates how often the agent checks for new goal states "
@@ -296,6 +298,10 @@ class ExtHandler:
         history = getattr(self.protocol, "history", None)
         if history is None:
             return
+        goal_state = getattr(self.protocol, "goal_state", None)
+        job = getattr(goal_state, "certificates_job", None)
+        if job is not None and not job.done() and job.history_folder != history.current:
+            goal_state.wait_for_certificates()  # its Certificates.json goes to a folder archive() may zip
         try:
             history.archive()
         except Exception as e:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.errors import CryptError
@@ -86,6 +85,8 @@ def parse_certificates_xml(xml_text: str) -> CertificatesDocument:
 
 def thumbprint(cert_der: bytes) -> str:
     """SHA-1 of the DER certificate, upper-case hex without separators (as the fabric names them)."""
+    import hashlib  # here: _hashlib maps libcrypto (~3 MB resident) into whoever imports it
+
     return hashlib.sha1(cert_der).hexdigest().upper()
 
 
@@ -383,6 +384,54 @@ def process_certificates_isolated(xml_text: str, lib_dir: str) -> CertificateLis
         return process_certificates(xml_text, lib_dir)
     return CertificateList((CertSummary(t, bool(k)) for t, k in data["certs"]), error=data["error"],
                            decrypt_failed=bool(data["decrypt_failed"]))
+
+
+class CertificatesJob:
+    """The tenant certificates of one goal state, decrypted off the main thread.
+
+    The helper interpreter (certificates.process_certificates_isolated) costs ~0.4 s per new goal state;
+    a disable, or an update whose certificates are already on disk, must not pay it (issue 5 item 11).
+    ``work`` never raises (certificate errors never fail a goal state); ``on_done`` runs in the worker.
+    """
+
+    def __init__(self, work: Callable[[], list], on_done: Optional[Callable[[list], None]] = None,
+                 thread_name: Optional[str] = None):
+        import threading
+
+        self.result: list = []
+        self.finished_at: Optional[float] = None
+        self.history_folder: Optional[str] = None  # where its Certificates.json goes (set by the caller)
+        self._work, self._on_done = work, on_done
+        self._done = threading.Event()
+        # the caller's thread name: the helper's log lines read as upstream's ("ExtHandler ... Downloaded ...")
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=thread_name or threading.current_thread().name)
+
+    def start(self) -> CertificatesJob:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import time
+
+        from guestagent import log
+
+        try:
+            self.result = self._work()
+            if self._on_done is not None:
+                self._on_done(self.result)
+        except Exception as e:  # work() already contains its errors; this is the last line of defence
+            log.error("Error processing the goal state certificates: {0}", e)
+        finally:
+            self.finished_at = time.monotonic()
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """True when finished (at once when it already was)."""
+        return self._done.wait(timeout)
 
 
 def _child_main(argv: list[str]) -> int:

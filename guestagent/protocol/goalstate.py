@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from guestagent.errors import ProtocolError, XmlError
 from guestagent.protocol import xml
 
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 MIN_TIMESTAMP = "0001-01-01T00:00:00.000000Z"
+#: While vmSettings answers, the longest a change that reaches only the WireServer (new certificates, JIT
+#: users: vmSettings does not move) goes unseen, in seconds (docs/benchmarks.md; upstream: one period).
+WIRE_SERVER_POLL = 30.0
 
 
 @dataclass
@@ -218,6 +221,23 @@ class GoalState:
     extensions_goal_state: Any = None
     history_folder: Optional[str] = None
     fast_track_supported: bool = False
+    certificates_job: Any = field(default=None, repr=False, compare=False)
+
+    def wait_for_certificates(self, timeout: Optional[float] = None) -> list:
+        """The certificate summary, once the helper that decrypts this goal state's bundle has finished.
+
+        Only code that reads the tenant certificates calls this (a handler command whose protected settings
+        name a ``<thumbprint>.prv`` not on disk yet, the history archive): nothing else waits for the helper."""
+        job = self.certificates_job
+        if job is not None and job.wait(timeout):
+            self.certs = job.result
+            self.certificates_job = None
+        return self.certs
+
+    @property
+    def certificates_pending(self) -> bool:
+        job = self.certificates_job
+        return job is not None and not job.done()
 
     @property
     def incarnation(self) -> str:
@@ -253,28 +273,9 @@ def _timestamp_of(egs: Any) -> str:
 
 
 def _parse_extensions_config(text: str, incarnation: str) -> Any:
-    try:
-        from guestagent.protocol.extconfig import parse_extensions_config
-    except ImportError:  # extconfig.py not installed yet: keep the status blob, no handlers
-        root = xml.parse(text, what="ExtensionsConfig")
-        blob = xml.find(root, "StatusUploadBlob")
-        blob_type = xml.attr(blob, "statusBlobType") or "BlockBlob"
-        return EmptyExtensionsGoalState(
-            incarnation=incarnation, source="Fabric", channel="WireServer",
-            status_upload_blob=(xml.text(blob) or "").strip() or None,
-            status_upload_blob_type=blob_type if blob_type in ("BlockBlob", "PageBlob") else "BlockBlob",
-            artifacts_profile_blob=(xml.findtext(root, "InVMArtifactsProfileBlob") or "").strip() or None)
-    import inspect
+    from guestagent.protocol.extconfig import parse_extensions_config
 
-    if "incarnation" in inspect.signature(parse_extensions_config).parameters:
-        return parse_extensions_config(text, incarnation=incarnation)
-    egs = parse_extensions_config(text)
-    if not getattr(egs, "incarnation", None):
-        try:
-            egs.incarnation = incarnation
-        except AttributeError:
-            pass
-    return egs
+    return parse_extensions_config(text, incarnation=incarnation)
 
 
 def _settings_thumbprints(egs: Any) -> set[str]:
@@ -290,29 +291,82 @@ def _settings_thumbprints(egs: Any) -> set[str]:
 
 
 class GoalStateUpdater:
-    """Owns the "what changed" state between updates of one :class:`~guestagent.protocol.WireProtocol`."""
+    """Owns the "what changed" state between updates of one :class:`~guestagent.protocol.WireProtocol`.
 
-    def __init__(self, protocol: Any):
+    Polling (issue 3 item 10): while the HostGAPlugin serves vmSettings, each update asks it first
+    (``If-None-Match`` → 304) and fetches ``?comp=goalstate`` only when the vmSettings ETag moved (any
+    source: a Fabric goal state with new extensions changes ``inSvdSeqNo`` and the ETag), when forced, or
+    when the last WireServer fetch is older than :data:`WIRE_SERVER_POLL` — changes that reach only the
+    WireServer (tenant certificate rotation, JIT users) do not move vmSettings. Without vmSettings, or
+    when the request fails, the WireServer is polled every update as upstream does.
+
+    ``async_certificates`` (the ext-handler child sets it on the protocol): a new bundle is decrypted by a
+    ``certificates.CertificatesJob``; only :meth:`GoalState.wait_for_certificates` waits for it.
+    """
+
+    def __init__(self, protocol: Any, clock: Optional[Callable[[], float]] = None):
+        import time
+
         self.p = protocol
+        self.clock = clock or time.monotonic
         self.gs: Optional[GoalState] = None
         self._vm_egs: Any = None
         self._vm_etag_used: Optional[str] = None
+        self._vm_etag_seen: Optional[str] = None
         self._parse_error_etags: set[str] = set()
+        self._last_ws_fetch: Optional[float] = None
+        self._certificates_job: Any = None
+
+    @property
+    def async_certificates(self) -> bool:
+        return bool(getattr(self.p, "async_certificates", False))
+
+    def _fetch_ws(self) -> tuple[str, GoalStateDocument]:
+        text = self.p.wire.fetch_goal_state_xml()
+        doc = parse_goal_state(text)
+        self.p.host_plugin.update_headers(doc.container_id, doc.role_config_name)
+        self._last_ws_fetch = self.clock()
+        return text, doc
+
+    def _vm_settings_first(self, force: bool) -> bool:
+        p = self.p
+        return (not force and self.gs is not None and self._last_ws_fetch is not None and p.fast_track_enabled
+                and p.host_plugin.supports_vm_settings and self._vm_etag_seen is not None
+                and self.clock() - self._last_ws_fetch < WIRE_SERVER_POLL)
 
     def update(self, force: bool = False) -> GoalState:
+        try:
+            return self._update(force)
+        except BaseException:
+            self._vm_etag_seen = None  # a change seen in vmSettings but not applied: ask the WireServer next time
+            raise
+
+    def _update(self, force: bool) -> GoalState:
         from guestagent.errors import VmSettingsSupportStopped
 
         p = self.p
-        text = p.wire.fetch_goal_state_xml()
-        doc = parse_goal_state(text)
-        p.host_plugin.update_headers(doc.container_id, doc.role_config_name)
-        ws_changed = force or self.gs is None or doc.incarnation != self.gs.incarnation
-        vm, vm_changed = None, False
-        if p.fast_track_enabled:
+        if self._vm_settings_first(force):
             try:
-                vm, vm_changed = self._vm_settings(force)
+                vm, vm_changed, vm_moved = self._vm_settings(False)
             except VmSettingsSupportStopped as e:
+                text, doc = self._fetch_ws()
                 return self._support_stopped(doc, text, e.timestamp)
+            except Exception:
+                self._fetch_ws()  # as before: the WireServer is polled, then the update fails this cycle
+                raise
+            if not vm_moved and p.host_plugin.supports_vm_settings and self.gs is not None:
+                self.gs.fast_track_supported = True
+                return self.gs
+            text, doc = self._fetch_ws()
+        else:
+            text, doc = self._fetch_ws()
+            vm, vm_changed = None, False
+            if p.fast_track_enabled:
+                try:
+                    vm, vm_changed, _ = self._vm_settings(force)
+                except VmSettingsSupportStopped as e:
+                    return self._support_stopped(doc, text, e.timestamp)
+        ws_changed = force or self.gs is None or doc.incarnation != self.gs.incarnation
         if not ws_changed and not vm_changed and self.gs is not None:
             self.gs.document = doc
             self.gs.fast_track_supported = p.host_plugin.supports_vm_settings
@@ -327,6 +381,7 @@ class GoalStateUpdater:
         if not ws_changed and self.gs is not None:
             new.hosting_env, new.shared_config = self.gs.hosting_env, self.gs.shared_config
             new.certs, new.remote_access = self.gs.certs, self.gs.remote_access
+            new.certificates_job = self.gs.certificates_job
         if ws_egs is not None and vm is not None:
             candidate = vm if _timestamp_of(vm) > _timestamp_of(ws_egs) else ws_egs
         else:
@@ -341,23 +396,29 @@ class GoalStateUpdater:
         self.gs = new
         return new
 
-    def _vm_settings(self, force: bool) -> tuple[Any, bool]:
+    def _vm_settings(self, force: bool) -> tuple[Any, bool, bool]:
+        """(FastTrack extensions goal state or None, it changed, the vmSettings ETag moved — any source)."""
         from guestagent.errors import VmSettingsNotSupported, VmSettingsParseError, VmSettingsSupportStopped
 
         try:
             resp = self.p.fetch_vm_settings(force)
         except VmSettingsSupportStopped:
+            self._vm_etag_seen = None
             raise
         except VmSettingsNotSupported:
-            return None, False
+            self._vm_etag_seen = None
+            return None, False, False
+        moved = resp.etag != self._vm_etag_seen
+        self._vm_etag_seen = resp.etag
         if resp.source == "Fabric":
-            return None, False
+            return None, False, moved
         if self._vm_egs is None or resp.etag != self._vm_etag_used or (resp.updated and force):
             try:
                 from guestagent.protocol.extconfig import parse_vm_settings
 
                 egs = parse_vm_settings(resp.text, resp.etag)
             except Exception as e:
+                self._vm_etag_seen = None  # not understood: the next update polls the WireServer too
                 if resp.etag not in self._parse_error_etags:
                     self._parse_error_etags.add(resp.etag)
                     self.p.history.start(resp.etag)
@@ -367,8 +428,8 @@ class GoalStateUpdater:
                 raise VmSettingsParseError(f"Error parsing vmSettings [etag {resp.etag}]", e) from None
             changed = resp.etag != self._vm_etag_used or force
             self._vm_egs, self._vm_etag_used = egs, resp.etag
-            return egs, changed
-        return self._vm_egs, False
+            return egs, changed, moved
+        return self._vm_egs, False, moved
 
     def _support_stopped(self, doc: GoalStateDocument, text: str, fast_track_timestamp: str) -> GoalState:
         from guestagent import log
@@ -406,8 +467,7 @@ class GoalStateUpdater:
                 system.write_file(os.path.join(p.lib_dir, "SharedConfig.xml"), gs.shared_config.xml_text,
                                   fsync=False)
                 p.history.save("SharedConfig.xml", gs.shared_config.xml_text)
-            gs.certs = self._fetch_certificates(doc)
-            p.history.save_certificates(gs.certs)
+            self._certificates(gs)
             if doc.remote_access_uri:
                 from guestagent.protocol.wireserver import CIPHER_AES
 
@@ -421,10 +481,8 @@ class GoalStateUpdater:
     def _fetch_extensions_config(self, doc: GoalStateDocument) -> Any:
         p = self.p
         if not doc.extensions_config_uri:
-            try:
-                from guestagent.protocol.extconfig import empty_goal_state
-            except ImportError:
-                return EmptyExtensionsGoalState(incarnation=doc.incarnation)
+            from guestagent.protocol.extconfig import empty_goal_state
+
             return empty_goal_state(doc.incarnation)
         text = p.wire.fetch(doc.extensions_config_uri)
         egs = _parse_extensions_config(text, doc.incarnation)
@@ -445,7 +503,43 @@ class GoalStateUpdater:
                 pass
         return egs
 
-    def _fetch_certificates(self, doc: GoalStateDocument) -> list:
+    def _certificates(self, gs: GoalState) -> None:
+        """Certificates (01 §7.2): fetched now; decrypted now, or by a CertificatesJob (async_certificates)."""
+        from guestagent.protocol.wireserver import CIPHER_AES
+
+        if self._certificates_job is not None:
+            self._certificates_job.wait()  # one bundle at a time: both would write the same files
+            self._certificates_job = None
+        doc = gs.document
+        if not self.async_certificates or not doc.certificates_uri:
+            gs.certs = self._fetch_certificates(doc)
+            self.p.history.save_certificates(gs.certs)
+            return
+        try:  # the request stays on this thread, in upstream's order; only the decryption moves
+            first: tuple = (CIPHER_AES, self.p.wire.fetch(doc.certificates_uri, self.p.wire.encrypted_headers(
+                CIPHER_AES)))
+        except Exception as e:
+            first = (CIPHER_AES, e)
+        from guestagent.protocol.certificates import CertificatesJob
+
+        history = self.p.history
+        folder = gs.history_folder
+
+        def save(certs: list) -> None:
+            if history.enabled and folder:
+                from guestagent.protocol.history import History
+
+                copy = History(history.lib_dir, enabled=True)
+                copy.current = folder
+                copy.save_certificates(certs)
+
+        job = CertificatesJob(lambda: self._fetch_certificates(doc, first), save)
+        job.history_folder = folder
+        gs.certificates_job = self._certificates_job = job.start()
+
+    def _fetch_certificates(self, doc: GoalStateDocument, first: Optional[tuple] = None) -> list:
+        """The first cipher that decrypts (AES128_CBC, then DES_EDE3_CBC); ``first``: (cipher, text or the
+        error) already fetched for the first cipher."""
         from guestagent import log
         from guestagent.protocol.wireserver import CIPHER_3DES, CIPHER_AES
 
@@ -453,7 +547,12 @@ class GoalStateUpdater:
             return []
         for cipher in (CIPHER_AES, CIPHER_3DES):
             try:
-                text = self.p.wire.fetch(doc.certificates_uri, self.p.wire.encrypted_headers(cipher))
+                if first is not None and first[0] == cipher:
+                    if isinstance(first[1], Exception):
+                        raise first[1]
+                    text = first[1]
+                else:
+                    text = self.p.wire.fetch(doc.certificates_uri, self.p.wire.encrypted_headers(cipher))
                 envelope = parse_certificates_document(text)
                 from guestagent.protocol.certificates import process_certificates_isolated
 
@@ -474,14 +573,21 @@ class GoalStateUpdater:
         from guestagent import log
         from guestagent.osutil import system
 
+        needed = _settings_thumbprints(gs.extensions_goal_state)
+        if gs.certificates_pending:
+            if all(system.exists(os.path.join(self.p.lib_dir, f"{t}.prv")) for t in needed):
+                return  # the running job rewrites every certificate of the bundle anyway
+            gs.wait_for_certificates()
         have = {str(getattr(c, "thumbprint", "") or "").upper() for c in gs.certs}
         missing_files = [t for t in have if t and not system.exists(os.path.join(self.p.lib_dir, f"{t}.crt"))]
-        missing = _settings_thumbprints(gs.extensions_goal_state) - have
+        missing = needed - have
         if not missing_files and not missing:
             return
         log.info("FastTrack goal state needs certificates not on disk ({0}); fetching the certificates again",
                  sorted(missing | set(missing_files)))
+        if self._certificates_job is not None:
+            self._certificates_job.wait()
         gs.certs = self._fetch_certificates(gs.document)
         have = {str(getattr(c, "thumbprint", "") or "").upper() for c in gs.certs}
-        if _settings_thumbprints(gs.extensions_goal_state) - have:
+        if needed - have:
             log.warn("Some extensions' protected settings use certificates the goal state does not have")

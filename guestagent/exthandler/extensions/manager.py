@@ -82,6 +82,7 @@ class ExtensionsManager:
         self.gs_status: Optional[dict] = None
         self.unsupported = False
         self.processed_goal_states = 0
+        self._wait_for_certificates: Optional[Callable[[], Any]] = None
         self._manifests: dict = {}
         self._uninstall_exit: dict = {}
         self._done: set = set()
@@ -117,6 +118,7 @@ class ExtensionsManager:
 
         egs = getattr(goal_state, "extensions_goal_state", goal_state)
         seq = getattr(egs, "svd_sequence_number", "") or getattr(goal_state, "incarnation", "")
+        self._wait_for_certificates = getattr(goal_state, "wait_for_certificates", None)
         try:
             self._process(egs)
             if not self.unsupported:
@@ -191,6 +193,7 @@ class ExtensionsManager:
             if ext.invalid_setting_reason:
                 raise ExtensionError(f"Extension will not be processed since its configuration is invalid: "
                                      f"{ext.invalid_setting_reason}. Please retry with updated settings.", code=-1)
+            self._certificates_for(ext)
             if ext.state == "enabled":
                 self._enable(ext, settings, first_after_restart)
             elif ext.state == "uninstall":
@@ -205,6 +208,25 @@ class ExtensionsManager:
             log.error("[{0}] {1}", ext.name, err.msg)
             self._report(ext, settings, err, self._version_for_report(ext))
             return False
+
+    def _certificates_for(self, ext: Extension) -> None:
+        """Before any command of ``ext``: if its protected settings name a ``<thumbprint>.prv`` not on disk
+        yet, wait for the goal state's certificate helper; otherwise (a disable, an update with the
+        certificates already there) go on at once."""
+        wait = self._wait_for_certificates
+        if wait is None:
+            return
+        missing = sorted({str(s.certificate_thumbprint).upper() for s in ext.settings
+                          if s.protected_settings and s.certificate_thumbprint} - self._on_disk_thumbprints())
+        if missing:
+            log.verbose("[{0}] waiting for the certificates {1}", ext.name, missing)
+            wait()
+
+    def _on_disk_thumbprints(self) -> set:
+        try:
+            return {n[:-4].upper() for n in os.listdir(system.path(self.lib_dir)) if n.endswith(".prv")}
+        except OSError:
+            return set()
 
     def _report(self, ext: Extension, settings: Optional[ExtensionSettings], err: ExtensionError,
                 version: str) -> None:
