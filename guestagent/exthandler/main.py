@@ -18,7 +18,7 @@ import uuid
 from typing import Any, Callable, Optional
 
 from guestagent import log
-from guestagent.osutil import system
+from guestagent.osutil import processes, system
 from guestagent.osutil.processes import pid_alive
 from guestagent.periodic import PeriodicThread
 from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
@@ -289,6 +289,7 @@ class ExtHandler:
                 self.last_incarnation = getattr(goal_state, "incarnation", None)
                 self.report_status(goal_state)
                 self._archive_history()
+                processes.release_free_heap()
                 return
         self.report_status(goal_state)
         if goal_state is not None:
