@@ -89,7 +89,7 @@ class WireProtocol:
     def update_goal_state(self, force: bool = False) -> GoalState:
         """Fetch ?comp=goalstate (+ vmSettings); on a change fetch the rest (01 §4.3, 02 §4.1)."""
         if self._updater is None:
-            from guestagent.protocol.goalstate import GoalStateUpdater
+            from guestagent.protocol.goalstate_updater import GoalStateUpdater
 
             self._updater = GoalStateUpdater(self)
         self.goal_state = self._updater.update(force=force)

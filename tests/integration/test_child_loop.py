@@ -111,9 +111,9 @@ def test_default_refresh_is_a_minute_and_long_periods_do_not_stretch_it(tmp_path
 
 def test_goal_state_errors_logged_three_in_a_row_then_throttled_and_recovery_resets(child, fabric, lines,
                                                                                    monkeypatch):
-    from guestagent.protocol import goalstate
+    from guestagent.protocol import goalstate_updater
 
-    monkeypatch.setattr(goalstate, "WIRE_SERVER_POLL", 0.0)  # the WireServer is asked every iteration here
+    monkeypatch.setattr(goalstate_updater, "WIRE_SERVER_POLL", 0.0)  # the WireServer is asked every iteration here
     lib = child.lib_dir
     child.iterate()
     fabric.faults.add("goalstate", status=410, count=5)

@@ -14,7 +14,7 @@ import pytest
 import guestagent.protocol
 from guestagent.errors import ProtocolError
 from guestagent.protocol import WireProtocol
-from guestagent.protocol.goalstate import WIRE_SERVER_POLL, GoalStateUpdater
+from guestagent.protocol.goalstate_updater import WIRE_SERVER_POLL, GoalStateUpdater
 
 PERIOD = 6.0
 

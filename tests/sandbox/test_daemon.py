@@ -357,7 +357,7 @@ HARD_FAULTS = [
 ]
 
 
-#: While vmSettings answers, the WireServer goal state is fetched only every 30 s (goalstate.WIRE_SERVER_POLL);
+#: While vmSettings answers, the WireServer goal state is fetched only every 30 s (goalstate_updater.WIRE_SERVER_POLL);
 #: the goal-state fault tests want it every period, as upstream polls it: no vmSettings for them.
 WIRESERVER_EVERY_PERIOD = pytest.mark.parametrize("agent", [{"Debug.EnableFastTrack": "n"}], indirect=True,
                                                   ids=["no-vmsettings"])

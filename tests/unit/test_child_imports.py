@@ -85,7 +85,8 @@ def test_the_idle_child_holds_none_of_the_heavy_modules(idle_child_modules):
 
 def test_the_idle_child_parses_xml_with_expat_and_runs_the_protocol(idle_child_modules):
     # The check above must not pass because nothing ran: the parser and the protocol client are there.
-    assert {"pyexpat", "guestagent.protocol.xml", "guestagent.protocol.goalstate", "guestagent.protocol.http",
+    assert {"pyexpat", "guestagent.protocol.xml", "guestagent.protocol.goalstate",
+            "guestagent.protocol.goalstate_updater", "guestagent.protocol.http",
             "guestagent.exthandler.main"} <= idle_child_modules
 
 

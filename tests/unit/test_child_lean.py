@@ -21,7 +21,8 @@ _spec.loader.exec_module(vectors)
 CHILD_MODULES = ["guestagent.exthandler.main", "guestagent.exthandler.extensions.manager",
                  "guestagent.exthandler.monitor", "guestagent.exthandler.env", "guestagent.exthandler.telemetry",
                  "guestagent.exthandler.cgroups", "guestagent.exthandler.logcollector",
-                 "guestagent.exthandler.remoteaccess", "guestagent.protocol", "guestagent.protocol.goalstate"]
+                 "guestagent.exthandler.remoteaccess", "guestagent.protocol", "guestagent.protocol.goalstate",
+                 "guestagent.protocol.goalstate_updater"]
 HEAVY = ["ssl", "urllib.request", "http.client", "cryptography", "asn1crypto", "psutil", "pyroute2", "email",
          # XML on the interpreter's expat: no lxml (~5.5 MB), no ElementTree/minidom/sax (issue 3 item 10)
          "lxml", "xml.etree", "xml.dom", "xml.sax",

@@ -1,0 +1,359 @@
+"""The goal-state update cycle (01 §4.3, 02 §4): when to poll the WireServer and vmSettings, what to fetch
+on a change, and the certificate helper job a new bundle starts.
+
+Kept apart from goalstate.py (the documents and their parsers) so that code needing only the models does
+not carry the polling state machine; both stay on the ext-handler child's lean import footprint.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from guestagent.errors import ProtocolError
+from guestagent.protocol.goalstate import (
+    MIN_TIMESTAMP,
+    GoalState,
+    GoalStateDocument,
+    parse_certificates_document,
+    parse_goal_state,
+    parse_hosting_env,
+    parse_on_hold,
+    parse_remote_access,
+    parse_shared_config,
+)
+
+#: While vmSettings answers, the longest a change that reaches only the WireServer (new certificates, JIT
+#: users: vmSettings does not move) goes unseen, in seconds (docs/benchmarks.md; upstream: one period).
+WIRE_SERVER_POLL = 30.0
+
+
+def _timestamp_of(egs: Any) -> str:
+    if egs is None:
+        return MIN_TIMESTAMP
+    stamp = getattr(egs, "created_on_timestamp", None)
+    if isinstance(stamp, str) and stamp:
+        return stamp
+    from guestagent.protocol.hostplugin import ticks_to_timestamp
+
+    return ticks_to_timestamp(getattr(egs, "created_on_ticks", 0) or 0)
+
+
+def _parse_extensions_config(text: str, incarnation: str) -> Any:
+    from guestagent.protocol.extconfig import parse_extensions_config
+
+    return parse_extensions_config(text, incarnation=incarnation)
+
+
+def _settings_thumbprints(egs: Any) -> set[str]:
+    """Thumbprints named by settings that carry protected settings (02 §4.3)."""
+    needed: set[str] = set()
+    for ext in getattr(egs, "extensions", None) or []:
+        for s in getattr(ext, "settings", None) or []:
+            protected = getattr(s, "protected_settings", None) or getattr(s, "protectedSettings", None)
+            thumb = getattr(s, "certificate_thumbprint", None) or getattr(s, "certificateThumbprint", None)
+            if protected and thumb:
+                needed.add(str(thumb).upper())
+    return needed
+
+
+class GoalStateUpdater:
+    """Owns the "what changed" state between updates of one :class:`~guestagent.protocol.WireProtocol`.
+
+    Polling (issue 3 item 10): while the HostGAPlugin serves vmSettings, each update asks it first
+    (``If-None-Match`` → 304) and fetches ``?comp=goalstate`` only when the vmSettings ETag moved (any
+    source: a Fabric goal state with new extensions changes ``inSvdSeqNo`` and the ETag), when forced, or
+    when the last WireServer fetch is older than :data:`WIRE_SERVER_POLL` — changes that reach only the
+    WireServer (tenant certificate rotation, JIT users) do not move vmSettings. Without vmSettings, or
+    when the request fails, the WireServer is polled every update as upstream does.
+
+    ``async_certificates`` (the ext-handler child sets it on the protocol): a new bundle is decrypted by a
+    ``certificates.CertificatesJob``; only :meth:`GoalState.wait_for_certificates` waits for it.
+    """
+
+    def __init__(self, protocol: Any, clock: Optional[Callable[[], float]] = None):
+        import time
+
+        self.p = protocol
+        self.clock = clock or time.monotonic
+        self.gs: Optional[GoalState] = None
+        self._vm_egs: Any = None
+        self._vm_etag_used: Optional[str] = None
+        self._vm_etag_seen: Optional[str] = None
+        self._parse_error_etags: set[str] = set()
+        self._last_ws_fetch: Optional[float] = None
+        self._certificates_job: Any = None
+
+    @property
+    def async_certificates(self) -> bool:
+        return bool(getattr(self.p, "async_certificates", False))
+
+    def _fetch_ws(self) -> tuple[str, GoalStateDocument]:
+        text = self.p.wire.fetch_goal_state_xml()
+        doc = parse_goal_state(text)
+        self.p.host_plugin.update_headers(doc.container_id, doc.role_config_name)
+        self._last_ws_fetch = self.clock()
+        return text, doc
+
+    def _vm_settings_first(self, force: bool) -> bool:
+        p = self.p
+        return (not force and self.gs is not None and self._last_ws_fetch is not None and p.fast_track_enabled
+                and p.host_plugin.supports_vm_settings and self._vm_etag_seen is not None
+                and self.clock() - self._last_ws_fetch < WIRE_SERVER_POLL)
+
+    def update(self, force: bool = False) -> GoalState:
+        try:
+            return self._update(force)
+        except BaseException:
+            self._vm_etag_seen = None  # a change seen in vmSettings but not applied: ask the WireServer next time
+            raise
+
+    def _update(self, force: bool) -> GoalState:
+        from guestagent.errors import VmSettingsSupportStopped
+
+        p = self.p
+        if self._vm_settings_first(force):
+            try:
+                vm, vm_changed, vm_moved = self._vm_settings(False)
+            except VmSettingsSupportStopped as e:
+                text, doc = self._fetch_ws()
+                return self._support_stopped(doc, text, e.timestamp)
+            except Exception:
+                self._fetch_ws()  # as before: the WireServer is polled, then the update fails this cycle
+                raise
+            if not vm_moved and p.host_plugin.supports_vm_settings and self.gs is not None:
+                self.gs.fast_track_supported = True
+                return self.gs
+            text, doc = self._fetch_ws()
+        else:
+            text, doc = self._fetch_ws()
+            vm, vm_changed = None, False
+            if p.fast_track_enabled:
+                try:
+                    vm, vm_changed, _ = self._vm_settings(force)
+                except VmSettingsSupportStopped as e:
+                    return self._support_stopped(doc, text, e.timestamp)
+        ws_changed = force or self.gs is None or doc.incarnation != self.gs.incarnation
+        if not ws_changed and not vm_changed and self.gs is not None:
+            self.gs.document = doc
+            self.gs.fast_track_supported = p.host_plugin.supports_vm_settings
+            return self.gs
+        tag = doc.incarnation if vm is None else f"{doc.incarnation}-{self._vm_etag_used}"
+        new = GoalState(document=doc, history_folder=p.history.start(tag))
+        if ws_changed:
+            p.history.save_goal_state(text)
+        if vm_changed:
+            p.history.save_vm_settings(p.host_plugin._vm_settings_cache.text)
+        ws_egs = self._fetch_full(new) if ws_changed else None
+        if not ws_changed and self.gs is not None:
+            new.hosting_env, new.shared_config = self.gs.hosting_env, self.gs.shared_config
+            new.certs, new.remote_access = self.gs.certs, self.gs.remote_access
+            new.certificates_job = self.gs.certificates_job
+        if ws_egs is not None and vm is not None:
+            candidate = vm if _timestamp_of(vm) > _timestamp_of(ws_egs) else ws_egs
+        else:
+            candidate = ws_egs if ws_egs is not None else vm
+        current = self.gs.extensions_goal_state if self.gs is not None else None
+        if candidate is None or (current is not None and _timestamp_of(candidate) < _timestamp_of(current)):
+            candidate = current
+        new.extensions_goal_state = candidate
+        new.fast_track_supported = p.host_plugin.supports_vm_settings
+        if getattr(candidate, "source", None) == "FastTrack" and candidate is not current:
+            self._check_fast_track_certs(new)
+        self.gs = new
+        return new
+
+    def _vm_settings(self, force: bool) -> tuple[Any, bool, bool]:
+        """(FastTrack extensions goal state or None, it changed, the vmSettings ETag moved — any source)."""
+        from guestagent.errors import VmSettingsNotSupported, VmSettingsParseError, VmSettingsSupportStopped
+
+        try:
+            resp = self.p.fetch_vm_settings(force)
+        except VmSettingsSupportStopped:
+            self._vm_etag_seen = None
+            raise
+        except VmSettingsNotSupported:
+            self._vm_etag_seen = None
+            return None, False, False
+        moved = resp.etag != self._vm_etag_seen
+        self._vm_etag_seen = resp.etag
+        if resp.source == "Fabric":
+            return None, False, moved
+        if self._vm_egs is None or resp.etag != self._vm_etag_used or (resp.updated and force):
+            try:
+                from guestagent.protocol.extconfig import parse_vm_settings
+
+                egs = parse_vm_settings(resp.text, resp.etag)
+            except Exception as e:
+                self._vm_etag_seen = None  # not understood: the next update polls the WireServer too
+                if resp.etag not in self._parse_error_etags:
+                    self._parse_error_etags.add(resp.etag)
+                    self.p.history.start(resp.etag)
+                    self.p.history.save_vm_settings(resp.text)
+                if isinstance(e, VmSettingsParseError):
+                    raise
+                raise VmSettingsParseError(f"Error parsing vmSettings [etag {resp.etag}]", e) from None
+            changed = resp.etag != self._vm_etag_used or force
+            self._vm_egs, self._vm_etag_used = egs, resp.etag
+            return egs, changed, moved
+        return self._vm_egs, False, moved
+
+    def _support_stopped(self, doc: GoalStateDocument, text: str, fast_track_timestamp: str) -> GoalState:
+        from guestagent import log
+
+        log.info("HostGAPlugin stopped supporting vmSettings; using the WireServer goal state")
+        new = GoalState(document=doc, history_folder=self.p.history.start(doc.incarnation))
+        self.p.history.save_goal_state(text)
+        egs = self._fetch_full(new)
+        if _timestamp_of(egs) < (fast_track_timestamp or MIN_TIMESTAMP):
+            try:
+                egs.is_outdated = True
+            except AttributeError:
+                pass
+        new.extensions_goal_state = egs
+        self._vm_egs, self._vm_etag_used = None, None
+        self.gs = new
+        return new
+
+    # --- the full WireServer goal state ------------------------------------------------------------------
+    def _fetch_full(self, gs: GoalState) -> Any:
+        """ExtensionsConfig (+ profile blob), HostingEnvironmentConfig, SharedConfig, Certificates,
+        RemoteAccessInfo, in upstream's order; any failure but Certificates fails the update."""
+        import os
+
+        from guestagent.osutil import system
+
+        p, doc = self.p, gs.document
+        try:
+            egs = self._fetch_extensions_config(doc)
+            if doc.hosting_env_uri:
+                gs.hosting_env = parse_hosting_env(p.wire.fetch(doc.hosting_env_uri))
+                p.history.save("HostingEnvironmentConfig.xml", gs.hosting_env.xml_text)
+            if doc.shared_config_uri:
+                gs.shared_config = parse_shared_config(p.wire.fetch(doc.shared_config_uri))
+                system.write_file(os.path.join(p.lib_dir, "SharedConfig.xml"), gs.shared_config.xml_text,
+                                  fsync=False)
+                p.history.save("SharedConfig.xml", gs.shared_config.xml_text)
+            self._certificates(gs)
+            if doc.remote_access_uri:
+                from guestagent.protocol.wireserver import CIPHER_AES
+
+                gs.remote_access = parse_remote_access(p.wire.fetch(doc.remote_access_uri,
+                                                                    p.wire.encrypted_headers(CIPHER_AES)))
+                p.history.save("RemoteAccess.xml", gs.remote_access.xml_text)
+        except Exception as e:
+            raise ProtocolError("Error fetching goal state", e) from None
+        return egs
+
+    def _fetch_extensions_config(self, doc: GoalStateDocument) -> Any:
+        p = self.p
+        if not doc.extensions_config_uri:
+            from guestagent.protocol.extconfig import empty_goal_state
+
+            return empty_goal_state(doc.incarnation)
+        text = p.wire.fetch(doc.extensions_config_uri)
+        egs = _parse_extensions_config(text, doc.incarnation)
+        p.history.save_extensions_config(text)
+        blob = getattr(egs, "artifacts_profile_blob", None)
+        if blob:
+            try:
+                body = p.download_artifact([blob], is_text=True, verify=False, what="artifacts profile blob")
+                on_hold = parse_on_hold(body.decode("utf-8-sig", errors="replace"))
+            except Exception as e:
+                from guestagent import log
+
+                log.warn("Failed to fetch the InVMArtifactsProfileBlob (not on hold): {0}", e)
+                on_hold = False
+            try:
+                egs.on_hold = on_hold
+            except AttributeError:
+                pass
+        return egs
+
+    def _certificates(self, gs: GoalState) -> None:
+        """Certificates (01 §7.2): fetched now; decrypted now, or by a CertificatesJob (async_certificates)."""
+        from guestagent.protocol.wireserver import CIPHER_AES
+
+        if self._certificates_job is not None:
+            self._certificates_job.wait()  # one bundle at a time: both would write the same files
+            self._certificates_job = None
+        doc = gs.document
+        if not self.async_certificates or not doc.certificates_uri:
+            gs.certs = self._fetch_certificates(doc)
+            self.p.history.save_certificates(gs.certs)
+            return
+        try:  # the request stays on this thread, in upstream's order; only the decryption moves
+            first: tuple = (CIPHER_AES, self.p.wire.fetch(doc.certificates_uri, self.p.wire.encrypted_headers(
+                CIPHER_AES)))
+        except Exception as e:
+            first = (CIPHER_AES, e)
+        from guestagent.protocol.certificates import CertificatesJob
+
+        history = self.p.history
+        folder = gs.history_folder
+
+        def save(certs: list) -> None:
+            if history.enabled and folder:
+                from guestagent.protocol.history import History
+
+                copy = History(history.lib_dir, enabled=True)
+                copy.current = folder
+                copy.save_certificates(certs)
+
+        job = CertificatesJob(lambda: self._fetch_certificates(doc, first), save)
+        job.history_folder = folder
+        gs.certificates_job = self._certificates_job = job.start()
+
+    def _fetch_certificates(self, doc: GoalStateDocument, first: Optional[tuple] = None) -> list:
+        """The first cipher that decrypts (AES128_CBC, then DES_EDE3_CBC); ``first``: (cipher, text or the
+        error) already fetched for the first cipher."""
+        from guestagent import log
+        from guestagent.protocol.wireserver import CIPHER_3DES, CIPHER_AES
+
+        if not doc.certificates_uri:
+            return []
+        for cipher in (CIPHER_AES, CIPHER_3DES):
+            try:
+                if first is not None and first[0] == cipher:
+                    if isinstance(first[1], Exception):
+                        raise first[1]
+                    text = first[1]
+                else:
+                    text = self.p.wire.fetch(doc.certificates_uri, self.p.wire.encrypted_headers(cipher))
+                envelope = parse_certificates_document(text)
+                from guestagent.protocol.certificates import process_certificates_isolated
+
+                summary = process_certificates_isolated(text, self.p.lib_dir)
+            except Exception as e:
+                log.warn("Error fetching certificates with cipher {0}: {1}", cipher, e)
+                continue
+            if getattr(summary, "decrypt_failed", False) is False and (summary or not envelope.usable
+                                                                       or hasattr(summary, "decrypt_failed")):
+                return summary
+            log.warn("Certificates requested with cipher {0} could not be decrypted", cipher)
+        return []
+
+    def _check_fast_track_certs(self, gs: GoalState) -> None:
+        """02 §4.1 step 9 and §4.3: a FastTrack goal state needs its tenant certificates on disk."""
+        import os
+
+        from guestagent import log
+        from guestagent.osutil import system
+
+        needed = _settings_thumbprints(gs.extensions_goal_state)
+        if gs.certificates_pending:
+            if all(system.exists(os.path.join(self.p.lib_dir, f"{t}.prv")) for t in needed):
+                return  # the running job rewrites every certificate of the bundle anyway
+            gs.wait_for_certificates()
+        have = {str(getattr(c, "thumbprint", "") or "").upper() for c in gs.certs}
+        missing_files = [t for t in have if t and not system.exists(os.path.join(self.p.lib_dir, f"{t}.crt"))]
+        missing = needed - have
+        if not missing_files and not missing:
+            return
+        log.info("FastTrack goal state needs certificates not on disk ({0}); fetching the certificates again",
+                 sorted(missing | set(missing_files)))
+        if self._certificates_job is not None:
+            self._certificates_job.wait()
+        gs.certs = self._fetch_certificates(gs.document)
+        have = {str(getattr(c, "thumbprint", "") or "").upper() for c in gs.certs}
+        if needed - have:
+            log.warn("Some extensions' protected settings use certificates the goal state does not have")
