@@ -37,6 +37,33 @@ def tmp_root(tmp_path: Path):
         system.set_root(old)
 
 
+class LogLines:
+    """An appender keeping every line the agent logs (all levels) for a test to search."""
+
+    def __init__(self):
+        from guestagent import log
+
+        class _Appender(log.Appender):
+            def write(inner, line: str) -> None:
+                self.lines.append(line)
+
+        self.lines: list[str] = []
+        self.appender = _Appender(log.VERBOSE)
+
+    def matching(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
+
+
+@pytest.fixture
+def log_lines() -> LogLines:
+    """Every log line written during the test (the appender is dropped by the log reset after it)."""
+    from guestagent import log
+
+    captured = LogLines()
+    log.add_appender("test-lines", captured.appender)
+    return captured
+
+
 @pytest.fixture(autouse=True)
 def _reset_log():
     from guestagent import log

@@ -31,15 +31,6 @@ SECRET = {"secret": "certwait-protected-value-7f3a"}
 SLOWER = 1.0
 
 
-class Lines(log.Appender):
-    def __init__(self):
-        super().__init__(log.VERBOSE)
-        self.lines: list[str] = []
-
-    def write(self, line: str) -> None:
-        self.lines.append(line)
-
-
 def _scenario(lib: str):
     from guestagent.fabric.scenario import ExtensionSpec, HandlerPackage, Scenario, SettingsSpec, Step
 
@@ -56,7 +47,7 @@ def _scenario(lib: str):
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
+def setup(tmp_path, monkeypatch, log_lines):
     from guestagent.fabric.server import Fabric
 
     monkeypatch.setattr(guestagent.protocol, "_direct_is_primary", True)
@@ -75,8 +66,7 @@ def setup(tmp_path, monkeypatch):
             helper_done.append(time.monotonic())
 
     monkeypatch.setattr(certificates, "process_certificates_isolated", slower)
-    lines = Lines()
-    log.add_appender("certwait", lines)
+    lines = log_lines
     with Fabric(_scenario(lib), state_dir=tmp_path / "fabric") as fab:
         config = conf.parse(f"Lib.Dir={lib}\nExtensions.GoalStatePeriod=1\nPid.File={tmp_path}/waagent.pid\n")
         child = child_main.ExtHandler(SimpleNamespace(debug=False), config)

@@ -16,24 +16,12 @@ from types import SimpleNamespace
 import pytest
 
 import guestagent.protocol
-from guestagent import conf, log
+from guestagent import conf
 from guestagent.exthandler import main as child_main
 from guestagent.exthandler.extensions.manager import ExtensionsManager
 from guestagent.periodic import Operation, PeriodicThread
 from guestagent.protocol import WireProtocol
 from guestagent.protocol.certificates import ensure_transport_cert
-
-
-class Lines(log.Appender):
-    def __init__(self):
-        super().__init__(log.VERBOSE)
-        self.lines: list[str] = []
-
-    def write(self, line: str) -> None:
-        self.lines.append(line)
-
-    def matching(self, text: str) -> list[str]:
-        return [line for line in self.lines if text in line]
 
 
 @pytest.fixture
@@ -46,10 +34,8 @@ def fabric(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def lines():
-    appender = Lines()
-    log.add_appender("test", appender)
-    return appender
+def lines(log_lines):
+    return log_lines
 
 
 @pytest.fixture

@@ -16,15 +16,6 @@ from guestagent.daemon.main import MAX_RESTART_DELAY, QUICK_EXIT, Daemon, Restar
 from guestagent.osutil import processes
 
 
-class Lines(log.Appender):
-    def __init__(self):
-        super().__init__(log.VERBOSE)
-        self.lines: list[str] = []
-
-    def write(self, line: str) -> None:
-        self.lines.append(line)
-
-
 def test_quick_failures_back_off_doubling_to_a_cap_and_make_a_crash_loop():
     policy = RestartPolicy()
     out = [policy.after_exit(1, 2.0, 100.0 + i) for i in range(9)]
