@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from guestagent import events, log
-from guestagent.osutil import cgroupfs, system
+from guestagent.osutil import cgroupfs, processes, system
 
 AZURE_SLICE = "azure.slice"
 VMEXTENSIONS_SLICE = "azure-vmextensions.slice"
@@ -489,11 +489,11 @@ class CGroupConfigurator:
         if self.agent_cgroup is None:
             return
         pids = cgroupfs.procs(self.agent_cgroup.cpu.path) if pids is None else pids
-        unexpected = [p for p in pids if not cgroupfs.expected_process(p, self._systemd_run_pids)]
+        unexpected = [p for p in pids if not processes.started_by_agent(p, self._systemd_run_pids)]
         seen_before = [p for p in unexpected if p in self._unexpected]
         self._unexpected = {p: 1 for p in unexpected}
         if seen_before:
-            samples = [cgroupfs.describe_process(p) for p in seen_before[:5]]
+            samples = [processes.describe(p) for p in seen_before[:5]]
             raise cgroupfs.CgroupsError(f"The agent's cgroup includes unexpected processes: {samples}")
 
     def agent_memory_exceeded(self) -> Optional[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 def pid_alive(pid: int) -> bool:
@@ -26,6 +27,54 @@ def cmdline(pid: int) -> str:
             return f.read(4096).replace(b"\0", b" ").decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def _read(pid: int, name: str) -> str:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def parent_pid(pid: int) -> int:
+    """The parent's PID from ``/proc/<pid>/stat`` (0 when the process is gone)."""
+    try:
+        return int(_read(pid, "stat").rsplit(")", 1)[1].split()[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def describe(pid: int) -> str:
+    """``[PID: n] <command line>`` as upstream names a process in its cgroup checks."""
+    return f"[PID: {pid}] {cmdline(pid).strip() or 'UNKNOWN'}"
+
+
+def started_by_agent(pid: int, systemd_run: set[int]) -> bool:
+    """May ``pid`` be in the agent's cgroup (06 §10.4)? This process and its parent (the daemon), our
+    descendants, processes carrying the agent's environment marker, systemd-run helpers, zombies and
+    processes that are gone."""
+    from guestagent.osutil.system import AGENT_ENV_MARKER
+
+    me = os.getpid()
+    if pid in (me, os.getppid()) or pid in systemd_run:
+        return True
+    stat = _read(pid, "stat")
+    if not stat or ") Z " in stat:
+        return True
+    key, value = AGENT_ENV_MARKER
+    if f"{key}={value}" in _read(pid, "environ"):
+        return True
+    if re.search(r"systemd-run.*--unit=.*--scope.*--slice=azure-vmextensions", cmdline(pid)):
+        return True
+    parent = pid
+    for _ in range(32):  # walk up to us
+        parent = parent_pid(parent)
+        if parent == me:
+            return True
+        if parent <= 1:
+            return False
+    return False
 
 
 def rss_kb(pid: str = "self") -> int:

@@ -113,3 +113,33 @@ def test_release_free_heap_gives_freed_pages_back():
     if not ok:
         pytest.skip("no malloc_trim in this C library")
     assert before - after > 40_000, (before, after)  # kB returned to the kernel
+
+
+def test_processes_started_by_the_agent_are_recognised():
+    import subprocess as sp
+
+    from guestagent.osutil import processes
+
+    def orphan(env: dict) -> int:
+        """A sleep whose parent exited: re-parented away from us, no longer our descendant."""
+        out = sp.run(["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True,
+                     env=env, check=True).stdout
+        return int(out)
+
+    mine = sp.Popen(["sleep", "30"])
+    marker = {**os.environ, system.AGENT_ENV_MARKER[0]: system.AGENT_ENV_MARKER[1]}
+    plain = {k: v for k, v in os.environ.items() if k != system.AGENT_ENV_MARKER[0]}
+    marked, stranger = orphan(marker), orphan(plain)
+    try:
+        assert processes.parent_pid(mine.pid) == os.getpid()
+        assert processes.started_by_agent(os.getpid(), set()) and processes.started_by_agent(mine.pid, set())
+        assert processes.describe(mine.pid) == f"[PID: {mine.pid}] sleep 30"
+        assert processes.started_by_agent(marked, set())      # the agent's environment marker
+        assert not processes.started_by_agent(stranger, set())  # neither ours nor marked
+        assert processes.started_by_agent(stranger, {stranger})  # a systemd-run helper we started
+    finally:
+        mine.kill()
+        mine.wait()
+        for pid in (marked, stranger):
+            os.kill(pid, 9)
+    assert processes.parent_pid(mine.pid) == 0 and processes.started_by_agent(mine.pid, set())  # gone
