@@ -16,18 +16,12 @@ import threading
 import time
 
 from guestagent import log
-from guestagent.daemon.supervisor import (  # noqa: F401 - re-exported: the daemon's supervision constants
-    CHILD_HEALTH_WINDOW,
-    CRASH_LOOP_EXITS,
-    MAX_RESTART_DELAY,
-    QUICK_EXIT,
+from guestagent.daemon.supervisor import (
     RETRY_AFTER_ERROR,
     SETTINGS_ENV,
     SUPERVISE_ENV,
-    RestartPolicy,
     Settings,
     Supervisor,
-    child_env,
     encode_settings,
 )
 from guestagent.osutil import processes, system
@@ -123,10 +117,8 @@ class Daemon:
             protocol.finish_detection()
             return
         from guestagent.protocol import make_transport_cert
-        from guestagent.protocol.certificates import TRANSPORT_CERT_FILE, TRANSPORT_PRV_FILE
 
-        if not all(system.exists(os.path.join(self.lib_dir, f)) for f in (TRANSPORT_CERT_FILE, TRANSPORT_PRV_FILE)):
-            make_transport_cert(self.lib_dir)
+        make_transport_cert(self.lib_dir, regenerate=False)
 
     def supervisor_settings(self) -> Settings:
         """What the lean supervisor needs, resolved here where the configuration is loaded."""
@@ -183,6 +175,3 @@ class Daemon:
             pass
         os._exit(0)
 
-
-def _child_env() -> dict[str, str]:
-    return child_env()

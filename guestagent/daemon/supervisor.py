@@ -170,12 +170,6 @@ def rss_kb() -> int:
     return 0
 
 
-def _exit_code(status: int) -> int:
-    """As ``Popen.returncode``: the exit code, or -signal."""
-    return os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else (
-        -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF)
-
-
 # -- the supervisor ----------------------------------------------------------------------------------------
 class Supervisor:
     """Launch, wait, relaunch (spec 06 §4.2). ``use_pidfd=False`` forces the SIGCHLD fallback."""
@@ -296,7 +290,7 @@ class Supervisor:
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     self.child_pid = None
-                    return _exit_code(status)
+                    return os.waitstatus_to_exitcode(status)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             fd = self.child_fd if self.child_fd is not None else self._wake_r
             ready, _, _ = select.select([fd], [], [], remaining)
@@ -305,7 +299,7 @@ class Supervisor:
             if self.child_fd is not None and ready:
                 _, status = os.waitpid(pid, 0)
                 self.child_pid = None
-                return _exit_code(status)
+                return os.waitstatus_to_exitcode(status)
             if not ready and deadline is not None and time.monotonic() >= deadline:
                 return None
 

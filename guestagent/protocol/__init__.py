@@ -249,14 +249,12 @@ class WireProtocol:
         self.host_plugin.put_vm_agent_log(content)
 
 
-def make_transport_cert(lib_dir: str) -> None:
-    """(Re)generate TransportPrivate.pem/TransportCert.pem; errors are logged, as upstream does."""
-    try:
-        from guestagent.protocol.certificates import ensure_transport_cert
+def make_transport_cert(lib_dir: str, regenerate: bool = True) -> None:
+    """TransportPrivate.pem/TransportCert.pem (errors logged by ensure_transport_cert, as upstream does);
+    the crypto modules are imported only here, when a certificate is made."""
+    from guestagent.protocol.certificates import ensure_transport_cert
 
-        ensure_transport_cert(lib_dir)
-    except Exception as e:  # upstream only logs generation errors
-        log.error("Failed to generate the transport certificate: {0}", e)
+    ensure_transport_cert(lib_dir, regenerate=regenerate)
 
 
 def _download_error(msg: str) -> ExtensionError:

@@ -232,6 +232,16 @@ class GoalState:
             self.certificates_job = None
         return self.certs
 
+    def wait_for_certificates_named(self, thumbprints: Any, lib_dir: str) -> None:
+        """Wait for the helper only when one of ``thumbprints`` has no ``<thumbprint>.prv`` on disk yet: a
+        disable, or an update whose certificates are already there, goes on at once."""
+        if not self.certificates_pending:
+            return
+        from guestagent.osutil import system
+
+        if any(not system.exists(f"{lib_dir}/{str(t).upper()}.prv") for t in thumbprints):
+            self.wait_for_certificates()
+
     @property
     def certificates_pending(self) -> bool:
         job = self.certificates_job

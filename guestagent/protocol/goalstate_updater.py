@@ -341,9 +341,9 @@ class GoalStateUpdater:
 
         needed = _settings_thumbprints(gs.extensions_goal_state)
         if gs.certificates_pending:
-            if all(system.exists(os.path.join(self.p.lib_dir, f"{t}.prv")) for t in needed):
-                return  # the running job rewrites every certificate of the bundle anyway
-            gs.wait_for_certificates()
+            gs.wait_for_certificates_named(needed, self.p.lib_dir)
+            if gs.certificates_pending:
+                return  # every needed .prv is on disk; the running job rewrites the bundle anyway
         have = {str(getattr(c, "thumbprint", "") or "").upper() for c in gs.certs}
         missing_files = [t for t in have if t and not system.exists(os.path.join(self.p.lib_dir, f"{t}.crt"))]
         missing = needed - have

@@ -12,7 +12,8 @@ import pytest
 from guestagent import conf, log
 from guestagent.daemon import main as daemon_main
 from guestagent.daemon import supervisor
-from guestagent.daemon.main import MAX_RESTART_DELAY, QUICK_EXIT, Daemon, RestartPolicy
+from guestagent.daemon.main import Daemon
+from guestagent.daemon.supervisor import MAX_RESTART_DELAY, QUICK_EXIT, RestartPolicy
 from guestagent.osutil import processes
 
 
@@ -92,11 +93,11 @@ def test_child_command_passes_the_configuration_path(daemon, monkeypatch):
 
 
 def test_child_environment_drops_the_supervisor_markers(monkeypatch):
-    monkeypatch.setenv(daemon_main.SUPERVISE_ENV, "42")
-    monkeypatch.setenv(daemon_main.SETTINGS_ENV, "pid_file=/x")
+    monkeypatch.setenv(supervisor.SUPERVISE_ENV, "42")
+    monkeypatch.setenv(supervisor.SETTINGS_ENV, "pid_file=/x")
     monkeypatch.setenv(daemon_main.DAEMON_VERSION_ENV, "2.15.0.1")
-    env = daemon_main._child_env()
-    assert daemon_main.SUPERVISE_ENV not in env and daemon_main.SETTINGS_ENV not in env
+    env = supervisor.child_env()
+    assert supervisor.SUPERVISE_ENV not in env and supervisor.SETTINGS_ENV not in env
     assert env[daemon_main.DAEMON_VERSION_ENV] == "2.15.0.1"
 
 

@@ -82,7 +82,7 @@ class ExtensionsManager:
         self.gs_status: Optional[dict] = None
         self.unsupported = False
         self.processed_goal_states = 0
-        self._wait_for_certificates: Optional[Callable[[], Any]] = None
+        self._wait_for_certificates: Optional[Callable[..., None]] = None
         self._manifests: dict = {}
         self._uninstall_exit: dict = {}
         self._done: set = set()
@@ -118,7 +118,7 @@ class ExtensionsManager:
 
         egs = getattr(goal_state, "extensions_goal_state", goal_state)
         seq = getattr(egs, "svd_sequence_number", "") or getattr(goal_state, "incarnation", "")
-        self._wait_for_certificates = getattr(goal_state, "wait_for_certificates", None)
+        self._wait_for_certificates = getattr(goal_state, "wait_for_certificates_named", None)
         try:
             self._process(egs)
             if not self.unsupported:
@@ -213,20 +213,9 @@ class ExtensionsManager:
         """Before any command of ``ext``: if its protected settings name a ``<thumbprint>.prv`` not on disk
         yet, wait for the goal state's certificate helper; otherwise (a disable, an update with the
         certificates already there) go on at once."""
-        wait = self._wait_for_certificates
-        if wait is None:
-            return
-        missing = sorted({str(s.certificate_thumbprint).upper() for s in ext.settings
-                          if s.protected_settings and s.certificate_thumbprint} - self._on_disk_thumbprints())
-        if missing:
-            log.verbose("[{0}] waiting for the certificates {1}", ext.name, missing)
-            wait()
-
-    def _on_disk_thumbprints(self) -> set:
-        try:
-            return {n[:-4].upper() for n in os.listdir(system.path(self.lib_dir)) if n.endswith(".prv")}
-        except OSError:
-            return set()
+        if self._wait_for_certificates is not None:
+            self._wait_for_certificates([s.certificate_thumbprint for s in ext.settings
+                                         if s.protected_settings and s.certificate_thumbprint], self.lib_dir)
 
     def _report(self, ext: Extension, settings: Optional[ExtensionSettings], err: ExtensionError,
                 version: str) -> None:
