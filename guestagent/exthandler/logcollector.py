@@ -443,10 +443,12 @@ class PeriodicLogCollection:
 def is_periodic_collection_allowed(config: Any, configurator: Any) -> bool:
     """Logs.Collect and a way to limit the collector: cgroups enabled, or (even with the agent's cgroups
     off) a v2 hierarchy with Debug.EnableCgroupV2ResourceLimiting — upstream's ``enabled or (v2 and switch)``."""
-    if not config.get("Logs.Collect"):
-        return False
-    v2_limiting = configurator.using_v2 and config.get("Debug.EnableCgroupV2ResourceLimiting") is not False
-    return bool(configurator.enabled or v2_limiting)
+    return bool(config.get("Logs.Collect")) and bool(configurator.enabled or _v2_limiting(config, configurator))
+
+
+def _v2_limiting(config: Any, configurator: Any) -> bool:
+    """v2 in use and Debug.EnableCgroupV2ResourceLimiting on (upstream's getter defaults to on)."""
+    return bool(configurator.using_v2 and config.get("Debug.EnableCgroupV2ResourceLimiting") is not False)
 
 
 def operations(ctx: Any) -> list[Operation]:
@@ -455,7 +457,7 @@ def operations(ctx: Any) -> list[Operation]:
     configurator = cgroups.get_configurator(ctx.config)
     configurator.initialize()
     allowed = is_periodic_collection_allowed(ctx.config, configurator)
-    v2_limiting = configurator.using_v2 and ctx.config.get("Debug.EnableCgroupV2ResourceLimiting") is not False
+    v2_limiting = _v2_limiting(ctx.config, configurator)
     msg = (f"Checking if log collection is allowed at this time [{allowed}]. All three conditions must be met: "
            f"1. configuration enabled [{bool(ctx.config.get('Logs.Collect'))}], 2. cgroups v1 enabled "
            f"[{configurator.enabled}] OR cgroups v2 is in use and v2 resource limiting configuration enabled "
