@@ -79,7 +79,7 @@ def test_files_written_inside_and_from_the_host(sandbox):
     sandbox.write_file("/var/lib/waagent/secret.prv", "KEY", mode=0o600)
     out = sandbox.run(["stat", "-c", "%a %U %s", "/var/lib/waagent/secret.prv"]).stdout.split()
     assert out == ["600", "root", "3"]
-    sandbox.run(["sh", "-c", "echo scratch > /tmp/x; echo run > /run/y; rm -f /etc/hostname"])
+    sandbox.run(["sh", "-c", "echo scratch > /tmp/sandbox-scratch; echo run > /run/y; rm -f /etc/hostname"])
     assert not Path("/var/lib/waagent/secret.prv").exists()
     changes = sandbox.change_set()
     assert changes["/var/lib/waagent/secret.prv"] == "added"
@@ -87,7 +87,7 @@ def test_files_written_inside_and_from_the_host(sandbox):
         assert changes["/etc/hostname"] == "deleted"
         assert Path("/etc/hostname").exists()
     assert not any(p.startswith(("/tmp/", "/run/")) for p in changes)
-    assert sandbox.read_text("/tmp/x") == "scratch\n"
+    assert sandbox.read_text("/tmp/sandbox-scratch") == "scratch\n"
 
 
 def test_device_nodes_and_console_capture(sandbox):

@@ -147,7 +147,8 @@ def test_the_reexec_lands_in_the_supervisor_with_only_its_modules_and_near_the_i
     floor = subprocess.Popen([PY, "-u", str(floor_script)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         floor_modules = set(floor.stdout.readline().split())
-        floor_rss = int(proc_status(floor.pid)["VmRSS"].split()[0])
+        floor_status = proc_status(floor.pid)
+        floor_rss, floor_anon = (int(floor_status[k].split()[0]) for k in ("VmRSS", "RssAnon"))
     finally:
         floor.kill()
         floor.wait()
@@ -157,9 +158,13 @@ def test_the_reexec_lands_in_the_supervisor_with_only_its_modules_and_near_the_i
     assert modules - floor_modules == SUPERVISOR_MODULES
     assert modules & set(HEAVY) == floor_modules & set(HEAVY)  # nothing heavy beyond the interpreter's own
     print(f"{len(modules)} modules; heavy ones the interpreter itself loads: {sorted(floor_modules & set(HEAVY))}")
-    rss = int(proc_status(r.pid)["VmRSS"].split()[0])
-    print(f"supervisor VmRSS {rss} kB, interpreter floor {floor_rss} kB ({PY})")
-    assert rss - floor_rss < 1024, (rss, floor_rss)
+    status = proc_status(r.pid)
+    rss, anon = (int(status[k].split()[0]) for k in ("VmRSS", "RssAnon"))
+    print(f"supervisor VmRSS {rss} kB (anon {anon}), interpreter floor {floor_rss} kB (anon {floor_anon}) ({PY})")
+    # its own (private) memory within 1 MB of a bare interpreter's; the file-backed pages it shares with
+    # every Python process vary by ~0.15 MB from run to run, so VmRSS gets that much more room
+    assert anon - floor_anon < 1024, (anon, floor_anon)
+    assert rss - floor_rss < 1024 + 512, (rss, floor_rss)
     # same PID, same command line as upstream's daemon; the pid file claimed for it
     assert Path(f"/proc/{r.pid}/cmdline").read_bytes().split(b"\0")[-3:-1] == [str(WAAGENT).encode(), b"-daemon"]
     assert (tmp_path / "waagent.pid").read_text() == str(r.pid)
