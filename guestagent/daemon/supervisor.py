@@ -316,12 +316,13 @@ class Supervisor:
     # -- events and signals --------------------------------------------------------------------------
     def event(self, ok: bool, message: str) -> None:
         """An ``Enable`` event, written by a fork that imports guestagent.events and exits, so this
-        process never keeps those modules; failures are logged here as add_event logs them."""
+        process never keeps those modules; failures are logged here as add_event logs them. The event is
+        on disk before the log line that announces it (whoever reads the log finds the event)."""
+        write_event(self.settings, "Enable", ok, message)
         if ok:
             self.log.info(message)
         else:
             self.log.error(f"Event: name=WALinuxAgent, op=Enable, message={message}, duration=0")
-        write_event(self.settings, "Enable", ok, message)
 
     def _on_sigterm(self, signum, frame) -> None:
         self.stopping = True
