@@ -1,7 +1,8 @@
 """The cached images: the Debian base (scripts/vm/build-image) and the agent layer on top of it.
 
-The agent layer is a qcow2 overlay of the base in which the project's wheel and its dependency
-wheels were installed with ``pip install --no-index`` inside a booted guest, and the project's
+The agent layer is a qcow2 overlay of the base in which the project's wheel was installed with
+``pip install --no-index --no-deps`` inside a booted guest (its libraries are Debian's own
+python3-* packages, already in the base image, as the .deb depends on them), and the project's
 systemd unit enabled, as a distro package would. The agent is NOT started there: it first starts on
 each scenario's own boot, like on a freshly deployed Azure VM. Both live in the cache folder
 (outside the repository) and are reused while their inputs (build script, guest files / sources,
@@ -22,20 +23,13 @@ from .machine import Machine, MachineConfig
 
 REPO = Path(__file__).resolve().parents[3]
 CACHE = Path(os.environ.get("GUESTAGENT_VM_CACHE", "/var/tmp/guestagent-vm"))
-GUEST_PYTHON = (3, 11)  # Debian bookworm's python3
-
-DEPS_SH = r"""
-set -eu
-W=/var/tmp/guestagent-install
-python3 -m pip install -q --no-index --break-system-packages --root-user-action=ignore "$W"/*.whl
-rm -rf "$W"
-"""
 
 INSTALL_SH = r"""
 set -eu
 W=/var/tmp/guestagent-install
-python3 -m pip install -q --no-index --find-links "$W" --break-system-packages --root-user-action=ignore \
-    --no-warn-script-location guestagent
+python3 -m pip install -q --no-index --no-deps --break-system-packages --root-user-action=ignore \
+    --no-warn-script-location "$W"/guestagent-*.whl
+python3 -c "import requests, lxml, pyroute2, psutil, cryptography, asn1crypto"
 install -m 0755 "$W/waagent" /usr/sbin/waagent
 install -m 0644 "$W/waagent.conf" /etc/waagent.conf
 install -m 0644 "$W/walinuxagent.service" "$W/azure.slice" "$W/azure-vmextensions.slice" /lib/systemd/system/
@@ -77,21 +71,18 @@ def source_key() -> str:
     return h.hexdigest()[:12]
 
 
-def build_wheels(dest: Path) -> list:
-    """The project's wheel, built now, plus its dependency wheels (binary, for the guest's Python)."""
-    if sys.version_info[:2] != GUEST_PYTHON:
-        raise RuntimeError(f"the VM tier builds wheels with the host's Python; it must be "
-                           f"{GUEST_PYTHON[0]}.{GUEST_PYTHON[1]} like the guest's (have {sys.version.split()[0]})")
+def build_wheel(dest: Path) -> Path:
+    """The project's wheel, built now (its dependencies are the guest's Debian packages)."""
     dest.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                           "--only-binary=:all:", "--no-binary=guestagent", "--wheel-dir", str(dest), str(REPO)],
+                           "--no-deps", "--wheel-dir", str(dest), str(REPO)],
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"pip wheel failed:\n{proc.stderr[-4000:]}")
-    wheels = sorted(dest.glob("*.whl"))
-    if not any(w.name.startswith("guestagent-") for w in wheels):
+    wheels = sorted(dest.glob("guestagent-*.whl"))
+    if not wheels:
         raise RuntimeError(f"no guestagent wheel in {dest}")
-    return wheels
+    return wheels[0]
 
 
 def _layer(backing: Path, out: Path, base: Path, files: dict, script: str, what: str) -> Path:
@@ -120,8 +111,8 @@ def _layer(backing: Path, out: Path, base: Path, files: dict, script: str, what:
 
 
 def agent_image(base: Path, force: bool = False) -> Path:
-    """The agent layer for the current sources, built if missing. Two qcow2 layers on the base: the
-    dependency wheels (rebuilt only when they change) and, on top, the project's wheel + unit + conf."""
+    """The agent layer for the current sources, built if missing: a qcow2 layer on the base with the
+    project's wheel + unit + conf."""
     import fcntl
 
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -134,25 +125,15 @@ def agent_image(base: Path, force: bool = False) -> Path:
         wdir = CACHE / f".wheels-{os.getpid()}"
         shutil.rmtree(wdir, ignore_errors=True)
         try:
-            wheels = build_wheels(wdir)
-            own = [w for w in wheels if w.name.startswith("guestagent-")]
-            deps = [w for w in wheels if w not in own]
-            log(f"wheels: {', '.join(w.name for w in wheels)}")
+            wheel = build_wheel(wdir)
+            log(f"wheel: {wheel.name}")
             stage = "/var/tmp/guestagent-install"
-            dkey = hashlib.sha256("\n".join(w.name for w in deps).encode()).hexdigest()[:12]
-            deps_layer = CACHE / f"deps-{base.name}-{dkey}.qcow2"
-            if not deps_layer.exists() or force:
-                _layer(base / "base.qcow2", deps_layer, base, {f"{stage}/{w.name}": w.read_bytes() for w in deps},
-                       DEPS_SH, "dependency")
-            files = {f"{stage}/{w.name}": w.read_bytes() for w in own}
+            files = {f"{stage}/{wheel.name}": wheel.read_bytes()}
             files.update({f"{stage}/{name}": (REPO / src).read_bytes() for src, name in PACKAGED})
-            _layer(deps_layer, out, base, files, INSTALL_SH, "agent")
+            _layer(base / "base.qcow2", out, base, files, INSTALL_SH, "agent")
             for old in CACHE.glob("agent-*.qcow2"):
                 # sources change all the time: drop old layers, but not ones a parallel run may use
                 if old != out and time.time() - old.stat().st_mtime > 3 * 3600:
-                    old.unlink()
-            for old in CACHE.glob("deps-*.qcow2"):
-                if old != deps_layer and time.time() - old.stat().st_mtime > 3 * 3600:
                     old.unlink()
             return out
         finally:
