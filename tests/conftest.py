@@ -6,6 +6,7 @@ Upstream's sample documents live beside the repository in ``../shared/fixtures/w
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
@@ -78,3 +79,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("sandbox") and not is_root:
             item.add_marker(pytest.mark.skip(reason="sandbox tests need root (namespaces, loop devices)"))
+
+
+def cert_lifetime(cert) -> datetime.timedelta:
+    """notAfter - notBefore on every cryptography the project supports (the ``*_utc`` properties
+    arrived in 42; Debian 12 ships 38, where the naive ones are the only ones)."""
+    if hasattr(cert, "not_valid_after_utc"):
+        return cert.not_valid_after_utc - cert.not_valid_before_utc
+    return cert.not_valid_after - cert.not_valid_before

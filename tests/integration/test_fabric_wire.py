@@ -93,7 +93,10 @@ def _transport(tmp_path):
 def _decrypt_asn1(blob: bytes, key_path) -> bytes:
     """Independent CMS decryption: asn1crypto for the structure, cryptography for the primitives."""
     from asn1crypto import cms
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    try:  # cryptography >= 43 moved 3DES to the decrepit module; Debian 12's 38 has it in algorithms
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    except ImportError:
+        from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES
     from cryptography.hazmat.primitives import hashes, padding, serialization
     from cryptography.hazmat.primitives.asymmetric import padding as apad
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes

@@ -27,6 +27,7 @@ from guestagent.errors import CryptError
 from guestagent.osutil import sshkeys
 from guestagent.protocol import certificates as certs
 from guestagent.protocol import cms
+from tests.conftest import cert_lifetime
 
 _spec = importlib.util.spec_from_file_location(
     "certs_vectors", Path(__file__).resolve().parents[1] / "data" / "certs" / "vectors.py")
@@ -81,7 +82,7 @@ def test_transport_cert_has_the_upstream_shape(tmp_path):
     key = serialization.load_pem_private_key(key_file.read_bytes(), None)
     assert key.key_size == 2048
     assert cert.subject.rfc4514_string() == cert.issuer.rfc4514_string() == "CN=LinuxTransport"
-    assert (cert.not_valid_after_utc - cert.not_valid_before_utc) == datetime.timedelta(days=730)
+    assert cert_lifetime(cert) == datetime.timedelta(days=730)
     assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)
     ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert ski.digest == x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
