@@ -14,11 +14,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+import psutil
 
 from guestagent.lab.main import SSHD_CONFIG, adapt_conf, lease_file
 from guestagent.lab.sandbox import Sandbox, build_image, interpreter, project_root
@@ -27,7 +30,6 @@ from guestagent.lab.summary import VmStatus, parse_status
 WIRE_HOST, IMDS_HOST = "127.63.129.16", "169.254.169.254"
 RUN = "/run/bench"
 BENCH_DIR = Path(__file__).resolve().parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchFailure(Exception):
@@ -84,41 +86,75 @@ def interpreter_floor(python: str) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
-# ------------------------------------------------------------------------------------------ /proc
+# ------------------------------------------------------------------------------------------ processes
 def children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            out.append(int(d))
-    return out
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
 
 
 def cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (all its threads, living and dead)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """user + system CPU of the process (all its threads, living and dead)."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile (status) plus Pss and Uss (smaps): RSS counts every shared
+    library page in full; PSS shares them out among the processes that map them; USS is what the
+    process alone holds (what would be freed if it exited)."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0])
+    try:
+        full = psutil.Process(pid).memory_full_info()
+        out["Pss"], out["Uss"] = full.pss // 1024, full.uss // 1024
+    except psutil.Error:
+        pass
     return out
+
+
+class PeakSampler:
+    """The daemon's VmHWM just before it re-executes into the lean supervisor (an exec starts a new
+    address space, so the kernel's high-water mark of the first image is gone afterwards): sampled
+    every 10 ms from the host until the process's command line changes."""
+
+    def __init__(self, pid_of: Callable[[], Optional[int]]):
+        self.peak_kb = 0
+        self._pid_of = pid_of
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pid, first = None, ""
+        while not self._stop.is_set():
+            pid = pid or self._pid_of()
+            if pid:
+                try:
+                    line = cmdline(pid)
+                    first = first or line
+                    if line != first:
+                        return          # re-executed: the figure is the last reading of the first image
+                    self.peak_kb = max(self.peak_kb, memory_kb(pid).get("VmHWM", 0))
+                except OSError:
+                    return
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        return self.peak_kb
 
 
 # ------------------------------------------------------------------------------------------ events
@@ -175,6 +211,7 @@ class Session:
         self.events = Events(lambda: self.sb.host_path(f"{RUN}/events.jsonl"))
         self.daemon_proc: Any = None
         self.t0 = 0.0
+        self.peak: Optional[PeakSampler] = None
 
     def __enter__(self) -> Session:
         return self
@@ -226,6 +263,7 @@ class Session:
         self.daemon_proc = self.sb.spawn(["sh", "-c", stamp, "sh", *self.agent.argv, "-daemon"],
                                          env=self.agent.env, stdout=out, stderr=out)
         out.close()
+        self.peak = PeakSampler(lambda: (children(self.daemon_proc.pid) or [None])[0])
         self.wait(lambda: self._read_t0(), 10, "the daemon to start")
 
     def _read_t0(self) -> bool:

@@ -116,13 +116,21 @@ class Runner:
         child = "child" if kind == "prov" else "child_bare"
         self.record(agent, "rss_" + child, cm["VmRSS"] / MB)
         self.record(agent, "hwm_" + child, cm["VmHWM"] / MB)
+        self.record(agent, "pss_" + child, cm.get("Pss", 0) / MB)
+        self.record(agent, "uss_" + child, cm.get("Uss", 0) / MB)
+        peak = s.peak.stop() if s.peak else 0
         if kind == "prov":
             self.record(agent, "rss_daemon", dm["VmRSS"] / MB)
             self.record(agent, "hwm_daemon", dm["VmHWM"] / MB)
+            self.record(agent, "peak_daemon", peak / MB)
             self.record(agent, "rss_total", (dm["VmRSS"] + cm["VmRSS"]) / MB)
-        say(f"{tag} memory: daemon VmRSS {dm['VmRSS'] / MB:.1f} MB (HWM {dm['VmHWM'] / MB:.1f}, anon "
-            f"{dm.get('RssAnon', 0) / MB:.1f}), child VmRSS {cm['VmRSS'] / MB:.1f} MB (HWM {cm['VmHWM'] / MB:.1f}, "
-            f"anon {cm.get('RssAnon', 0) / MB:.1f}){' [child restarted]' if child_pid_changed else ''}")
+            self.record(agent, "pss_total", (dm.get("Pss", 0) + cm.get("Pss", 0)) / MB)
+            self.record(agent, "uss_total", (dm.get("Uss", 0) + cm.get("Uss", 0)) / MB)
+        say(f"{tag} memory: daemon VmRSS {dm['VmRSS'] / MB:.1f} MB (PSS {dm.get('Pss', 0) / MB:.1f}, "
+            f"USS {dm.get('Uss', 0) / MB:.1f}, anon {dm.get('RssAnon', 0) / MB:.1f}; peak before the supervisor "
+            f"{peak / MB:.1f}), child VmRSS {cm['VmRSS'] / MB:.1f} MB (PSS {cm.get('Pss', 0) / MB:.1f}, "
+            f"USS {cm.get('Uss', 0) / MB:.1f}, HWM {cm['VmHWM'] / MB:.1f}, anon {cm.get('RssAnon', 0) / MB:.1f})"
+            f"{' [child restarted]' if child_pid_changed else ''}")
 
     def _incarnation(self, agent: Agent, s: Session, tag: str) -> None:
         cases = (("inc_update", "update to 1.1.0",

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from figures import FIGURES, table  # noqa: E402
-from harness import Events, cpu_seconds, memory_kb  # noqa: E402
+from harness import Events, PeakSampler, cpu_seconds, memory_kb  # noqa: E402
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the bench runs in a namespace sandbox")
 
@@ -72,6 +73,24 @@ def test_proc_probes_read_this_process():
     assert cpu_seconds(os.getpid()) >= 0
     mem = memory_kb(os.getpid())
     assert mem["VmHWM"] >= mem["VmRSS"] > 0
+    assert mem["VmRSS"] >= mem["Pss"] >= mem["Uss"] > 0
+
+
+def test_peak_sampler_keeps_the_peak_of_the_image_before_an_exec():
+    """A process that grows to ~60 MB, then re-executes into a small one: the sampler reports the
+    first image's peak, not the new image's (whose VmHWM starts again from nothing)."""
+    grow = ("import os, sys, time; b = bytearray(60 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5); "
+            "os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(3)'])")
+    proc = subprocess.Popen([sys.executable, "-c", grow])
+    try:
+        sampler = PeakSampler(lambda: proc.pid)
+        time.sleep(1.5)
+        after = memory_kb(proc.pid)["VmHWM"]
+        peak = sampler.stop()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert peak > 60 * 1024 > after
 
 
 def test_bench_scenarios_have_the_steps_the_bench_times():
