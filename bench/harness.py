@@ -127,28 +127,30 @@ def memory_kb(pid: int) -> dict[str, int]:
 class PeakSampler:
     """The daemon's VmHWM just before it re-executes into the lean supervisor (an exec starts a new
     address space, so the kernel's high-water mark of the first image is gone afterwards): sampled
-    every 10 ms from the host until the process's command line changes."""
+    every 10 ms from the host from when the process runs ``argv`` until the high-water mark falls
+    (it never falls within one image; the supervisor keeps the PID and the command line)."""
 
-    def __init__(self, pid_of: Callable[[], Optional[int]]):
+    def __init__(self, pid_of: Callable[[], Optional[int]], argv: list[str]):
         self.peak_kb = 0
         self._pid_of = pid_of
+        self._argv = " ".join(argv)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        pid, first = None, ""
+        pid, started = None, False
         while not self._stop.is_set():
             pid = pid or self._pid_of()
             if pid:
                 try:
-                    line = cmdline(pid)
-                    first = first or line
-                    if line != first:
-                        return          # re-executed: the figure is the last reading of the first image
-                    self.peak_kb = max(self.peak_kb, memory_kb(pid).get("VmHWM", 0))
+                    started = started or cmdline(pid).startswith(self._argv)  # the launcher (sh) exec'd it
+                    hwm = memory_kb(pid).get("VmHWM", 0) if started else 0
                 except OSError:
                     return
+                if hwm < self.peak_kb:
+                    return          # re-executed: the figure is the last reading of the first image
+                self.peak_kb = hwm
             time.sleep(0.01)
 
     def stop(self) -> int:
@@ -263,7 +265,7 @@ class Session:
         self.daemon_proc = self.sb.spawn(["sh", "-c", stamp, "sh", *self.agent.argv, "-daemon"],
                                          env=self.agent.env, stdout=out, stderr=out)
         out.close()
-        self.peak = PeakSampler(lambda: (children(self.daemon_proc.pid) or [None])[0])
+        self.peak = PeakSampler(lambda: (children(self.daemon_proc.pid) or [None])[0], self.agent.argv)
         self.wait(lambda: self._read_t0(), 10, "the daemon to start")
 
     def _read_t0(self) -> bool:

@@ -77,13 +77,16 @@ def test_proc_probes_read_this_process():
 
 
 def test_peak_sampler_keeps_the_peak_of_the_image_before_an_exec():
-    """A process that grows to ~60 MB, then re-executes into a small one: the sampler reports the
-    first image's peak, not the new image's (whose VmHWM starts again from nothing)."""
-    grow = ("import os, sys, time; b = bytearray(60 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5); "
-            "os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(3)'])")
-    proc = subprocess.Popen([sys.executable, "-c", grow])
+    """A launcher shell execs the agent, which grows to ~60 MB, then re-executes into a small one with
+    the same command line (as the daemon does): the sampler reports the agent's first image's peak,
+    not the shell's nor the new image's (whose VmHWM starts again from nothing)."""
+    grow = ("import os, sys, time\n"
+            "if os.environ.get('SECOND'):\n    time.sleep(3); sys.exit()\n"
+            "b = bytearray(60 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5)\n"
+            "os.environ['SECOND'] = '1'; os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])\n")
+    proc = subprocess.Popen(["sh", "-c", 'exec "$@"', "sh", sys.executable, "-c", grow])
     try:
-        sampler = PeakSampler(lambda: proc.pid)
+        sampler = PeakSampler(lambda: proc.pid, [sys.executable, "-c"])
         time.sleep(1.5)
         after = memory_kb(proc.pid)["VmHWM"]
         peak = sampler.stop()
