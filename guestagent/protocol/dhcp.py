@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import socket
 import struct
 import time
@@ -57,14 +58,25 @@ def lease_locations(distro_id: str, version: str) -> list[str]:
     return first + [loc for loc in ALL_LOCATIONS if loc not in first]
 
 
-def _hex_ip(value: str) -> Optional[str]:
-    value = value.replace(":", "").strip().rstrip(";")
-    if len(value) != 8:
+_HEX_BYTE = re.compile(r"[0-9a-fA-F]{1,2}")
+_HEX_WORD = re.compile(r"[0-9a-fA-F]{8}")
+
+
+def _isc_hex_ip(value: str) -> Optional[str]:
+    """ISC dhclient's spelling of an unknown option: each byte in ``%x`` (one or two hex digits), colon
+    separated, e.g. ``7f:0:0:2``. Four bytes or nothing."""
+    parts = value.strip().rstrip(";").split(":")
+    if len(parts) != 4 or not all(_HEX_BYTE.fullmatch(p) for p in parts):
         return None
-    try:
-        return ".".join(str(int(value[i:i + 2], 16)) for i in range(0, 8, 2))
-    except ValueError:
+    return ".".join(str(int(p, 16)) for p in parts)
+
+
+def _networkd_hex_ip(value: str) -> Optional[str]:
+    """systemd-networkd's spelling: the option's bytes as one hex string, two digits a byte."""
+    value = value.strip()
+    if not _HEX_WORD.fullmatch(value):
         return None
+    return ".".join(str(int(value[i:i + 2], 16)) for i in range(0, 8, 2))
 
 
 def parse_isc_leases(text: str, now: Optional[datetime] = None) -> Optional[str]:
@@ -79,7 +91,7 @@ def parse_isc_leases(text: str, now: Optional[datetime] = None) -> Optional[str]
         if line.startswith("lease"):
             candidate, expired = None, True
         elif "option unknown-245" in line:
-            candidate = _hex_ip(line.strip().split()[-1])
+            candidate = _isc_hex_ip(line.strip().split()[-1])
         elif "expire" in line:
             if "never" in line:
                 expired = False
@@ -100,7 +112,7 @@ def parse_networkd_lease(text: str) -> Optional[str]:
     endpoint = None
     for line in text.splitlines():
         if line.startswith("OPTION_245="):
-            endpoint = _hex_ip(line.split("=", 1)[1]) or endpoint
+            endpoint = _networkd_hex_ip(line.split("=", 1)[1]) or endpoint
     return endpoint
 
 

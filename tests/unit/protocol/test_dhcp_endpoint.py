@@ -51,6 +51,33 @@ def test_isc_lease_last_valid_wins_and_expired_skipped():
     assert dhcp.parse_isc_leases('lease {\n  option unknown-245 a8:3f:81:10;\n  expire never;\n}\n') == "168.63.129.16"
 
 
+#: Option 245 as each DHCP client writes it. ISC dhclient prints every byte of an unknown option with
+#: ``%x`` (no zero padding): 127.0.0.2 is ``7f:0:0:2``; systemd-networkd's lease cache holds the option's
+#: bytes as one hex string.
+ISC_SPELLINGS = [("a8:3f:81:10", "168.63.129.16"), ("7f:0:0:2", "127.0.0.2"), ("a:0:0:5", "10.0.0.5"),
+                 ("0a:00:00:05", "10.0.0.5"), ("A8:3F:81:10", "168.63.129.16"), ("a8:3f:81:1", "168.63.129.1")]
+
+
+@pytest.mark.parametrize("spelling,ip", ISC_SPELLINGS, ids=[s for s, _ in ISC_SPELLINGS])
+def test_isc_lease_option_245_spellings(spelling, ip):
+    lease = f'lease {{\n  interface "eth0";\n  option unknown-245 {spelling};\n  expire never;\n}}\n'
+    assert dhcp.parse_isc_leases(lease) == ip
+
+
+@pytest.mark.parametrize("bad", ["a8:3f:81", "a8:3f:81:10:01", "a8:3f:81:100", "a8:3f:81:zz", "a8::81:10",
+                                 '"ABCD"'])
+def test_isc_lease_option_245_malformed_is_ignored(bad):
+    lease = f"lease {{\n  option unknown-245 {bad};\n  expire never;\n}}\n"
+    assert dhcp.parse_isc_leases(lease) is None
+
+
+@pytest.mark.parametrize("spelling,ip", [("a83f8110", "168.63.129.16"), ("7f000002", "127.0.0.2"),
+                                         ("A83F8110", "168.63.129.16")])
+def test_networkd_lease_option_245_spellings(spelling, ip):
+    assert dhcp.parse_networkd_lease(f"# This is private data. Do not parse.\nADDRESS=10.0.0.4\n"
+                                     f"OPTION_245={spelling}\n") == ip
+
+
 def test_networkd_lease():
     assert dhcp.parse_networkd_lease("ADDRESS=10.0.0.4\nOPTION_245=a83f8110\n") == "168.63.129.16"
     assert dhcp.parse_networkd_lease("ADDRESS=10.0.0.4\n") is None
