@@ -334,7 +334,10 @@ def main(argv: Sequence[str]) -> int:
         else:
             print(USAGE, file=sys.stderr)
             return 2
-    except (NetworkError, OSError, ValueError, KeyError, TypeError) as e:
+    except NetworkError as e:
+        print(f"{verb}: {e.msg}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{verb}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result))
