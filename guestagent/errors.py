@@ -58,6 +58,10 @@ class OSUtilError(AgentError):
     pass
 
 
+class NetworkError(OSUtilError):
+    """A netlink request the kernel refused (no such interface, route exists, not permitted...)."""
+
+
 class CommandError(OSUtilError):
     """An external command failed; carries the exit code and (redacted) output."""
 

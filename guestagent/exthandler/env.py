@@ -33,12 +33,12 @@ class MonitorHostNameChanges:
         self.changes = 0
 
     def publish(self, name: str) -> None:
-        from guestagent.osutil import hostname
+        from guestagent.osutil import hostname, nethelper
 
         if self._publish is not None:
             self._publish(name)
-        else:
-            hostname.publish_hostname(name, self.distro, self.lib_dir)
+        else:  # netlink in a helper interpreter: the child does not keep pyroute2 for this rare action
+            hostname.publish_hostname(name, self.distro, self.lib_dir, nethelper.Helper())
 
     def __call__(self) -> None:
         from guestagent import events
@@ -85,7 +85,7 @@ def _endpoint(ctx) -> str:
 
 def operations(ctx) -> list[Operation]:
     from guestagent.exthandler.firewall import EnableFirewall, initialize_firewall
-    from guestagent.osutil import dhcpmonitor, distros, netrules, scsi
+    from guestagent.osutil import dhcpmonitor, distros, nethelper, netrules, scsi
 
     config = ctx.config
     distro = distros.detect()
@@ -99,7 +99,7 @@ def operations(ctx) -> list[Operation]:
     ops.append(Operation("RemovePersistentNetworkRules", remove_rules,
                          float(config.get("OS.RemovePersistentNetRulesPeriod") or 30)))
 
-    monitor = dhcpmonitor.DhcpClientMonitor(distro.dhcp_pid_command)
+    monitor = dhcpmonitor.DhcpClientMonitor(distro.dhcp_pid_command, nethelper.Helper())
     ops.append(Operation("MonitorDhcpClientRestart", monitor.check,
                          float(config.get("OS.MonitorDhcpClientRestartPeriod") or 30)))
 

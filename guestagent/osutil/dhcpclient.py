@@ -2,19 +2,20 @@
 
 Three publish paths, chosen by :class:`~guestagent.osutil.distros.Distro`: dhclient.conf + ifupdown
 (Debian, default), systemd-networkd restart (Ubuntu >= 18.04), ifcfg ``DHCP_HOSTNAME`` + NetworkManager
-/ ``ip link`` (RHEL >= 7).
+/ a link bounce (RHEL >= 7; upstream's ``ip link set down/up``, here through netlink via
+:class:`~guestagent.osutil.nethelper.NetOps`).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from typing import Callable, Optional
 
 from guestagent import log
-from guestagent.errors import CommandError
+from guestagent.errors import CommandError, NetworkError
 from guestagent.osutil import distros, system
+from guestagent.osutil.nethelper import Helper, NetOps
 
 DHCLIENT_FILES = ("/etc/dhcp/dhclient.conf", "/etc/dhcp3/dhclient.conf", "/etc/dhclient.conf")
 # Upstream's pattern, literal "<hostname>" included: an uncommented send host-name that sends the
@@ -53,36 +54,13 @@ def set_ifcfg_hostname(hostname: str, ifname: str) -> str:
     return p
 
 
-def set_dhcp_hostname(hostname: str, distro: distros.Distro, ifname: Optional[str] = None) -> None:
+def set_dhcp_hostname(hostname: str, distro: distros.Distro, ifname: Optional[str] = None,
+                      net: Optional[NetOps] = None) -> None:
+    """The DHCP client's hostname; the ifcfg path needs the interface (asked of ``net`` when not given)."""
     if distro.dhcp_hostname == distros.DHCP_IFCFG:
-        set_ifcfg_hostname(hostname, ifname or primary_interface())
+        set_ifcfg_hostname(hostname, ifname or (net or Helper()).interface_name())
     else:
         set_dhclient_hostname(hostname)
-
-
-def primary_interface() -> str:
-    """The interface of the default route with the lowest metric (``/proc/net/route``), else the
-    first non-loopback interface, else ``eth0``."""
-    best: Optional[tuple[int, str]] = None
-    for line in (system.read_text("/proc/net/route", default="") or "").splitlines()[1:]:
-        cols = line.split()
-        if len(cols) > 6 and cols[1] == "00000000":
-            try:
-                metric = int(cols[6])
-            except ValueError:
-                continue
-            if best is None or metric < best[0]:
-                best = (metric, cols[0])
-    if best is not None:
-        return best[1]
-    try:
-        names = sorted(os.listdir(system.path("/sys/class/net")))
-    except OSError:
-        names = []
-    for name in names:
-        if name != "lo":
-            return name
-    return "eth0"
 
 
 def _nm_controlled(ifname: str) -> bool:
@@ -110,20 +88,35 @@ def _try(argvs: list[list[str]]) -> bool:
     return True
 
 
-def restart_interface(ifname: str, distro: distros.Distro, retries: int = 3, wait: float = 5.0,
+def bounce_step(ifname: str) -> list[str]:
+    """How a link bounce through netlink reads in the steps :func:`restart_interface` returns."""
+    return ["netlink", "bounce", ifname]
+
+
+def _bounce(net: NetOps, ifname: str) -> bool:
+    try:
+        net.bounce(ifname)
+        return True
+    except NetworkError as e:
+        log.warn("failed to restart {0}: {1}", ifname, e)
+        return False
+
+
+def restart_interface(ifname: str, distro: distros.Distro, net: NetOps, retries: int = 3, wait: float = 5.0,
                       sleep: Callable[[float], None] = time.sleep) -> list[list[str]]:
-    """Bounce the network so the DHCP client sends the new name; returns the commands run.
-    A missing tool ends the attempt at once (upstream would retry a shell "not found" 3 × 5 s)."""
+    """Bounce the network so the DHCP client sends the new name; returns the steps taken (argv lists, and
+    :func:`bounce_step` for a link bounce through netlink). A missing tool ends the attempt at once
+    (upstream would retry a shell "not found" 3 × 5 s)."""
     style = distro.restart_interface
     ran: list[list[str]] = []
     if style == distros.RESTART_NETWORKD:
-        cmds = [["systemctl", "restart", "systemd-networkd"]]
+        cmds: Optional[list[list[str]]] = [["systemctl", "restart", "systemd-networkd"]]
         stop_on_success = False  # upstream's loop has no exit on success: it restarts 3 times
     elif style == distros.RESTART_IFUPDOWN:
         cmds = [["ifdown", ifname], ["ifup", ifname]]
         stop_on_success = True
     else:
-        cmds = [["ip", "link", "set", ifname, "down"], ["ip", "link", "set", ifname, "up"]]
+        cmds = None  # the link bounce: netlink, no `ip link set` process
         stop_on_success = True
         if style == distros.RESTART_NM_IPLINK and not _nm_controlled(ifname):
             nm = ["systemctl", "restart", "NetworkManager"]
@@ -133,11 +126,15 @@ def restart_interface(ifname: str, distro: distros.Distro, retries: int = 3, wai
             except CommandError as e:
                 log.warn("NetworkManager restart failed: {0}", e)
     for attempt in range(1, retries + 1):
-        ran.extend(cmds)
-        try:
-            ok = _try(cmds)
-        except FileNotFoundError:
-            return ran
+        if cmds is None:
+            ran.append(bounce_step(ifname))
+            ok = _bounce(net, ifname)
+        else:
+            ran.extend(cmds)
+            try:
+                ok = _try(cmds)
+            except FileNotFoundError:
+                return ran
         if ok and stop_on_success:
             return ran
         if not ok:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from guestagent import log
-from guestagent.errors import CommandError
+from guestagent.errors import CommandError, OSUtilError
 from guestagent.osutil import system
+from guestagent.osutil.nethelper import NetOps, RouteSpec
 from guestagent.osutil.processes import pid_alive
 
 
@@ -26,44 +27,35 @@ def dhcp_client_pids(command: Sequence[str]) -> list[int]:
     return sorted(int(p) for p in out.split() if p.isdigit())
 
 
-def missing_default_route() -> bool:
-    for line in (system.read_text("/proc/net/route", default="") or "").splitlines()[1:]:
-        cols = line.split()
-        if len(cols) > 2 and cols[1] == "00000000":
-            return False
-    return True
-
-
-def conf_routes(gateway: Optional[str], routes: Optional[Sequence[tuple[str, int, str]]]) -> list[list[str]]:
-    """Add the default gateway (when missing) and the given (net, prefix, gateway) routes; returns
-    the commands run. Failures are logged, never raised."""
+def conf_routes(net: NetOps, gateway: Optional[str], routes: Optional[Sequence[RouteSpec]]) -> None:
+    """Add the default gateway (when missing) and the given (net, prefix, gateway) routes through ``net``.
+    Failures are logged, never raised; with nothing to add, netlink is not asked at all."""
     log.info("Configure routes")
     log.info("Gateway:{0}", gateway)
     log.info("Routes:{0}", list(routes) if routes is not None else None)
-    argvs = []
-    if gateway is not None and missing_default_route():
-        argvs.append(["ip", "route", "add", "default", "via", gateway])
-    for net, prefix, via in routes or ():
-        argvs.append(["ip", "route", "add", f"{net}/{prefix}", "via", via])
-    for argv in argvs:
-        res = system.run(argv, check=False, timeout=60)
-        if not res.ok:
-            log.warn("Failed to add route {0}: {1}", " ".join(argv[3:]), res.stderr.strip())
-    return argvs
+    if gateway is None and not routes:
+        return
+    try:
+        failures = net.configure_routes(gateway, list(routes or ()))
+    except OSUtilError as e:
+        failures = [str(e)]
+    for failure in failures:
+        log.warn("Failed to add route: {0}", failure)
 
 
 class DhcpClientMonitor:
     """State of one ``MonitorDhcpClientRestart`` operation."""
 
-    def __init__(self, pid_command: Sequence[str], gateway: Optional[str] = None,
-                 routes: Optional[Sequence[tuple[str, int, str]]] = None):
+    def __init__(self, pid_command: Sequence[str], net: NetOps, gateway: Optional[str] = None,
+                 routes: Optional[Sequence[RouteSpec]] = None):
         self.pid_command = list(pid_command)
+        self.net = net
         self.gateway = gateway
         self.routes = routes
         self.pids: list[int] = []
         self.warning_enabled = True
         self.restarts = 0
-        conf_routes(gateway, routes)
+        conf_routes(net, gateway, routes)
 
     def _current(self) -> list[int]:
         pids = dhcp_client_pids(self.pid_command)
@@ -82,7 +74,7 @@ class DhcpClientMonitor:
         new = self._current()
         if new and new != self.pids:
             log.info("EnvMonitor: Detected dhcp client restart. Restoring routing table.")
-            conf_routes(self.gateway, self.routes)
+            conf_routes(self.net, self.gateway, self.routes)
             self.pids = new
             self.restarts += 1
             return True

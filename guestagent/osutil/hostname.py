@@ -16,6 +16,7 @@ from typing import Callable, Optional
 from guestagent import log
 from guestagent.errors import CommandError
 from guestagent.osutil import dhcpclient, distros, system
+from guestagent.osutil.nethelper import NetOps
 
 CLOUD_INIT_HOSTNAME = "/var/lib/cloud/data/set-hostname"
 
@@ -63,10 +64,11 @@ def get_hostname_record(lib_dir: str) -> str:
     return system.read_text(record) or ""
 
 
-def publish_hostname(hostname: str, distro: distros.Distro, lib_dir: str, ifname: Optional[str] = None,
-                     sleep: Callable[[float], None] = time.sleep) -> list[list[str]]:
-    """DHCP hostname, record, interface restart; returns the restart commands run."""
-    ifname = ifname or dhcpclient.primary_interface()
+def publish_hostname(hostname: str, distro: distros.Distro, lib_dir: str, net: NetOps,
+                     ifname: Optional[str] = None, sleep: Callable[[float], None] = time.sleep) -> list[list[str]]:
+    """DHCP hostname, record, interface restart; returns the restart steps taken. ``net``: netlink in this
+    process (daemon) or in a helper interpreter (ext-handler child)."""
+    ifname = ifname or net.interface_name()
     dhcpclient.set_dhcp_hostname(hostname, distro, ifname)
     set_hostname_record(hostname, lib_dir)
-    return dhcpclient.restart_interface(ifname, distro, sleep=sleep)
+    return dhcpclient.restart_interface(ifname, distro, net, sleep=sleep)

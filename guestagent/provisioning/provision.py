@@ -12,7 +12,8 @@ from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.errors import CommandError, CryptError, OSUtilError, ProvisionError
-from guestagent.osutil import distros, hostname, ssh, users
+from guestagent.osutil import distros, hostname, network, ssh, users
+from guestagent.osutil.nethelper import NetOps
 from guestagent.provisioning import customdata
 from guestagent.provisioning.ovfenv import OvfEnv
 
@@ -21,10 +22,11 @@ class Provisioner:
     """Applies one :class:`OvfEnv` to the OS according to ``conf`` (a :class:`guestagent.conf.Config`)."""
 
     def __init__(self, conf: Any, distro: Optional[distros.Distro] = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, net: Optional[NetOps] = None):
         self.conf = conf
         self.distro = distro or distros.detect()
         self.sleep = sleep
+        self.net = net or network.Direct()  # the daemon before Ready: netlink in this process
 
     # --- steps 6-10 ----------------------------------------------------------------------------------
     def provision(self, ovf: OvfEnv) -> None:
@@ -33,7 +35,7 @@ class Provisioner:
             log.info("Set hostname [{0}]", ovf.hostname)
             hostname.set_hostname(ovf.hostname, self.distro)
             log.info("Publish hostname [{0}]", ovf.hostname)
-            hostname.publish_hostname(ovf.hostname, self.distro, self.conf.lib_dir, sleep=self.sleep)
+            hostname.publish_hostname(ovf.hostname, self.distro, self.conf.lib_dir, self.net, sleep=self.sleep)
             self.config_user_account(ovf)
             customdata.save_customdata(ovf.customdata, self.conf.lib_dir, self.conf.provisioning_decode_custom_data,
                                        self.conf.provisioning_execute_custom_data)

@@ -42,7 +42,9 @@ while time.monotonic() < deadline and open("/var/lib/waagent/published_hostname"
     time.sleep(0.2)
 Ctx.stop_event.set()
 thread.join(10)
-print("RESULT " + json.dumps({o.name: [o.runs, o.failures, o.last_error] for o in ops}))
+result = {o.name: [o.runs, o.failures, o.last_error] for o in ops}
+result["pyroute2 loaded"] = "pyroute2" in __import__("sys").modules
+print("RESULT " + json.dumps(result))
 """.replace("WIRE", repr(WIRE))
 
 
@@ -59,6 +61,9 @@ def test_env_thread_publishes_a_hostname_change_and_guards_the_wireserver(sandbo
     res = sb.python(THREAD, env={"PATH": path, "GUESTAGENT_DISTRO": "debian:12"}, timeout=90, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     ops = json.loads(res.stdout.split("RESULT ", 1)[1])
+    # the publish asked netlink for the interface through the helper interpreter: the thread's process never
+    # loads pyroute2
+    assert ops.pop("pyroute2 loaded") is False
     assert set(ops) == {"RemovePersistentNetworkRules", "MonitorDhcpClientRestart", "EnableFirewall",
                         "SetRootDeviceScsiTimeout", "MonitorHostNameChanges"}
     assert all(failures == 0 for _, failures, _ in ops.values()), ops

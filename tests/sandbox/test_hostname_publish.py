@@ -1,7 +1,8 @@
 """Publishing the hostname on the two paths Debian does not take: systemd-networkd (Ubuntu ≥ 18.04)
 and ifcfg + NetworkManager (RHEL family). The sandbox has no systemd: ``systemctl`` is a stand-in that
 records its argv (the boundary that cannot exist here); the ifcfg file, the published-hostname record
-and the ``ip link`` bounce of the sandbox's own eth0 are real."""
+and the netlink bounce of the sandbox's own eth0 (run, as in the ext-handler child, by the helper
+interpreter) are real."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ pytestmark = pytest.mark.sandbox
 SYSTEMCTL = '#!/bin/sh\necho "systemctl $*" >> /run/systemctl.log\n'
 
 PUBLISH = r"""
-import json, subprocess
-from guestagent.osutil import distros, hostname
-ran = hostname.publish_hostname(NAME, distros.make(DISTRO, VERSION), "/var/lib/waagent", sleep=lambda s: None)
+import json, subprocess, sys
+from guestagent.osutil import distros, hostname, nethelper
+ran = hostname.publish_hostname(NAME, distros.make(DISTRO, VERSION), "/var/lib/waagent", nethelper.Helper(),
+                                sleep=lambda s: None)
 link = subprocess.run(["ip", "-o", "link", "show", "eth0"], capture_output=True, text=True).stdout
-print("RESULT " + json.dumps({"ran": ran, "link_up": ",UP" in link or "<UP" in link}))
+print("RESULT " + json.dumps({"ran": ran, "link_up": ",UP" in link or "<UP" in link,
+                              "pyroute2": "pyroute2" in sys.modules}))
 """
 
 
@@ -58,7 +61,7 @@ def test_ifcfg_and_networkmanager_path(sandbox, nm_controlled):
     assert "DHCP_HOSTNAME=pub-rhel" in text.splitlines() and "old-name" not in text
     assert "DEVICE=eth0" in text and "BOOTPROTO=dhcp" in text
     assert sb.read_text("/var/lib/waagent/published_hostname") == "pub-rhel"
-    bounce = [["ip", "link", "set", "eth0", "down"], ["ip", "link", "set", "eth0", "up"]]
+    bounce = [["netlink", "bounce", "eth0"]]
     if nm_controlled == "no":
         # an interface NetworkManager does not control: upstream restarts NetworkManager first
         assert out["ran"] == [["systemctl", "restart", "NetworkManager"], *bounce]
@@ -67,3 +70,4 @@ def test_ifcfg_and_networkmanager_path(sandbox, nm_controlled):
         assert out["ran"] == bounce
         assert sb.run(["test", "-e", "/run/systemctl.log"], check=False).returncode != 0
     assert out["link_up"], "eth0 must be up again after the bounce"
+    assert not out["pyroute2"], "the bounce runs in the helper interpreter, not in the publishing process"

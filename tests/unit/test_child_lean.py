@@ -22,7 +22,10 @@ CHILD_MODULES = ["guestagent.exthandler.main", "guestagent.exthandler.extensions
                  "guestagent.exthandler.monitor", "guestagent.exthandler.env", "guestagent.exthandler.telemetry",
                  "guestagent.exthandler.cgroups", "guestagent.exthandler.logcollector",
                  "guestagent.exthandler.remoteaccess", "guestagent.protocol", "guestagent.protocol.goalstate",
-                 "guestagent.protocol.goalstate_updater"]
+                 "guestagent.protocol.goalstate_updater", "guestagent.protocol.endpoint",
+                 # the env thread's network actions: netlink runs in a helper interpreter (osutil.nethelper)
+                 "guestagent.osutil.nethelper", "guestagent.osutil.hostname", "guestagent.osutil.dhcpclient",
+                 "guestagent.osutil.dhcpmonitor"]
 HEAVY = ["ssl", "urllib.request", "http.client", "cryptography", "asn1crypto", "psutil", "pyroute2", "email",
          # XML on the interpreter's expat: no lxml (~5.5 MB), no ElementTree/minidom/sax (issue 3 item 10)
          "lxml", "xml.etree", "xml.dom", "xml.sax",

@@ -9,6 +9,7 @@ import threading
 from guestagent import conf
 from guestagent.exthandler import env
 from guestagent.osutil import dhcpmonitor, distros, netrules, scsi
+from guestagent.osutil.nethelper import Helper
 
 
 class Ctx:
@@ -102,7 +103,7 @@ def test_dhcp_client_restart_detected_with_real_processes(tmp_path):
     first = subprocess.Popen(sleeper)
     try:
         pid_file.write_text(str(first.pid))
-        monitor = dhcpmonitor.DhcpClientMonitor(["cat", str(pid_file)])
+        monitor = dhcpmonitor.DhcpClientMonitor(["cat", str(pid_file)], Helper())
         assert monitor.check() is False and monitor.pids == [first.pid]
         assert monitor.check() is False  # still alive
         first.kill()

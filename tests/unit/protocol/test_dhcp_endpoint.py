@@ -6,7 +6,8 @@ from datetime import datetime
 
 import pytest
 
-from guestagent.errors import DhcpError, ProtocolError, ProtocolNotFoundError
+from guestagent.errors import DhcpError, NetworkError, ProtocolError, ProtocolNotFoundError
+from guestagent.osutil import dhcpprobe
 from guestagent.protocol import dhcp, endpoint
 
 MAC = bytes.fromhex("000d3a112233")
@@ -51,6 +52,33 @@ def test_isc_lease_last_valid_wins_and_expired_skipped():
     assert dhcp.parse_isc_leases('lease {\n  option unknown-245 a8:3f:81:10;\n  expire never;\n}\n') == "168.63.129.16"
 
 
+#: Option 245 as each DHCP client writes it. ISC dhclient prints every byte of an unknown option with
+#: ``%x`` (no zero padding): 127.0.0.2 is ``7f:0:0:2``; systemd-networkd's lease cache holds the option's
+#: bytes as one hex string.
+ISC_SPELLINGS = [("a8:3f:81:10", "168.63.129.16"), ("7f:0:0:2", "127.0.0.2"), ("a:0:0:5", "10.0.0.5"),
+                 ("0a:00:00:05", "10.0.0.5"), ("A8:3F:81:10", "168.63.129.16"), ("a8:3f:81:1", "168.63.129.1")]
+
+
+@pytest.mark.parametrize("spelling,ip", ISC_SPELLINGS, ids=[s for s, _ in ISC_SPELLINGS])
+def test_isc_lease_option_245_spellings(spelling, ip):
+    lease = f'lease {{\n  interface "eth0";\n  option unknown-245 {spelling};\n  expire never;\n}}\n'
+    assert dhcp.parse_isc_leases(lease) == ip
+
+
+@pytest.mark.parametrize("bad", ["a8:3f:81", "a8:3f:81:10:01", "a8:3f:81:100", "a8:3f:81:zz", "a8::81:10",
+                                 '"ABCD"'])
+def test_isc_lease_option_245_malformed_is_ignored(bad):
+    lease = f"lease {{\n  option unknown-245 {bad};\n  expire never;\n}}\n"
+    assert dhcp.parse_isc_leases(lease) is None
+
+
+@pytest.mark.parametrize("spelling,ip", [("a83f8110", "168.63.129.16"), ("7f000002", "127.0.0.2"),
+                                         ("A83F8110", "168.63.129.16")])
+def test_networkd_lease_option_245_spellings(spelling, ip):
+    assert dhcp.parse_networkd_lease(f"# This is private data. Do not parse.\nADDRESS=10.0.0.4\n"
+                                     f"OPTION_245={spelling}\n") == ip
+
+
 def test_networkd_lease():
     assert dhcp.parse_networkd_lease("ADDRESS=10.0.0.4\nOPTION_245=a83f8110\n") == "168.63.129.16"
     assert dhcp.parse_networkd_lease("ADDRESS=10.0.0.4\n") is None
@@ -71,11 +99,12 @@ def test_leases_read_under_root(tmp_root):
     d = tmp_root / "var/lib/NetworkManager"
     d.mkdir(parents=True)
     (d / "dhclient-abc-eth0.lease").write_text(ISC)
-    assert dhcp.endpoint_from_leases(dhcp.lease_locations("debian", "12")) == "10.0.0.5"
+    assert endpoint.DhcpHelper(net=FakeNet(), distro=("debian", "12")).endpoint_from_leases() == "10.0.0.5"
     n = tmp_root / "run/systemd/netif/leases"
     n.mkdir(parents=True)
-    (n / "2").write_text("OPTION_245=a83f8110\n")
-    assert dhcp.endpoint_from_leases(dhcp.lease_locations("ubuntu", "22.04")) == "168.63.129.16"
+    (n / "2").write_text("OPTION_245=7f000002\n")
+    assert endpoint.DhcpHelper(net=FakeNet(), distro=("ubuntu", "22.04")).endpoint_from_leases() == "127.0.0.2"
+    assert dhcpprobe.lease_files(dhcp.NETWORKD) == [(str(n / "2"), "OPTION_245=7f000002\n")]
 
 
 def test_build_discover_layout():
@@ -92,11 +121,6 @@ def test_parse_reply_options_and_routes():
     r = dhcp.parse_reply(reply(OPTS), XID, MAC)
     assert r.endpoint == "168.63.129.16" and r.gateway == "10.0.0.1"
     assert r.routes == [("0.0.0.0", 0, "10.0.0.1"), ("168.63.129.16", 32, "10.0.0.1")]
-    assert dhcp.route_commands(r, has_default_route=False) == [
-        ["ip", "route", "add", "0", "via", "10.0.0.1"],
-        ["ip", "route", "add", "0.0.0.0/0", "via", "10.0.0.1"],
-        ["ip", "route", "add", "168.63.129.16/32", "via", "10.0.0.1"]]
-    assert dhcp.route_commands(r, has_default_route=True)[0][3] == "0.0.0.0/0"
 
 
 @pytest.mark.parametrize("bad", [reply(OPTS, xid=b"\x09\x09\x09\x09"), reply(OPTS, mac=b"\x01" * 6),
@@ -119,36 +143,58 @@ def test_exchange_over_loopback_udp():
 
     threading.Thread(target=answer, daemon=True).start()
     req = dhcp.build_discover(MAC, XID, False)
-    raw = dhcp.exchange(req, bind=("127.0.0.1", 0), server=("127.0.0.1", port), timeout=5)
+    raw = dhcpprobe.exchange(req, bind=("127.0.0.1", 0), server=("127.0.0.1", port), timeout=5)
     assert dhcp.parse_reply(raw, XID, MAC).endpoint == "168.63.129.16"
     server.close()
 
 
 class FakeRun:
-    """Records argv instead of touching the host's routes/firewall (the host must never change)."""
+    """Records argv instead of touching the host's firewall (the host must never change)."""
 
-    def __init__(self, routes=""):
+    def __init__(self):
         self.calls = []
-        self.routes = routes
 
     def __call__(self, argv, **kw):
         self.calls.append(argv)
-        return type("R", (), {"stdout": self.routes if argv[:3] == ["ip", "route", "show"] else ""})()
+
+
+class FakeNet:
+    """Netlink as the DHCP helper sees it, recorded (the real one is tested in a namespace:
+    tests/sandbox/test_network.py)."""
+
+    def __init__(self, routes=(), default=True, interface=("eth9", MAC)):
+        self.routes = list(routes)
+        self.default = default
+        self.interface = interface
+        self.calls = []
+
+    def route_exists(self, address):
+        return address in self.routes
+
+    def has_default_route(self):
+        return self.default
+
+    def dhcp_interface(self):
+        return self.interface
+
+    def add_route(self, destination, prefix, gateway=None, ifname=None):
+        self.calls.append(("add", destination, prefix, gateway, ifname))
+
+    def del_route(self, destination, prefix, gateway=None, ifname=None):
+        self.calls.append(("del", destination, prefix, gateway, ifname))
+
+    def configure_routes(self, gateway, routes):
+        self.calls.append(("configure", gateway, list(routes)))
+        return ["Could not add route 0.0.0.0/0: (17, 'File exists')"]
 
 
 def test_helper_route_table_fast_path(tmp_root):
-    (tmp_root / "proc/net").mkdir(parents=True)
-    (tmp_root / "proc/net/route").write_text("Iface\tDestination\tGateway\neth0\t10813FA8\t0100000A\t0007\n")
-    h = dhcp.DhcpHelper(run=FakeRun(), distro=("debian", "12"))
-    assert h.discover() == "168.63.129.16"
+    net = FakeNet(routes=["168.63.129.16"])
+    h = endpoint.DhcpHelper(net=net, run=FakeRun(), distro=("debian", "12"))
+    assert h.discover() == "168.63.129.16" and net.calls == []
 
 
 def test_helper_sends_discover_and_applies_routes(tmp_root):
-    (tmp_root / "proc/net").mkdir(parents=True)
-    (tmp_root / "proc/net/route").write_text(
-        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\neth9\t00000000\t0100000A\t0003\t0\t0\t100\n")
-    (tmp_root / "sys/class/net/eth9").mkdir(parents=True)
-    (tmp_root / "sys/class/net/eth9/address").write_text("00:0d:3a:11:22:33\n")
     sent = []
 
     def exchange(request):
@@ -157,32 +203,38 @@ def test_helper_sends_discover_and_applies_routes(tmp_root):
             raise OSError("timed out")
         return reply(OPTS, xid=request[4:8], mac=request[0x1C:0x22])
 
-    run, sleeps = FakeRun(routes="10.0.0.0/24 dev eth9\n"), []
-    h = dhcp.DhcpHelper(run=run, sleep=sleeps.append, exchange_fn=exchange, distro=("debian", "12"))
+    run, sleeps, net = FakeRun(), [], FakeNet(default=False)
+    h = endpoint.DhcpHelper(net=net, run=run, sleep=sleeps.append, exchange_fn=exchange, distro=("debian", "12"))
     assert h.discover() == "168.63.129.16"
-    assert sleeps == [0] and sent[1][10] == 0x80
-    assert ["ip", "route", "add", "255.255.255.255", "dev", "eth9"] in run.calls
-    assert ["ip", "route", "add", "168.63.129.16/32", "via", "10.0.0.1"] in run.calls
-    assert ["iptables", "-I", "INPUT", "-p", "udp", "--dport", "68", "-j", "ACCEPT"] in run.calls
+    assert sleeps == [0] and sent[0][10] == 0 and sent[1][10] == 0x80 and sent[1][0x1C:0x22] == MAC
+    # the broadcast route exists only around the exchange; the learned routes are added after it
+    assert net.calls == [("add", "255.255.255.255", 32, None, "eth9"), ("del", "255.255.255.255", 32, None, "eth9"),
+                         ("configure", "10.0.0.1", [("0.0.0.0", 0, "10.0.0.1"), ("168.63.129.16", 32, "10.0.0.1")])]
+    assert run.calls == [list(argv) for argv in dhcpprobe.OPEN_PORT_68] * 2
+
+
+def test_helper_without_a_mac_fails_clearly():
+    h = endpoint.DhcpHelper(net=FakeNet(interface=("eth9", b"")), run=FakeRun(), distro=("x", "1"))
+    with pytest.raises(DhcpError, match="MAC address of eth9"):
+        h.send_discover()
 
 
 def test_helper_gives_up_after_five_tries(tmp_root):
-    (tmp_root / "sys/class/net/eth0").mkdir(parents=True)
-    (tmp_root / "sys/class/net/eth0/address").write_text("00:0d:3a:11:22:33\n")
-    (tmp_root / "proc/net").mkdir(parents=True)
-    (tmp_root / "proc/net/route").write_text(
-        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\neth0\t00000000\t0100000A\t0003\t0\t0\t0\n")
     sleeps = []
 
     def fail(request):
         raise OSError("timed out")
 
-    h = dhcp.DhcpHelper(run=FakeRun("default via 10.0.0.1\n"), sleep=sleeps.append, exchange_fn=fail,
-                        distro=("x", "1"))
+    class NoBroadcastRoute(FakeNet):
+        def add_route(self, *a, **k):
+            raise NetworkError("Could not add route 255.255.255.255/32: (1, 'Operation not permitted')")
+
+    net = NoBroadcastRoute(default=False)
+    h = endpoint.DhcpHelper(net=net, run=FakeRun(), sleep=sleeps.append, exchange_fn=fail, distro=("x", "1"))
     h.skip_cache = True
     with pytest.raises(DhcpError, match=r"Failed to receive dhcp response\."):
         h.send_discover()
-    assert sleeps == [0, 10, 30, 60, 60]
+    assert sleeps == [0, 10, 30, 60, 60] and net.calls == []  # no route added, none to remove
 
 
 # --- files and the detection loop ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from guestagent import log
 from guestagent.errors import OSUtilError
 from guestagent.osutil import dhcpclient, distros
+from guestagent.osutil.nethelper import Helper
 from guestagent.provisioning import dvd, handler
 
 
@@ -66,7 +67,7 @@ def test_eject_success_and_virtio_disk_is_not_ejected(bin_dir, tmp_path):
 
 def test_missing_ifdown_warns_once_and_does_not_retry(bin_dir, captured):
     slept: list[float] = []
-    ran = dhcpclient.restart_interface("eth0", distros.make("debian", "12"), sleep=slept.append)
+    ran = dhcpclient.restart_interface("eth0", distros.make("debian", "12"), Helper(), sleep=slept.append)
     assert ran == [["ifdown", "eth0"], ["ifup", "eth0"]] and slept == []
     lines = captured.getvalue().splitlines()
     assert [line.split(" ", 3)[3] for line in lines if " WARNING " in line] == [
@@ -79,7 +80,7 @@ def test_ifdown_then_ifup_run_in_order(bin_dir, tmp_path, captured):
     record = tmp_path / "calls"
     for name in ("ifdown", "ifup"):
         _tool(bin_dir, name, f'echo "${{0##*/}} $*" >> {record}\n')
-    dhcpclient.restart_interface("eth0", distros.make("debian", "12"), sleep=lambda s: None)
+    dhcpclient.restart_interface("eth0", distros.make("debian", "12"), Helper(), sleep=lambda s: None)
     assert record.read_text() == "ifdown eth0\nifup eth0\n"
     assert " WARNING " not in captured.getvalue()
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from guestagent.errors import OSUtilError, ProvisionError
+from guestagent.errors import NetworkError, OSUtilError, ProvisionError
 from guestagent.osutil import dhcpclient, distros, hostname, ssh, sshkeys, users
 from tests.conftest import TESTDATA
 
@@ -124,19 +124,36 @@ def test_ifcfg_dhcp_hostname_and_nm_controlled(tmp_root):
     assert dhcpclient._nm_controlled("eth0") is False
 
 
-def test_primary_interface_from_route_table(tmp_root):
-    (tmp_root / "proc/net").mkdir(parents=True)
-    (tmp_root / "proc/net/route").write_text(
-        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
-        "eth1\t00000000\t0100000A\t0003\t0\t0\t200\t00000000\n"
-        "eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\n")
-    assert dhcpclient.primary_interface() == "eth0"
+class FlakyLink:
+    """A link that refuses the first bounce (netlink itself is tested in tests/sandbox/test_network.py)."""
+
+    def __init__(self):
+        self.bounced = []
+
+    def interface_name(self):
+        return "eth7"
+
+    def bounce(self, ifname):
+        self.bounced.append(ifname)
+        if len(self.bounced) == 1:
+            raise NetworkError("Could not set eth0 down: (1, 'Operation not permitted')")
+
+
+def test_link_bounce_is_netlink_with_upstream_retries(tmp_root):
+    net, slept = FlakyLink(), []
+    ran = dhcpclient.restart_interface("eth0", distros.make("rhel", "9.4"), net, sleep=slept.append)
+    assert ran == [["netlink", "bounce", "eth0"]] * 2 and net.bounced == ["eth0", "eth0"] and slept == [5.0]
+
+
+def test_ifcfg_hostname_asks_netlink_for_the_interface(tmp_root):
+    dhcpclient.set_dhcp_hostname("vm3", distros.make("rhel", "9.4"), net=FlakyLink())
+    assert (tmp_root / "etc/sysconfig/network-scripts/ifcfg-eth7").read_text() == "DHCP_HOSTNAME=vm3\n"
 
 
 def test_restart_interface_missing_tool_does_not_wait(tmp_root, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_root))  # nothing installed
     slept = []
-    ran = dhcpclient.restart_interface("eth0", distros.make("debian", "12"), sleep=slept.append)
+    ran = dhcpclient.restart_interface("eth0", distros.make("debian", "12"), FlakyLink(), sleep=slept.append)
     assert ran == [["ifdown", "eth0"], ["ifup", "eth0"]] and slept == []
 
 
