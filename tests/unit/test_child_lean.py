@@ -23,7 +23,8 @@ CHILD_MODULES = ["guestagent.exthandler.main", "guestagent.exthandler.extensions
                  "guestagent.exthandler.cgroups", "guestagent.exthandler.logcollector",
                  "guestagent.exthandler.remoteaccess", "guestagent.protocol", "guestagent.protocol.goalstate",
                  "guestagent.protocol.goalstate_updater"]
-HEAVY = ["ssl", "urllib.request", "http.client", "cryptography", "asn1crypto", "psutil", "pyroute2", "email",
+# psutil is not here: the child's process facts (guestagent.osutil.processes) are psutil's
+HEAVY = ["ssl", "urllib.request", "http.client", "cryptography", "asn1crypto", "pyroute2", "email",
          # XML on lxml, loaded at the first parse (~8 MB); no ElementTree/minidom/sax (issue 3 item 10)
          "lxml", "xml.etree", "xml.dom", "xml.sax",
          # _hashlib maps libcrypto (~3.6 MB): certificates/password import hashlib/secrets where used
