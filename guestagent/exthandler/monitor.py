@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Optional
 
 from guestagent import events, log
+from guestagent.osutil import processes
 from guestagent.periodic import Operation
 
 RESET_LOG_PERIOD = 12 * 3600.0
@@ -40,21 +41,6 @@ def report_network_errors(lib_dir: Optional[str] = None) -> Optional[str]:
     msg = f"hostplugin:{counts['hostplugin']};protocol:{counts['protocol']};other:{counts['other']}"
     events.add_event(events.WALAEventOperation.HttpErrors, message=msg, lib_dir=lib_dir)
     return msg
-
-
-def system_memory(meminfo: Optional[str] = None) -> tuple[int, int]:
-    """(used MB, available MB) as ``free -b`` computes them: used = total − available."""
-    if meminfo is None:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            meminfo = f.read()
-    values = {}
-    for line in meminfo.splitlines():
-        parts = line.replace(":", " ").split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            values[parts[0]] = int(parts[1]) * 1024
-    total = values.get("MemTotal", 0)
-    available = values.get("MemAvailable", values.get("MemFree", 0))
-    return (total - available) // (1024 * 1024), available // (1024 * 1024)
 
 
 class HealthSignals:
@@ -160,7 +146,7 @@ class ResourceUsage:
 
 
 def poll_system_memory(log_metrics: bool = False, lib_dir: Optional[str] = None) -> None:
-    used, available = system_memory()
+    used, available = processes.system_memory_mb()
     events.add_metric("Memory", "Used Memory (MB)", "", used, log_event=log_metrics, lib_dir=lib_dir)
     events.add_metric("Memory", "Available Memory (MB)", "", available, log_event=log_metrics, lib_dir=lib_dir)
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from guestagent.osutil import system
+from guestagent.osutil import processes, system
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 V1, V2 = "v1", "v2"
@@ -125,14 +125,6 @@ def process_cgroup_path(text: str, version: str, controller: str = "cpu") -> Opt
     return None
 
 
-def parse_proc_stat_total(text: str) -> int:
-    """Total jiffies of the first ``cpu`` line of /proc/stat (all CPUs)."""
-    for line in text.splitlines():
-        if line.startswith("cpu "):
-            return sum(int(v) for v in line.split()[1:])
-    raise CgroupsError("No cpu line in /proc/stat")
-
-
 def parse_uptime(text: str) -> float:
     return float(text.split()[0])
 
@@ -170,8 +162,8 @@ class _Files:
 
 
 class CpuController(_Files):
-    """% Processor Time between two polls, and throttled time (as upstream: v1 ticks × cores against
-    /proc/stat; v2 usage_usec against /proc/uptime, i.e. 100 % = one core)."""
+    """% Processor Time between two polls, and throttled time (as upstream: v1 ticks × cores against the
+    system's CPU ticks; v2 usage_usec against /proc/uptime, i.e. 100 % = one core)."""
 
     def __init__(self, path: str, version: str, proc_root: str = "/proc"):
         super().__init__(path)
@@ -184,8 +176,7 @@ class CpuController(_Files):
         if self.version == V1:
             stat = parse_keyed(self.read("cpuacct.stat"))
             used = float(stat.get("user", 0) + stat.get("system", 0))
-            with open(os.path.join(self.proc_root, "stat"), encoding="utf-8") as f:
-                return used, float(parse_proc_stat_total(f.read()))
+            return used, float(processes.system_cpu_ticks())
         used = self.counter("cpu.stat", "usage_usec") / 1e6
         with open(os.path.join(self.proc_root, "uptime"), encoding="utf-8") as f:
             return used, parse_uptime(f.read())

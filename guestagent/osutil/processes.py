@@ -1,47 +1,53 @@
-"""Processes as the kernel sees them (``/proc`` is read directly, never through the osutil root)."""
+"""Processes and the kernel's CPU and memory accounting, through psutil (never through the osutil root).
+
+psutil is the agent's one reader of ``/proc/<pid>``, ``/proc/stat`` and ``/proc/meminfo``; it loads in
+the daemon before Ready and in the ext-handler child (its monitor), never in the lean supervisor, which
+keeps its own RSS reader (``daemon/supervisor.py``).
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+from typing import Iterator, Optional
+
+import psutil
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return ") Z " not in f.read()
-    except OSError:
+    except psutil.AccessDenied:
         return True
 
 
 def cmdline(pid: int) -> str:
+    """The command line, arguments joined by spaces ("" when the process is gone or hidden)."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read(4096).replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 
-def _read(pid: int, name: str) -> str:
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+def command_lines() -> Iterator[str]:
+    """Every visible process's command line, in PID order (kernel threads have none and are skipped)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        line = proc.info["cmdline"]
+        if line:
+            yield " ".join(line)
 
 
 def parent_pid(pid: int) -> int:
-    """The parent's PID from ``/proc/<pid>/stat`` (0 when the process is gone)."""
+    """The parent's PID (0 when the process is gone)."""
     try:
-        return int(_read(pid, "stat").rsplit(")", 1)[1].split()[1])
-    except (IndexError, ValueError):
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
         return 0
 
 
@@ -54,39 +60,91 @@ def started_by_agent(pid: int, systemd_run: set[int]) -> bool:
     """May ``pid`` be in the agent's cgroup (06 §10.4)? This process and its parent (the daemon), our
     descendants, processes carrying the agent's environment marker, systemd-run helpers, zombies and
     processes that are gone."""
-    from guestagent.osutil.system import AGENT_ENV_MARKER
+    from guestagent.osutil.system import AGENT_ENV_MARKER  # system imports this module on a timeout
 
     me = os.getpid()
     if pid in (me, os.getppid()) or pid in systemd_run:
         return True
-    stat = _read(pid, "stat")
-    if not stat or ") Z " in stat:
-        return True
-    key, value = AGENT_ENV_MARKER
-    if f"{key}={value}" in _read(pid, "environ"):
-        return True
-    if re.search(r"systemd-run.*--unit=.*--scope.*--slice=azure-vmextensions", cmdline(pid)):
-        return True
-    parent = pid
-    for _ in range(32):  # walk up to us
-        parent = parent_pid(parent)
-        if parent == me:
-            return True
-        if parent <= 1:
-            return False
-    return False
-
-
-def rss_kb(pid: str = "self") -> int:
-    """Resident set size (0 where /proc is not readable)."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        key, value = AGENT_ENV_MARKER
+        try:
+            if proc.environ().get(key) == value:
+                return True
+        except psutil.AccessDenied:
+            pass
+        if re.search(r"systemd-run.*--unit=.*--scope.*--slice=azure-vmextensions", " ".join(proc.cmdline())):
+            return True
+        return any(parent.pid == me for parent in proc.parents())
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def rss_kb(pid: Optional[int] = None) -> int:
+    """Resident set size of ``pid`` (this process by default) in kB; 0 where it cannot be read."""
+    try:
+        return psutil.Process(pid).memory_info().rss // 1024
+    except psutil.Error:
+        return 0
+
+
+def cpu_seconds(pid: Optional[int] = None) -> float:
+    """User + system CPU time ``pid`` (this process by default) has used, in seconds."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def system_cpu_ticks() -> int:
+    """USER_HZ ticks elapsed in all CPU states on all cores since boot, as upstream counts them: the first
+    seven fields of ``/proc/stat``'s ``cpu`` line (steal and guest time left out)."""
+    t = psutil.cpu_times()
+    return round((t.user + t.nice + t.system + t.idle + t.iowait + t.irq + t.softirq) * _CLOCK_TICKS)
+
+
+def system_memory_mb() -> tuple[int, int]:
+    """(used MB, available MB) as ``free -b`` computes them: used = total − available."""
+    memory = psutil.virtual_memory()
+    return (memory.total - memory.available) // (1024 * 1024), memory.available // (1024 * 1024)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``, its process group and every descendant, also those that left the group.
+
+    The tree is frozen first (SIGSTOP, parents before children) so that nothing forks between the
+    snapshot and the kill; a process stopped cannot re-parent its children by exiting either."""
+    _signal_group(pid, signal.SIGSTOP)
+    frozen: list[psutil.Process] = []
+    pending = [pid]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            proc = psutil.Process(current)
+            proc.suspend()
+            frozen.append(proc)
+            pending.extend(child.pid for child in proc.children())
+        except psutil.Error:
+            continue
+    _signal_group(pid, signal.SIGKILL)
+    for proc in frozen:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
         pass
-    return 0
 
 
 _malloc_trim = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -178,7 +177,7 @@ def run(argv: Sequence[str], *, timeout: Optional[float] = DEFAULT_TIMEOUT, inpu
         check: bool = True, secrets: Iterable[str] = (), env: Optional[Mapping[str, str]] = None,
         cwd: Optional[PathLike] = None, output_cap: int = OUTPUT_CAP, log: bool = True) -> CommandResult:
     """Run a command without a shell. ``secrets`` (e.g. a password passed on stdin or argv) are
-    replaced in every captured/logged text. On timeout the whole process group is killed."""
+    replaced in every captured/logged text. On timeout the whole process tree is killed."""
     from guestagent import log as agent_log  # local: log imports nothing from osutil
 
     argv = [os.fspath(a) for a in argv]
@@ -201,7 +200,7 @@ def run(argv: Sequence[str], *, timeout: Optional[float] = DEFAULT_TIMEOUT, inpu
         out, err = proc.communicate(data, timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(proc)
+        _kill_tree(proc)
         out, err = proc.communicate()
     result = CommandResult(argv=argv, returncode=proc.returncode, stdout=redact(_cap(out, output_cap), secrets),
                            stderr=redact(_cap(err, output_cap), secrets), duration=time.monotonic() - start,
@@ -213,11 +212,11 @@ def run(argv: Sequence[str], *, timeout: Optional[float] = DEFAULT_TIMEOUT, inpu
     return result
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """A timed-out command: its whole process tree goes, also what left its process group."""
+    from guestagent.osutil import processes  # a cycle (processes reads AGENT_ENV_MARKER); psutil on demand
+
+    processes.kill_tree(proc.pid)
 
 
 def wait_exit(proc: subprocess.Popen, timeout: Optional[float]) -> bool:
@@ -268,7 +267,7 @@ def run_to_files(argv: Sequence[str], stdout: Any, stderr: Any, *, timeout: Opti
                  env: Optional[Mapping[str, str]] = None, cwd: Optional[PathLike] = None) -> CommandResult:
     """Run a command whose stdout/stderr go to the given open files (not pipes), stdin /dev/null, in its own
     session. Its exit is noticed as it happens; a background child it leaves behind keeps running and cannot
-    block us (extension handlers rely on that). On timeout the whole process group is killed.
+    block us (extension handlers rely on that). On timeout the whole process tree is killed.
     The returned CommandResult has empty stdout/stderr: the caller reads its files."""
     argv = [os.fspath(a) for a in argv]
     start = time.monotonic()
@@ -280,7 +279,7 @@ def run_to_files(argv: Sequence[str], stdout: Any, stderr: Any, *, timeout: Opti
         raise CommandError(argv[:1], None, reason=str(e))
     timed_out = not wait_exit(proc, timeout)
     if timed_out:
-        _kill_group(proc)
+        _kill_tree(proc)
         proc.wait()
     return CommandResult(argv=argv, returncode=proc.returncode, stdout="", stderr="",
                          duration=time.monotonic() - start, timed_out=timed_out)

@@ -67,17 +67,10 @@ _user_agent: Optional[str] = None
 
 
 def _goal_state_agent_version() -> str:
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return AGENT_VERSION
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read(4096).replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            continue
-        m = _GOAL_STATE_AGENT.search(cmdline)
+    from guestagent.osutil import processes  # psutil only when the first request names the agent
+
+    for line in processes.command_lines():
+        m = _GOAL_STATE_AGENT.search(line)
         if m:
             return m.group(1)
     return AGENT_VERSION

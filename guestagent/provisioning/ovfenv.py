@@ -1,8 +1,9 @@
 """ovf-env.xml → :class:`OvfEnv` (spec 05 §1).
 
-The document passes the hardened parser first (size cap, no DTD/entities, well-formed); values are
-then read with upstream's exact semantics — namespace-qualified lookups anywhere below the parent,
-an element's *first plain text node*, untrimmed (so an empty or CDATA-only element reads as absent).
+The document goes through the hardened parser (size cap, no DTD/entities, well-formed) into lxml's
+tree; values are read with upstream's exact (minidom) semantics — namespace-qualified lookups anywhere
+below the parent, an element's *first plain text node*, untrimmed (so an empty or CDATA-only element
+reads as absent).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Optional
-from xml.dom import minidom
+
+from lxml import etree
 
 from guestagent import log
 from guestagent.errors import ProtocolError, XmlError
@@ -65,21 +67,44 @@ class OvfEnv:
         return self.provision_guest_agent.lower() == "false"
 
 
-def _first(node, ns: str, tag: str):
-    found = node.getElementsByTagNameNS(ns, tag) if node is not None else []
-    return found[0] if found else None
-
-
-def _text(node) -> Optional[str]:
+def _first(node: Optional[etree._Element], ns: str, tag: str) -> Optional[etree._Element]:
+    """The first element ``{ns}tag`` below ``node`` (minidom's getElementsByTagNameNS: the node excluded)."""
     if node is None:
         return None
-    for child in node.childNodes:
-        if child.nodeType == child.TEXT_NODE:
-            return child.data
+    return next(node.iterdescendants(f"{{{ns}}}{tag}"), None)
+
+
+def _all(node: etree._Element, ns: str, tag: str) -> list[etree._Element]:
+    return list(node.iterdescendants(f"{{{ns}}}{tag}"))
+
+
+# lxml's serialization of an element: comments, PIs, CDATA sections, tags, text ('<', '>' always escaped).
+_TOKEN = re.compile(r"<!--.*?-->|<\?.*?\?>|<!\[CDATA\[.*?\]\]>|<[^>]*>|[^<]+", re.DOTALL)
+
+
+def _text(node: Optional[etree._Element]) -> Optional[str]:
+    """Upstream's gettext: the first child *text* node's data; a CDATA section is not one, a comment ends
+    one. lxml joins text and CDATA in ``text``/``tail`` but keeps them apart in its tree, so their order is
+    read off its serialization and the value off the matching ``text()`` node."""
+    if node is None:
+        return None
+    depth = 0
+    seen = 0  # CDATA sections of this element passed so far
+    for token in _TOKEN.findall(etree.tostring(node, encoding=str, with_tail=False)):
+        if token.startswith(("<!--", "<?")):
+            continue
+        if token.startswith("<![CDATA["):
+            seen += depth == 1
+        elif token.startswith("</"):
+            depth -= 1
+        elif token.startswith("<"):
+            depth += not token.endswith("/>")
+        elif depth == 1:
+            return str(node.xpath("text()")[seen])
     return None
 
 
-def _findtext(node, ns: str, tag: str) -> Optional[str]:
+def _findtext(node: Optional[etree._Element], ns: str, tag: str) -> Optional[str]:
     return _text(_first(node, ns, tag))
 
 
@@ -95,21 +120,15 @@ def parse_ovf_env(text: str, deprovision: bool = False) -> OvfEnv:
     if text is None:
         raise ProtocolError("Failed to validate OVF: ovf-env.xml is empty")
     try:
-        hardened.parse(text, max_size=MAX_SIZE, what="ovf-env.xml")
-        raw = text.encode("utf-8") if isinstance(text, str) else text
-        doc = minidom.parseString(raw.lstrip(b"\xef\xbb\xbf"))
+        root = hardened.parse_tree(text, max_size=MAX_SIZE, what="ovf-env.xml")
     except XmlError as e:
         raise ProtocolError(f"Failed to validate OVF: {e.msg}") from None
-    except Exception as e:  # expat errors the hardened parser let through
-        raise ProtocolError(f"Failed to validate OVF: ovf-env.xml is malformed: {e}") from None
-    try:
-        return _parse(doc, deprovision)
-    finally:
-        doc.unlink()
+    return _parse(root, deprovision)
 
 
-def _parse(doc, deprovision: bool) -> OvfEnv:
-    env = _require(_first(doc, OVF_NS, "Environment"), "Environment")
+def _parse(root: etree._Element, deprovision: bool) -> OvfEnv:
+    environment = f"{{{OVF_NS}}}Environment"
+    env = _require(root if root.tag == environment else _first(root, OVF_NS, "Environment"), "Environment")
     section = _require(_first(env, WA_NS, "ProvisioningSection"), "ProvisioningSection")
     version = _require(_findtext(env, WA_NS, "Version"), "Version")
     if version > OVF_VERSION:
@@ -127,10 +146,10 @@ def _parse(doc, deprovision: bool) -> OvfEnv:
         ovf.customdata = _findtext(conf_set, WA_NS, "CustomData")
         auth = _findtext(conf_set, WA_NS, "DisableSshPasswordAuthentication")
         ovf.disable_ssh_password_auth = auth is not None and auth.lower() == "true"
-        for key in conf_set.getElementsByTagNameNS(WA_NS, "PublicKey"):
+        for key in _all(conf_set, WA_NS, "PublicKey"):
             ovf.ssh_pubkeys.append(PublicKey(_findtext(key, WA_NS, "Path"), _findtext(key, WA_NS, "Fingerprint"),
                                              _findtext(key, WA_NS, "Value")))
-        for pair in conf_set.getElementsByTagNameNS(WA_NS, "KeyPair"):
+        for pair in _all(conf_set, WA_NS, "KeyPair"):
             ovf.ssh_keypairs.append(KeyPair(_findtext(pair, WA_NS, "Path"), _findtext(pair, WA_NS, "Fingerprint")))
     platform = _require(_first(env, WA_NS, "PlatformSettingsSection"), "PlatformSettingsSection")
     settings = _require(_first(platform, WA_NS, "PlatformSettings"), "PlatformSettings")

@@ -26,8 +26,9 @@ CHILD_MODULES = ["guestagent.exthandler.main", "guestagent.exthandler.extensions
                  # the env thread's network actions: netlink runs in a helper interpreter (osutil.nethelper)
                  "guestagent.osutil.nethelper", "guestagent.osutil.hostname", "guestagent.osutil.dhcpclient",
                  "guestagent.osutil.dhcpmonitor"]
-HEAVY = ["ssl", "urllib.request", "http.client", "cryptography", "asn1crypto", "psutil", "pyroute2", "email",
-         # XML on the interpreter's expat: no lxml (~5.5 MB), no ElementTree/minidom/sax (issue 3 item 10)
+# psutil is not here: the child's process facts (guestagent.osutil.processes) are psutil's
+HEAVY = ["ssl", "urllib.request", "http.client", "cryptography", "asn1crypto", "pyroute2", "email",
+         # XML on lxml, loaded at the first parse (~8 MB); no ElementTree/minidom/sax (issue 3 item 10)
          "lxml", "xml.etree", "xml.dom", "xml.sax",
          # _hashlib maps libcrypto (~3.6 MB): certificates/password import hashlib/secrets where used
          "hashlib", "_hashlib", "hmac", "secrets",

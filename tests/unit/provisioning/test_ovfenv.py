@@ -131,3 +131,20 @@ def test_redaction_covers_what_upstream_misses(form):
     out = redact_password(text)
     for secret in ("line1", "line2", "pfx-secret", "cdata-secret", "attr-secret"):
         assert secret not in out
+
+
+@pytest.mark.parametrize("fragment", [
+    "<A>x</A>", "<A/>", "<A></A>", "<A><![CDATA[x]]></A>", "<A>a<![CDATA[b]]>c</A>", "<A><![CDATA[b]]>c</A>",
+    "<A><B>z</B>d</A>", "<A>x&amp;y&gt;</A>", '<A k="a>b">t<![CDATA[x]]></A>', "<A><!--c>-->x<?p a>?>y</A>",
+    "<A><!--c--><![CDATA[b]]>c</A>", "<A><!--c--></A>", "<A><B><![CDATA[q]]>r</B><![CDATA[s]]>u</A>", "<A>\r\n</A>",
+])
+def test_an_elements_text_is_minidoms_first_text_node(fragment):
+    """Upstream reads ovf-env.xml with minidom: the stdlib's minidom is the oracle for every node-kind mix."""
+    from xml.dom import minidom
+
+    from guestagent.protocol import xml
+    from guestagent.provisioning.ovfenv import _text
+
+    nodes = minidom.parseString(fragment).documentElement.childNodes
+    expected = next((n.data for n in nodes if n.nodeType == n.TEXT_NODE), None)
+    assert _text(xml.parse_tree(fragment)) == expected
