@@ -33,12 +33,7 @@ ABSENT = {
     "ssl": "no https to the fabric", "http.client": "protocol.http speaks HTTP/1.1 on a socket",
     "email": "http.client's header parser", "urllib.request": "never used",
     "zipfile": "only while a package is unpacked or an archive written (none here: no extension)",
-<<<<<<< HEAD
-    "psutil": "not used by the child",
     "pyroute2": "~24 MB: the daemon before Ready; the child's network actions run in a helper interpreter",
-=======
-    "pyroute2": "daemon / provisioning only",
->>>>>>> xmlproc
 }
 
 CHILD = r"""
