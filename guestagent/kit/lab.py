@@ -24,6 +24,7 @@ from guestagent.protocol.certificates import ensure_transport_cert
 from guestagent.protocol.goalstate import GoalState
 from guestagent.protocol.status import build_vm_status
 
+
 class ExtensionLab:
     """A lib dir + a running fabric + the agent's protocol and ExtensionsManager over it.
 
