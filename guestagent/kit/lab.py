@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
@@ -50,6 +51,8 @@ class ExtensionLab:
                                      hgap_port=self.fabric.hgap_port, sleep=lambda s: None, save_history=False)
         self.goal_state: Optional[GoalState] = None
         self.incarnation = 1
+        #: How long the last apply() took to fetch the goal state, and to process it.
+        self.fetch_seconds = self.process_seconds = 0.0
         self.manager = self.new_manager()
 
     def new_manager(self) -> ExtensionsManager:
@@ -91,8 +94,11 @@ class ExtensionLab:
             step.required_features = list(required_features)
         self.fabric.scenario.steps.append(step)
         self.fabric.set_step(len(self.fabric.scenario.steps) - 1)
+        start = time.monotonic()
         self.goal_state = self.protocol.update_goal_state()
+        fetched = time.monotonic()
         self.manager.process(self.goal_state)
+        self.fetch_seconds, self.process_seconds = fetched - start, time.monotonic() - fetched
         return self.goal_state
 
     def vm_status(self) -> dict:
