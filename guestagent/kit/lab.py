@@ -82,10 +82,9 @@ class ExtensionLab:
         handlers[:] = [h for h in handlers if not (h.name == name and h.version in versions)]
         handlers.extend(HandlerPackage(name, version, Path(source)) for version, source in versions.items())
 
-    def apply(self, extensions: Iterable[ExtensionSpec], *, fast_track: bool = False,
-              required_features: Optional[list[str]] = None, on_hold: bool = False) -> GoalState:
-        """Make the next goal state hold ``extensions`` (a new incarnation, or a FastTrack vmSettings), fetch
-        it as the ext-handler does and process it."""
+    def deliver(self, extensions: Iterable[ExtensionSpec], *, fast_track: bool = False,
+                required_features: Optional[list[str]] = None, on_hold: bool = False) -> None:
+        """Make the fabric's next goal state hold ``extensions``: a new incarnation, or a FastTrack vmSettings."""
         if not fast_track:
             self.incarnation += 1
         step = Step(incarnation=str(self.incarnation), fast_track=fast_track, on_hold=on_hold,
@@ -94,6 +93,11 @@ class ExtensionLab:
             step.required_features = list(required_features)
         self.fabric.scenario.steps.append(step)
         self.fabric.set_step(len(self.fabric.scenario.steps) - 1)
+
+    def apply(self, extensions: Iterable[ExtensionSpec], *, fast_track: bool = False,
+              required_features: Optional[list[str]] = None, on_hold: bool = False) -> GoalState:
+        """deliver() the next goal state, fetch it as the ext-handler does and process it."""
+        self.deliver(extensions, fast_track=fast_track, required_features=required_features, on_hold=on_hold)
         start = time.monotonic()
         self.goal_state = self.protocol.update_goal_state()
         fetched = time.monotonic()
