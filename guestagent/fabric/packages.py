@@ -1,7 +1,8 @@
 """Extension packages and manifests served by the emulated storage account.
 
 A handler version is a folder (HandlerManifest.json + scripts); it is zipped on first request (file
-modes kept, so scripts stay executable) and cached until a file in the folder changes.
+modes kept, so scripts stay executable) and cached until a file in the folder changes. A version given
+as a ready-made ``.zip`` file (a test's hostile package) is served as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class PackageCache:
         self._zips: Dict[Path, Tuple[float, bytes]] = {}
 
     def zip_of(self, folder: Path) -> bytes:
+        if folder.is_file():
+            if folder.stat().st_size > _MAX_PACKAGE:
+                raise ValueError(f"package {folder} is larger than {_MAX_PACKAGE} bytes")
+            return folder.read_bytes()
         stamp = _newest_mtime(folder)
         with self._lock:
             cached = self._zips.get(folder)

@@ -72,7 +72,7 @@ class Step:
 class HandlerPackage:
     name: str
     version: str
-    path: Path
+    path: Path                            # a handler folder, or a ready-made .zip served as it is
 
 
 @dataclass

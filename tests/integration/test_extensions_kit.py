@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from guestagent.exthandler import kit
+from guestagent.kit import main as kit
 from guestagent.tools import main as tools_main
 
 ROOT = Path(__file__).resolve().parents[2]

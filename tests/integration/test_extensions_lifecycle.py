@@ -1,5 +1,5 @@
 """The handler lifecycle end to end: real packages built from a recording shell handler, served over loopback
-HTTP, downloaded and driven by the real ExtensionsManager; every command and its environment is recorded
+HTTP by the fabric emulator, downloaded and driven by the real ExtensionsManager; every command and its environment is recorded
 by the handler itself (tests/data/extensions/recorder)."""
 
 from __future__ import annotations
@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 
 import guestagent.protocol
-from guestagent.exthandler.extensions.kitsupport import HandlerSpec, SettingsSpec
-from guestagent.exthandler.kit import ExtensionLab
+from guestagent.fabric.scenario import ExtensionSpec, SettingsSpec
+from guestagent.kit.lab import ExtensionLab
 
 REC = str(Path(__file__).resolve().parents[1] / "data" / "extensions" / "recorder")
 NAME = "Test.Recorder"
@@ -41,14 +40,14 @@ class Calls:
             self.path.unlink()
 
 
-def make_lab(tmp_path, monkeypatch) -> ExtensionLab:
+def make_lab(tmp_path, monkeypatch, config: str = "") -> ExtensionLab:
     monkeypatch.setattr(guestagent.protocol, "_direct_is_primary", True)
     ctrl = tmp_path / "ctrl"
     ctrl.mkdir()
     monkeypatch.setenv("EXT_TEST_CALLS", str(tmp_path / "calls.log"))
     monkeypatch.setenv("EXT_TEST_CTRL", str(ctrl))
     lab = ExtensionLab(str(tmp_path / "w"), timeouts={"install": 2, "enable": 2, "disable": 2, "update": 2,
-                                                      "uninstall": 2})
+                                                      "uninstall": 2}, config=config)
     lab.calls = Calls(tmp_path / "calls.log")
     lab.ctrl = ctrl
     return lab
@@ -62,12 +61,12 @@ def lab(tmp_path, monkeypatch):
 
 
 def publish(lab, versions=("1.0.0", "1.1.0"), **manifest):
-    return lab.publish(NAME, {v: lab.prepare(REC, v, **manifest) for v in versions})
+    lab.publish(NAME, {v: lab.prepare(REC, v, **manifest) for v in versions})
 
 
-def spec(url, version="1.0.0", seq=0, state="enabled", public=None, **kw):
-    return HandlerSpec(NAME, version, url, state=state,
-                       settings=[SettingsSpec(seq=seq, public=public or {"seq": seq}, **kw)])
+def spec(version="1.0.0", seq=0, state="enabled", public=None, name=NAME, **kw):
+    return ExtensionSpec(name, version, state=state,
+                         settings=[SettingsSpec(seq_no=seq, public=public or {"seq": seq}, **kw)])
 
 
 def status_of(lab, name=NAME):
@@ -79,8 +78,8 @@ def control(lab, what, text):
 
 
 def test_install_enable_reports_status_and_writes_contract_files(lab):
-    url = publish(lab)
-    lab.apply([spec(url)])
+    publish(lab)
+    lab.apply([spec()])
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0"]
     _, _, env = lab.calls.all()[1]
     base = os.path.join(lab.lib_dir, f"{NAME}-1.0.0")
@@ -114,10 +113,10 @@ def test_install_enable_reports_status_and_writes_contract_files(lab):
 
 
 def test_new_sequence_number_runs_enable_only(lab):
-    url = publish(lab)
-    lab.apply([spec(url, seq=0)])
+    publish(lab)
+    lab.apply([spec(seq=0)])
     lab.calls.clear()
-    lab.apply([spec(url, seq=1)])
+    lab.apply([spec(seq=1)])
     assert lab.calls.ops() == ["enable 1.0.0"]
     assert status_of(lab)[0]["runtimeSettingsStatus"]["sequenceNumber"] == 1
 
@@ -127,13 +126,12 @@ def test_new_sequence_number_runs_enable_only(lab):
     ("UpdateWithoutInstall", ["disable 1.0.0", "update 1.1.0", "uninstall 1.0.0", "enable 1.1.0"]),
 ])
 def test_update_command_order_and_environment(lab, mode, expected):
-    url = publish(lab, updateMode=mode)
-    lab.apply([spec(url, seq=0)])
+    publish(lab, updateMode=mode)
+    lab.apply([spec(seq=0)])
     (Path(lab.lib_dir) / f"{NAME}-1.0.0" / "mrseq").write_text("0")
     lab.calls.clear()
-    start = time.monotonic()
-    lab.apply([spec(url, "1.1.0", seq=1)])
-    elapsed = time.monotonic() - start
+    lab.apply([spec("1.1.0", seq=1)])
+    elapsed = lab.process_seconds
     assert lab.calls.ops() == expected
     calls = {op: env for op, _, env in lab.calls.all()}
     assert calls["update"]["VERSION"] == "1.1.0" and calls["update"]["from"] == "1.0.0"
@@ -148,21 +146,21 @@ def test_update_command_order_and_environment(lab, mode, expected):
 
 
 def test_downgrade_runs_old_update_command(lab):
-    url = publish(lab)
-    lab.apply([spec(url, "1.1.0")])
+    publish(lab)
+    lab.apply([spec("1.1.0")])
     lab.calls.clear()
-    lab.apply([spec(url, "1.0.0", seq=1)])
+    lab.apply([spec("1.0.0", seq=1)])
     assert lab.calls.ops() == ["disable 1.1.0", "update 1.1.0", "uninstall 1.1.0", "install 1.0.0", "enable 1.0.0"]
     update_env = lab.calls.all()[1][2]
     assert update_env["VERSION"] == "1.0.0" and update_env["from"] == "1.0.0"
 
 
 def test_failed_update_marks_failed_upgrade_and_reports_1008(lab):
-    url = publish(lab)
-    lab.apply([spec(url)])
+    publish(lab)
+    lab.apply([spec()])
     control(lab, "1.1.0.update", "fail 3")
     lab.calls.clear()
-    lab.apply([spec(url, "1.1.0", seq=1)])
+    lab.apply([spec("1.1.0", seq=1)])
     assert lab.calls.ops() == ["disable 1.0.0", "update 1.1.0"]
     new = Path(lab.lib_dir) / f"{NAME}-1.1.0"
     assert (new / "config" / "HandlerState").read_text() == "FailedUpgrade"
@@ -172,17 +170,17 @@ def test_failed_update_marks_failed_upgrade_and_reports_1008(lab):
     # the next goal state retries the upgrade from scratch
     (lab.ctrl / "1.1.0.update").unlink()
     lab.calls.clear()
-    lab.apply([spec(url, "1.1.0", seq=2)])
+    lab.apply([spec("1.1.0", seq=2)])
     assert lab.calls.ops()[-1] == "enable 1.1.0"
 
 
 def test_continue_on_update_failure(lab):
-    url = publish(lab, continueOnUpdateFailure=True)
-    lab.apply([spec(url)])
+    publish(lab, continueOnUpdateFailure=True)
+    lab.apply([spec()])
     control(lab, "1.0.0.disable", "fail 5")
     control(lab, "1.0.0.uninstall", "fail 6")
     lab.calls.clear()
-    lab.apply([spec(url, "1.1.0", seq=1)])
+    lab.apply([spec("1.1.0", seq=1)])
     assert lab.calls.ops() == ["disable 1.0.0", "update 1.1.0", "uninstall 1.0.0", "install 1.1.0", "enable 1.1.0"]
     envs = [env for _, _, env in lab.calls.all()]
     assert envs[1]["disable"] == "5" and envs[3]["uninstall"] == "6" and envs[4]["uninstall"] == "6"
@@ -190,36 +188,35 @@ def test_continue_on_update_failure(lab):
 
 
 def test_disable_then_uninstall_removes_everything(lab):
-    url = publish(lab)
-    lab.apply([spec(url)])
+    publish(lab)
+    lab.apply([spec()])
     lab.calls.clear()
-    start = time.monotonic()
-    lab.apply([spec(url, state="disabled")])
-    elapsed = time.monotonic() - start
+    lab.apply([spec(state="disabled")])
+    elapsed = lab.process_seconds
     assert lab.calls.ops() == ["disable 1.0.0"]
     assert elapsed < 0.3, f"disable took {elapsed:.3f} s"
     [entry] = status_of(lab)
     assert entry["formattedMessage"]["message"] == "Plugin disabled" and entry["status"] == "NotReady"
     lab.calls.clear()
-    lab.apply([spec(url, state="uninstall")])
+    lab.apply([spec(state="uninstall")])
     assert lab.calls.ops() == ["uninstall 1.0.0"]
     assert not [d for d in os.listdir(lab.lib_dir) if d.startswith(NAME)]
     assert status_of(lab) == []
 
 
 def test_uninstall_of_enabled_handler_disables_first(lab):
-    url = publish(lab)
-    lab.apply([spec(url)])
+    publish(lab)
+    lab.apply([spec()])
     lab.calls.clear()
-    lab.apply([spec(url, state="uninstall")])
+    lab.apply([spec(state="uninstall")])
     assert lab.calls.ops() == ["disable 1.0.0", "uninstall 1.0.0"]
 
 
 @pytest.mark.parametrize("op,code", [("install", 1007), ("enable", 1009)])
 def test_command_failure_codes_and_output_in_status(lab, op, code):
-    url = publish(lab)
+    publish(lab)
     control(lab, op, "fail 42")
-    lab.apply([spec(url)])
+    lab.apply([spec()])
     [entry] = status_of(lab)
     msg = entry["formattedMessage"]["message"]
     assert entry["code"] == code and entry["status"] == "NotReady"
@@ -230,20 +227,19 @@ def test_command_failure_codes_and_output_in_status(lab, op, code):
 
 
 def test_hung_command_is_killed_at_its_timeout(lab):
-    url = publish(lab)
+    publish(lab)
     control(lab, "enable", "hang")
     lab.manager.ctx.timeouts["enable"] = 0.5
-    start = time.monotonic()
-    lab.apply([spec(url)])
-    assert time.monotonic() - start < 3
+    lab.apply([spec()])
+    assert lab.process_seconds < 3
     [entry] = status_of(lab)
     assert entry["code"] == 1011 and "Timeout(0)" in entry["formattedMessage"]["message"]
 
 
 def test_garbage_status_is_reported_not_fatal(lab):
-    url = publish(lab)
+    publish(lab)
     control(lab, "enable", "garbage")
-    lab.apply([spec(url)])
+    lab.apply([spec()])
     [entry] = status_of(lab)
     st = entry["runtimeSettingsStatus"]["settingsStatus"]["status"]
     assert entry["status"] == "Ready" and st["status"] == "error" and st["code"] == 1012
@@ -251,29 +247,29 @@ def test_garbage_status_is_reported_not_fatal(lab):
 
 
 def test_missing_status_is_transitioning(lab):
-    url = publish(lab)
+    publish(lab)
     control(lab, "enable", "nostatus")
-    lab.apply([spec(url)])
+    lab.apply([spec()])
     st = status_of(lab)[0]["runtimeSettingsStatus"]["settingsStatus"]["status"]
     assert st["status"] == "transitioning" and st["code"] == 0
     assert not lab.manager.converged()
 
 
 def test_restart_does_not_reenable_unchanged_sequence_number(lab):
-    url = publish(lab)
-    lab.apply([spec(url, seq=3)])
+    publish(lab)
+    lab.apply([spec(seq=3)])
     lab.calls.clear()
     lab.new_manager()  # a restarted ext-handler: no memory, same disk
-    lab.apply([spec(url, seq=3)])
+    lab.apply([spec(seq=3)])
     assert lab.calls.ops() == []
     assert status_of(lab)[0]["runtimeSettingsStatus"]["sequenceNumber"] == 3
-    lab.apply([spec(url, seq=3, public={"changed": True})])  # not the first goal state any more
+    lab.apply([spec(seq=3, public={"changed": True})])  # not the first goal state any more
     assert lab.calls.ops() == ["enable 1.0.0"]
 
 
 def test_handlers_not_in_goal_state_are_removed_without_commands(lab):
-    url = publish(lab)
-    lab.apply([spec(url)])
+    publish(lab)
+    lab.apply([spec()])
     Path(lab.lib_dir, "Orphan.Handler__1.0.zip").write_bytes(b"x")
     lab.calls.clear()
     lab.apply([])
@@ -282,28 +278,27 @@ def test_handlers_not_in_goal_state_are_removed_without_commands(lab):
 
 
 def test_version_not_in_manifest_is_reported(lab):
-    url = publish(lab, versions=("1.0.0",))
-    lab.apply([spec(url, "9.9")])
+    publish(lab, versions=("1.0.0",))
+    lab.apply([spec("9.9")])
     [entry] = status_of(lab)
     assert "Unable to find version 9.9 in manifest" in entry["formattedMessage"]["message"]
     assert entry["code"] == -1 and lab.calls.ops() == []
 
 
 def test_manifest_download_failure_is_reported(lab):
-    lab.apply([spec(lab.server.base + "/missing_manifest.xml")])
-    [entry] = status_of(lab)
+    lab.apply([spec(name="Test.Unpublished")])
+    [entry] = status_of(lab, "Test.Unpublished")
     assert "Failed to get ext handler pkgs" in entry["formattedMessage"]["message"]
 
 
 def test_version_prefix_selects_highest_match(lab):
-    url = publish(lab, versions=("1.0.0", "1.0.5", "1.1.0"))
-    lab.apply([spec(url, "1.0")])
+    publish(lab, versions=("1.0.0", "1.0.5", "1.1.0"))
+    lab.apply([spec("1.0")])
     assert lab.calls.ops() == ["install 1.0.5", "enable 1.0.5"]
 
 
 def test_protected_settings_are_copied_verbatim_0600_and_never_logged(lab, capsys):
     from guestagent import log
-    from guestagent.exthandler.extensions.kitsupport import encrypt_settings, make_certificate
 
     lines: list = []
 
@@ -313,12 +308,12 @@ def test_protected_settings_are_copied_verbatim_0600_and_never_logged(lab, capsy
 
     log.add_appender("capture", Capture(log.VERBOSE))
     try:
-        thumb = make_certificate(lab.lib_dir)
-        protected = encrypt_settings({"password": "S3cret-Value-123"}, lab.lib_dir, thumb)
-        url = publish(lab)
-        lab.apply([spec(url, protected=protected, thumbprint=thumb)])
+        publish(lab)
+        ext = spec(protected={"password": "S3cret-Value-123"})
+        lab.apply([ext])
     finally:
         log.remove_appender("capture")
+    thumb, protected = lab.fabric.protected_settings(ext, ext.settings[0])  # what the fabric sent
     path = Path(lab.lib_dir) / f"{NAME}-1.0.0" / "config" / "0.settings"
     hs = json.loads(path.read_text())["runtimeSettings"][0]["handlerSettings"]
     assert hs["protectedSettings"] == protected and hs["protectedSettingsCertThumbprint"] == thumb

@@ -15,8 +15,7 @@ import pytest
 from test_extensions_lifecycle import NAME, REC, make_lab, publish, spec, status_of
 
 import guestagent.protocol
-from guestagent.exthandler.extensions.kitsupport import HandlerSpec, SettingsSpec, extensions_config_xml
-from guestagent.protocol.extconfig import parse_extensions_config
+from guestagent.fabric.scenario import ExtensionSpec, SettingsSpec
 
 
 @pytest.fixture
@@ -31,36 +30,36 @@ def control(lab, what, text):
 
 
 def test_fast_track_goal_state_runs_the_same_lifecycle(lab):
-    url = publish(lab)
-    egs = lab.apply([spec(url, seq=4)], fast_track=True)
+    publish(lab)
+    egs = lab.apply([spec(seq=4)], fast_track=True).extensions_goal_state
     assert egs.source == "FastTrack" and egs.id.startswith("etag_")
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0"]
     assert status_of(lab)[0]["runtimeSettingsStatus"]["sequenceNumber"] == 4
 
 
 def test_package_falls_back_to_host_plugin_and_remembers_the_channel(lab):
-    url = publish(lab)
-    pkg = f"/packages/{NAME}__1.0.0.zip"
-    lab.server.fail_direct.add(pkg)
-    lab.apply([spec(url)])
-    assert ("direct", pkg) in lab.server.requests and ("hgap", pkg) in lab.server.requests
+    publish(lab)
+    lab.fabric.faults.add("package", status=404, count=0)  # the direct channel only
+    lab.apply([spec()])
+    assert [r["status"] for r in lab.fabric.requests_of("package")] == [404]
+    assert [r["status"] for r in lab.fabric.requests_of("extension_artifact")] == [200]
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0"]
     assert guestagent.protocol._direct_is_primary is False
 
 
 def test_corrupt_package_is_downloaded_again(lab):
-    url = publish(lab)
-    pkg = f"/packages/{NAME}__1.0.0.zip"
-    lab.server.corrupt[pkg] = 1
-    lab.apply([spec(url)])
-    assert [r for r in lab.server.requests if r == ("direct", pkg)] == [("direct", pkg)] * 2
+    publish(lab)
+    lab.fabric.faults.add("package", body="malformed")  # a cut-off zip, once
+    lab.apply([spec()])
+    assert [r["status"] for r in lab.fabric.requests_of("package")] == [200, 200]
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0"]
 
 
 def test_always_corrupt_package_is_reported_and_nothing_half_installed(lab):
-    url = publish(lab)
-    lab.server.corrupt[f"/packages/{NAME}__1.0.0.zip"] = 99
-    lab.apply([spec(url)])
+    publish(lab)
+    for kind in ("package", "extension_artifact"):  # both channels, every time
+        lab.fabric.faults.add(kind, body="malformed", count=0)
+    lab.apply([spec()])
     [entry] = status_of(lab)
     assert entry["code"] == 1001 and "Failed to download artifacts" in entry["formattedMessage"]["message"]
     base = Path(lab.lib_dir) / f"{NAME}-1.0.0"
@@ -75,18 +74,19 @@ def test_hostile_package_is_refused(lab, tmp_path):
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("HandlerManifest.json", open(os.path.join(REC, "HandlerManifest.json")).read())
         zf.writestr("../../escaped.sh", "echo pwned")
-    url = lab.publish(NAME, {"1.0.0": evil.read_bytes()})
-    lab.apply([spec(url)])
+    lab.publish(NAME, {"1.0.0": evil})
+    lab.apply([spec()])
     assert "outside the package directory" in status_of(lab)[0]["formattedMessage"]["message"]
     assert not (Path(lab.lib_dir).parent / "escaped.sh").exists() and not (Path(lab.lib_dir) / "escaped.sh").exists()
 
 
 def two_handlers(lab, second_state="enabled"):
-    first = lab.publish("Test.First", {"1.0.0": lab.prepare(REC, "1.0.0")})
-    second = lab.publish("Test.Second", {"2.0.0": lab.prepare(REC, "2.0.0")})
-    return [HandlerSpec("Test.Second", "2.0.0", second, state=second_state,
-                        settings=[SettingsSpec(seq=0, public={}, depends_on_level=1)]),
-            HandlerSpec("Test.First", "1.0.0", first, settings=[SettingsSpec(seq=0, public={})])]
+    lab.publish("Test.First", {"1.0.0": lab.prepare(REC, "1.0.0")})
+    lab.publish("Test.Second", {"2.0.0": lab.prepare(REC, "2.0.0")})
+    return [ExtensionSpec("Test.Second", "2.0.0", state=second_state,
+                          settings=[SettingsSpec(seq_no=0, public={}, dependency_level=1,
+                                                 depends_on=[{"handler": "Test.First"}])]),
+            ExtensionSpec("Test.First", "1.0.0", settings=[SettingsSpec(seq_no=0, public={})])]
 
 
 def test_dependency_levels_order_enables(lab):
@@ -110,15 +110,15 @@ def test_uninstall_runs_before_enables(lab):
     assert lab.calls.ops() == ["disable 2.0.0", "uninstall 2.0.0", "enable 1.0.0"]
 
 
-def mc_spec(url, states=("enabled", "enabled"), seqs=(0, 0)):
-    return HandlerSpec(NAME, "1.0.0", url, multi_config=True, settings=[
-        SettingsSpec(seq=seqs[i], public={"n": i}, ext_name=f"Ext{i}", ext_state=states[i]) for i in range(2)])
+def mc_spec(states=("enabled", "enabled"), seqs=(0, 0)):
+    return ExtensionSpec(NAME, "1.0.0", multi_config=True, settings=[
+        SettingsSpec(seq_no=seqs[i], public={"n": i}, name=f"Ext{i}", state=states[i]) for i in range(2)])
 
 
 @pytest.mark.parametrize("fast_track", [False, True])
 def test_multi_config_extensions(lab, fast_track):
-    url = publish(lab, supportsMultipleExtensions=True)
-    lab.apply([mc_spec(url)], fast_track=fast_track)
+    publish(lab, supportsMultipleExtensions=True)
+    lab.apply([mc_spec()], fast_track=fast_track)
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0", "enable 1.0.0"]
     assert [env["ext"] for _, _, env in lab.calls.all()[1:]] == ["Ext0", "Ext1"]
     entries = status_of(lab)
@@ -128,15 +128,15 @@ def test_multi_config_extensions(lab, fast_track):
     assert (base / "config" / "Ext1.HandlerState").read_text() == "enabled"
     # deleting one extension: disable it, drop its files, stop reporting it
     lab.calls.clear()
-    lab.apply([mc_spec(url, states=("enabled", "disabled"))], fast_track=fast_track)
+    lab.apply([mc_spec(states=("enabled", "disabled"))], fast_track=fast_track)
     assert lab.calls.ops() == ["disable 1.0.0", "enable 1.0.0"]
     assert not (base / "config" / "Ext1.0.settings").exists() and not (base / "status" / "Ext1.0.status").exists()
     assert [e["runtimeSettingsStatus"]["extensionName"] for e in status_of(lab)] == ["Ext0"]
 
 
 def test_multi_config_requires_manifest_support(lab):
-    url = publish(lab)
-    lab.apply([mc_spec(url)])
+    publish(lab)
+    lab.apply([mc_spec()])
     entries = status_of(lab)
     assert "does not support MultiConfig" in entries[0]["formattedMessage"]["message"]
     # the agent wrote a placeholder error status for the extension
@@ -144,39 +144,40 @@ def test_multi_config_requires_manifest_support(lab):
 
 
 def test_unsupported_required_features_fail_the_goal_state(lab):
-    url = publish(lab)
-    lab.apply([spec(url)])
+    publish(lab)
+    lab.apply([spec()])
     lab.calls.clear()
-    lab.apply([spec(url, seq=1)], required_features=("MultipleExtensionsPerHandler", "FutureThing"))
+    lab.apply([spec(seq=1)], required_features=["MultipleExtensionsPerHandler", "FutureThing"])
     assert lab.calls.ops() == []
     gs = lab.manager.goal_state_status()
     assert gs["status"] == "Failed" and gs["code"] == 2001 and "FutureThing" in gs["formattedMessage"]["message"]
     assert [e["handlerName"] for e in lab.manager.handler_statuses()] == [NAME]  # from disk
 
 
-def test_extensions_disabled_reports_every_handler(lab):
-    url = publish(lab)
-    lab.conf["Extensions.Enabled"] = False
-    lab.apply([spec(url)])
-    [entry] = status_of(lab)
-    assert entry["code"] == 1009 and "Extensions.Enabled=y" in entry["formattedMessage"]["message"]
-    assert lab.calls.ops() == []
+def test_extensions_disabled_reports_every_handler(tmp_path, monkeypatch):
+    lab = make_lab(tmp_path, monkeypatch, config="Extensions.Enabled=n\n")
+    try:
+        publish(lab)
+        lab.apply([spec()])
+        [entry] = status_of(lab)
+        assert entry["code"] == 1009 and "Extensions.Enabled=y" in entry["formattedMessage"]["message"]
+        assert lab.calls.ops() == []
+    finally:
+        lab.close()
 
 
 def test_on_hold_goal_state_is_not_processed(lab):
-    url = publish(lab)
-    egs = parse_extensions_config(extensions_config_xml([spec(url)], 1, "http://127.0.0.1/x"), "1")
-    egs.on_hold = True
-    lab.manager.process(egs)
-    assert lab.calls.ops() == []
+    publish(lab)
+    gs = lab.apply([spec()], on_hold=True)
+    assert gs.extensions_goal_state.on_hold and lab.calls.ops() == []
 
 
 def test_invalid_handler_config_is_reported_and_others_run(lab):
-    url = publish(lab)
-    other = lab.publish("Test.Other", {"1.0.0": lab.prepare(REC, "1.0.0")})
-    text = extensions_config_xml([spec(url), HandlerSpec("Test.Other", "1.0.0", other)], 1, "http://127.0.0.1/x")
-    text = text.replace("</RuntimeSettings>", "</RuntimeSettings><RuntimeSettings seqNo=\"1\">{}</RuntimeSettings>")
-    lab.manager.process(parse_extensions_config(text, "1"))
+    publish(lab)
+    lab.publish("Test.Other", {"1.0.0": lab.prepare(REC, "1.0.0")})
+    twice = spec()
+    twice.settings.append(SettingsSpec(seq_no=1, public={}))  # two RuntimeSettings for one handler
+    lab.apply([twice, ExtensionSpec("Test.Other", "1.0.0")])
     [entry] = status_of(lab)
     assert "Multiple RuntimeSettings found" in entry["formattedMessage"]["message"] and entry["code"] == -1
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0"]  # Test.Other only
@@ -185,13 +186,15 @@ def test_invalid_handler_config_is_reported_and_others_run(lab):
 
 CHILD = """
 import sys
+from guestagent import conf
 from guestagent.exthandler.extensions.manager import ExtensionsManager
 from guestagent.protocol import WireProtocol
-from guestagent.protocol.extconfig import parse_extensions_config
-lib, log_root, port, xml = sys.argv[1:5]
-p = WireProtocol("127.0.0.1", lib, wire_port=int(port), hgap_port=int(port), sleep=lambda s: None, save_history=False)
-m = ExtensionsManager({"Lib.Dir": lib}, p, log_root=log_root, event=lambda *a, **k: None)
-m.process(parse_extensions_config(open(xml).read(), "1"))
+lib, log_root, wire_port, hgap_port = sys.argv[1:5]
+config = conf.parse(f"Lib.Dir={lib}\\n")
+p = WireProtocol("127.0.0.1", lib, config, wire_port=int(wire_port), hgap_port=int(hgap_port), sleep=lambda s: None,
+                 save_history=False)
+m = ExtensionsManager(config, p, log_root=log_root, event=lambda *a, **k: None)
+m.process(p.update_goal_state())
 """
 
 
@@ -208,13 +211,13 @@ def _kill_leftovers(marker: str) -> None:
 
 @pytest.mark.parametrize("hang_in", ["install", "enable"])
 def test_sigkill_mid_lifecycle_then_next_child_finishes(lab, tmp_path, hang_in):
-    url = publish(lab)
-    xml = tmp_path / "gs.xml"
-    xml.write_text(extensions_config_xml([spec(url)], 1, "http://127.0.0.1/x"))
+    publish(lab)
+    lab.deliver([spec()])
     control(lab, hang_in, "hang")
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=root)
-    args = [sys.executable, "-c", CHILD, lab.lib_dir, lab.log_root, str(lab.server.port), str(xml)]
+    args = [sys.executable, "-c", CHILD, lab.lib_dir, lab.log_root, str(lab.fabric.wire_port),
+            str(lab.fabric.hgap_port)]
     child = subprocess.Popen(args, env=env, start_new_session=True)
     deadline = time.monotonic() + 20
     while not any(op == hang_in for op, _, _ in lab.calls.all()):
@@ -233,6 +236,6 @@ def test_sigkill_mid_lifecycle_then_next_child_finishes(lab, tmp_path, hang_in):
     base = Path(lab.lib_dir) / f"{NAME}-1.0.0"
     assert (base / "config" / "HandlerState").read_text() == "Enabled"
     lab.new_manager()
-    lab.manager.egs = parse_extensions_config(xml.read_text(), "1")
+    lab.manager.egs = lab.protocol.update_goal_state().extensions_goal_state
     [entry] = status_of(lab)
     assert entry["status"] == "Ready" and entry["runtimeSettingsStatus"]["settingsStatus"]["status"]["status"] == "success"

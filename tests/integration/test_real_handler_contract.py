@@ -1,7 +1,8 @@
 """The contract details the public Python handlers (Azure/azure-linux-extensions' CustomScriptForLinux and
 VMAccessForLinux, the Go CustomScript's shell shim) rely on, pinned with a small handler of our own that leans
 on each of them the same way (docs/real-handlers.md tells how the real ones were run). The handler is
-packaged, served over loopback HTTP and driven by the real ExtensionsManager; it records what it found.
+packaged, served over loopback HTTP by the fabric emulator and driven by the real ExtensionsManager; it
+records what it found.
 
 Contract details, each checked below:
 * ``HandlerEnvironment.json`` in the base dir, a list, ``version`` 1.0, written with ``": "`` separators so a
@@ -36,14 +37,10 @@ import pytest
 
 import guestagent.protocol
 from guestagent import log
-from guestagent.exthandler.extensions.kitsupport import (
-    HandlerSpec,
-    SettingsSpec,
-    encrypt_settings,
-    make_certificate,
-)
 from guestagent.exthandler.extensions.state import HandlerFiles
-from guestagent.exthandler.kit import ExtensionLab
+from guestagent.fabric.crypto import TENANT_CERT_NAME
+from guestagent.fabric.scenario import ExtensionSpec, SettingsSpec
+from guestagent.kit.lab import ExtensionLab
 
 NAME = "Contract.PyHandler"
 
@@ -205,20 +202,19 @@ def lab(tmp_path, monkeypatch):
     lab.outputs = outputs
     lab.agent_log = agent_log
     lab.runs = tmp_path / "runs.log"
-    lab.thumb = make_certificate(lab.lib_dir)
+    lab.thumb = next(c.thumbprint for c in lab.fabric.tenant_certs() if c.name == TENANT_CERT_NAME)
     src = make_handler(tmp_path)
-    lab.url = lab.publish(NAME, {"1.0.0": lab.prepare(src, "1.0.0"), "1.1.0": lab.prepare(src, "1.1.0")})
+    lab.publish(NAME, {"1.0.0": lab.prepare(src, "1.0.0"), "1.1.0": lab.prepare(src, "1.1.0")})
     yield lab
     lab.close()
     log.remove_appender("contract-file")
 
 
-def spec(lab, version: str, seq: int, public: dict, protected: Optional[dict] = None, state: str = "enabled") -> HandlerSpec:
+def spec(lab, version: str, seq: int, public: dict, protected: Optional[dict] = None,
+         state: str = "enabled") -> ExtensionSpec:
     public = dict(public, runs_file=str(lab.runs))
-    enc = encrypt_settings(protected, lab.lib_dir, lab.thumb) if protected else None
-    return HandlerSpec(NAME, version, lab.url, state=state,
-                       settings=[SettingsSpec(seq=seq, public=public, protected=enc,
-                                              thumbprint=lab.thumb if enc else None)])
+    return ExtensionSpec(NAME, version, state=state,
+                         settings=[SettingsSpec(seq_no=seq, public=public, protected=protected)])
 
 
 def ext_status(lab) -> dict:

@@ -1,6 +1,7 @@
 """The extension lifecycle at the real paths (/var/lib/waagent, /var/log/azure) inside a throwaway
-namespace sandbox, with the artifact server on the sandbox's own loopback: the sample handler is installed,
-enabled with protected settings (decrypted by the handler with openssl and the tenant certificate), updated,
+namespace sandbox, with the fabric emulator on the sandbox's own loopback: the sample handler is installed,
+enabled with protected settings (encrypted by the fabric, decrypted by the handler with openssl and the tenant
+certificate the agent fetched), updated,
 disabled and uninstalled, exactly as `guestagent ext-test` drives it."""
 
 from __future__ import annotations
@@ -14,23 +15,15 @@ pytestmark = pytest.mark.sandbox
 FLOW = r"""
 import json, os, stat
 from guestagent import log
-from guestagent.exthandler import kit
-from guestagent.exthandler.extensions.kitsupport import HandlerSpec, SettingsSpec, encrypt_settings, make_certificate
+from guestagent.fabric.scenario import ExtensionSpec, SettingsSpec
+from guestagent.kit.lab import ExtensionLab
 log.setup(log_file="/var/log/waagent.log")
-lab = kit.ExtensionLab("/var/lib/guestagent-kit")
-lab.lib_dir = "/var/lib/waagent"
-lab.log_root = "/var/log/azure"
-os.makedirs(lab.lib_dir, exist_ok=True)
-lab.conf["Lib.Dir"] = lab.lib_dir
-lab.protocol.lib_dir = lab.lib_dir
-lab.new_manager()
-thumb = make_certificate(lab.lib_dir)
-protected = encrypt_settings({"secret": "sandbox-protected"}, lab.lib_dir, thumb)
+lab = ExtensionLab("/var/lib/guestagent-kit", lib_dir="/var/lib/waagent", log_root="/var/log/azure")
 src = "SAMPLE"
-url = lab.publish("Sandbox.Sample", {"1.0.0": lab.prepare(src, "1.0.0"), "1.1.0": lab.prepare(src, "1.1.0")})
+lab.publish("Sandbox.Sample", {"1.0.0": lab.prepare(src, "1.0.0"), "1.1.0": lab.prepare(src, "1.1.0")})
 def spec(version, seq, state="enabled"):
-    return HandlerSpec("Sandbox.Sample", version, url, state=state,
-                       settings=[SettingsSpec(seq=seq, public={"n": seq}, protected=protected, thumbprint=thumb)])
+    return ExtensionSpec("Sandbox.Sample", version, state=state,
+                         settings=[SettingsSpec(seq_no=seq, public={"n": seq}, protected={"secret": "sandbox-protected"})])
 out = {}
 lab.apply([spec("1.0.0", 0)])
 out["enabled"] = lab.manager.handler_statuses()

@@ -29,6 +29,7 @@ from guestagent.exthandler.extensions.state import (
 )
 from guestagent.osutil import system
 from guestagent.protocol.extconfig import Extension, ExtensionSettings
+from guestagent.protocol.goalstate import GoalState
 
 SUPPORTED_FEATURES = ("MultipleExtensionsPerHandler", "VersioningGovernance")
 CODE_UNSUPPORTED_FEATURES = 2001
@@ -112,13 +113,13 @@ class ExtensionsManager:
                     log.warn("Could not initialise {0}-{1}: {2}", name, version, e)
 
     # --- the interface of the main loop --------------------------------------------------------------------
-    def process(self, goal_state: Any) -> None:
+    def process(self, goal_state: GoalState) -> None:
         """Run the lifecycle for a new extensions goal state; never raises."""
         from guestagent.protocol.status import goal_state_aggregate_status
 
-        egs = getattr(goal_state, "extensions_goal_state", goal_state)
-        seq = getattr(egs, "svd_sequence_number", "") or getattr(goal_state, "incarnation", "")
-        self._wait_for_certificates = getattr(goal_state, "wait_for_certificates_named", None)
+        egs = goal_state.extensions_goal_state
+        seq = egs.svd_sequence_number or goal_state.incarnation
+        self._wait_for_certificates = goal_state.wait_for_certificates_named
         try:
             self._process(egs)
             if not self.unsupported:

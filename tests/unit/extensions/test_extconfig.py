@@ -7,8 +7,10 @@ import json
 import pytest
 
 from guestagent.errors import ExtensionsConfigError, VmSettingsParseError
-from guestagent.exthandler.extensions.kitsupport import HandlerSpec, SettingsSpec, extensions_config_xml
 from guestagent.exthandler.extensions.manager import ordered_pairs
+from guestagent.fabric import wireserver
+from guestagent.fabric.scenario import ExtensionSpec, Scenario, SettingsSpec, Step
+from guestagent.fabric.server import Fabric
 from guestagent.protocol.extconfig import (
     MIN_TIMESTAMP,
     ZERO_GUID,
@@ -18,26 +20,36 @@ from guestagent.protocol.extconfig import (
     ticks_to_timestamp,
 )
 
+HOST = "127.0.0.1"
 
-def doc(handlers, **kw):
-    return extensions_config_xml(handlers, 3, "https://a.blob/x.status?sv=1&sig=abc", **kw)
+
+def fabric(extensions):
+    """A fabric (not serving: only its documents are rendered) whose goal state holds ``extensions``."""
+    return Fabric(Scenario(steps=[Step(incarnation="3", extensions=extensions)]))
+
+
+def doc(extensions):
+    fab = fabric(extensions)
+    return wireserver.extensions_config_xml(fab, fab.view(), HOST)
 
 
 def test_model_from_extensions_config():
-    xml = doc([HandlerSpec("P.T", "1.2", "https://m/manifest.xml", failover_uri="https://f/manifest.xml",
-                           settings=[SettingsSpec(seq=5, public={"a": "é"}, protected="MIIB", thumbprint="AB")])])
-    egs = parse_extensions_config(xml, "3")
+    ext = ExtensionSpec("P.T", "1.2", settings=[SettingsSpec(seq_no=5, public={"a": "é"}, protected={"k": "v"})])
+    fab = fabric([ext])
+    egs = parse_extensions_config(wireserver.extensions_config_xml(fab, fab.view(), HOST), "3")
     assert (egs.id, egs.source, egs.incarnation, egs.svd_sequence_number) == ("incarnation_3", "Fabric", "3", "3")
-    assert egs.status_upload_blob == "https://a.blob/x.status?sv=1&sig=abc"
-    [ext] = egs.extensions
-    assert ext.manifest_uris == ["https://m/manifest.xml", "https://f/manifest.xml"] and ext.state == "enabled"
-    [s] = ext.settings
+    assert egs.status_upload_blob == fab.status_blob_url(HOST)
+    [parsed] = egs.extensions
+    assert parsed.manifest_uris == [fab.manifest_url(HOST, "P.T"), fab.manifest_url(HOST, "P.T", failover=True)]
+    assert parsed.state == "enabled"
+    [s] = parsed.settings
+    thumbprint, protected = fab.protected_settings(ext, ext.settings[0])
     assert (s.name, s.sequence_number, s.public_settings, s.protected_settings, s.certificate_thumbprint) == (
-        "P.T", 5, {"a": "é"}, "MIIB", "AB")
+        "P.T", 5, {"a": "é"}, protected, thumbprint)
 
 
 def test_invalid_runtime_settings_json_keeps_name_and_seqno():
-    xml = doc([HandlerSpec("P.T", "1.0", "https://m", settings=[SettingsSpec(seq=2, public={})])])
+    xml = doc([ExtensionSpec("P.T", "1.0", settings=[SettingsSpec(seq_no=2, public={})])])
     xml = xml.replace('{"runtimeSettings"', "{not json")
     [ext] = parse_extensions_config(xml, "1").extensions
     assert ext.invalid_setting_reason is None
@@ -45,8 +57,8 @@ def test_invalid_runtime_settings_json_keeps_name_and_seqno():
 
 
 def test_empty_state_and_missing_seqno_make_only_that_handler_invalid():
-    xml = doc([HandlerSpec("A.B", "1.0", "https://m", settings=[SettingsSpec(seq=1, public={})]),
-               HandlerSpec("C.D", "1.0", "https://m", settings=[SettingsSpec(seq=1, public={})])])
+    xml = doc([ExtensionSpec("A.B", "1.0", settings=[SettingsSpec(seq_no=1, public={})]),
+               ExtensionSpec("C.D", "1.0", settings=[SettingsSpec(seq_no=1, public={})])])
     xml = xml.replace('state="enabled"', 'state=""', 1).replace('seqNo="1"', "", 2)
     a, c = parse_extensions_config(xml, "1").extensions
     assert "empty Extensions.Plugins.Plugin.state" in a.invalid_setting_reason
@@ -117,13 +129,13 @@ def test_settings_file_json_is_upstream_shape():
 
 
 def test_processing_order_puts_removals_first_deepest_dependents_first():
-    xml = doc([HandlerSpec("Z.Enabled1", "1", "https://m", settings=[SettingsSpec(seq=0, public={},
-                                                                                   depends_on_level=1)]),
-               HandlerSpec("Y.Enabled0", "1", "https://m", settings=[SettingsSpec(seq=0, public={})]),
-               HandlerSpec("X.Remove2", "1", "https://m", state="uninstall",
-                           settings=[SettingsSpec(seq=0, public={}, depends_on_level=2)]),
-               HandlerSpec("W.Remove0", "1", "https://m", state="disabled", settings=[SettingsSpec(seq=0, public={})]),
-               HandlerSpec("V.NoSettings", "1", "https://m")])
+    xml = doc([ExtensionSpec("Z.Enabled1", "1", settings=[SettingsSpec(seq_no=0, public={},
+                                                                                   dependency_level=1)]),
+               ExtensionSpec("Y.Enabled0", "1", settings=[SettingsSpec(seq_no=0, public={})]),
+               ExtensionSpec("X.Remove2", "1", state="uninstall",
+                           settings=[SettingsSpec(seq_no=0, public={}, dependency_level=2)]),
+               ExtensionSpec("W.Remove0", "1", state="disabled", settings=[SettingsSpec(seq_no=0, public={})]),
+               ExtensionSpec("V.NoSettings", "1")])
     pairs = ordered_pairs(parse_extensions_config(xml, "1").extensions)
     assert [(k, e.name) for k, e, _ in pairs] == [(-3, "X.Remove2"), (-1, "W.Remove0"), (0, "Y.Enabled0"),
                                                   (0, "V.NoSettings"), (1, "Z.Enabled1")]

@@ -1,8 +1,9 @@
 """``guestagent ext-test DIR``: run an extension handler folder through its whole contract.
 
-The handler is packaged, published on a loopback artifact server and driven by the agent's own extensions
-code (the same ExtensionsManager the ext-handler runs, downloading over real HTTP) through: install +
-enable with public and protected settings → enable with a new sequence number → update to a second version
+The handler is packaged and published by the fabric emulator on 127.0.0.1, which also delivers the goal
+states and encrypts the protected settings to its tenant certificate; the agent's own pieces (a Config, the
+WireProtocol, the ExtensionsManager the ext-handler runs) fetch them over real HTTP and drive the handler
+through: install + enable with public and protected settings → enable with a new sequence number → update to a second version
 → disable → uninstall. Every command is reported with its environment, duration, exit code and output, and
 the contract is checked (HandlerManifest fields, status file shape, heartbeat, exit codes, timing).
 Everything lives in a temporary directory; nothing on the host is touched and nothing leaves 127.0.0.1.
@@ -17,109 +18,28 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Optional, TextIO
 
-from guestagent.exthandler.extensions.kitsupport import (
-    ArtifactServer,
-    HandlerSpec,
-    SettingsSpec,
-    encrypt_settings,
-    extensions_config_xml,
-    make_certificate,
-    vm_settings_json,
-)
+from guestagent.exthandler.extensions.manifest import HandlerManifest
+from guestagent.exthandler.extensions.runner import CommandResult
+from guestagent.fabric.scenario import ExtensionSpec, SettingsSpec
+from guestagent.kit.lab import ExtensionLab
 
 #: Commands taking longer than this are flagged (the platform's budget is the 04 §6.3 timeout).
 SLOW_COMMAND = 60.0
 
-
-class ExtensionLab:
-    """A throwaway lib dir + artifact server + protocol + ExtensionsManager (used by the kit and the tests)."""
-
-    def __init__(self, workdir: str, timeouts: Optional[dict] = None, sink: Any = None, conf: Optional[dict] = None,
-                 skip_unchanged_after_restart: bool = True):
-        from guestagent.protocol import WireProtocol
-
-        self.workdir = workdir
-        self.lib_dir = os.path.join(workdir, "lib")
-        self.log_root = os.path.join(workdir, "log")
-        os.makedirs(self.lib_dir, exist_ok=True)
-        self.server = ArtifactServer()
-        self.conf = {"Lib.Dir": self.lib_dir, "Extensions.Enabled": True, "EnableOverProvisioning": True}
-        self.conf.update(conf or {})
-        self.protocol = WireProtocol("127.0.0.1", self.lib_dir, conf=None, wire_port=self.server.port,
-                                     hgap_port=self.server.port, sleep=lambda s: None, save_history=False)
-        self.timeouts = timeouts
-        self.sink = sink
-        self.skip_unchanged_after_restart = skip_unchanged_after_restart
-        self.incarnation = 0
-        self.manager = self.new_manager()
-
-    def new_manager(self) -> Any:
-        """A fresh manager over the same disk: what a restarted ext-handler sees."""
-        from guestagent.exthandler.extensions.manager import ExtensionsManager
-
-        self.manager = ExtensionsManager(self.conf, self.protocol, log_root=self.log_root, timeouts=self.timeouts,
-                                         sink=self.sink, dependency_poll=0.2, event=lambda *a, **k: None,
-                                         skip_unchanged_after_restart=self.skip_unchanged_after_restart)
-        return self.manager
-
-    def prepare(self, folder: str, version: str, **manifest: Any) -> str:
-        """Copy a handler folder, overriding ``handlerManifest`` fields; return the copy."""
-        dest = os.path.join(self.workdir, "src", f"{os.path.basename(folder.rstrip('/'))}-{version}")
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(folder, dest)
-        if manifest:
-            path = os.path.join(dest, "HandlerManifest.json")
-            with open(path, encoding="utf-8-sig") as f:
-                doc = json.load(f)
-            doc[0]["handlerManifest"].update(manifest)
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(doc, f)
-        return dest
-
-    def publish(self, name: str, versions: dict) -> str:
-        return self.server.publish_handler(name, versions)
-
-    def apply(self, handlers: list, fast_track: bool = False, required_features: tuple = ()) -> Any:
-        """Build the goal state document, parse it as the agent does and process it."""
-        from guestagent.protocol.extconfig import parse_extensions_config, parse_vm_settings
-
-        self.incarnation += 1
-        blob = self.server.base + "/status/vm.status?sv=2020&sig=secret"
-        if fast_track:
-            egs = parse_vm_settings(vm_settings_json(handlers, seq=self.incarnation, status_blob=blob),
-                                    f"etag{self.incarnation}")
-        else:
-            egs = parse_extensions_config(extensions_config_xml(handlers, self.incarnation, blob, required_features),
-                                          str(self.incarnation))
-        self.manager.process(egs)
-        return egs
-
-    def vm_status(self) -> dict:
-        from guestagent.protocol.status import build_vm_status
-
-        class _GS:
-            extensions_goal_state = self.manager.egs
-            fast_track_supported = False
-            incarnation = str(self.incarnation)
-
-        return build_vm_status(self.conf, _GS(), self.manager.handler_statuses(),
-                               goal_state_status=self.manager.goal_state_status(), computer_name="kit",
-                               os_name="linux", os_version="0")
-
-    def close(self) -> None:
-        self.server.close()
+#: A JSON document as decoded (settings given with --settings / --protected-settings).
+Json = object
 
 
 # --- the report -----------------------------------------------------------------------------------------
 class Report:
-    def __init__(self, out: Any = None):
+    def __init__(self, out: Optional[TextIO] = None):
         self.out = out or sys.stdout
-        self.problems: list = []
-        self.commands: list = []
+        self.problems: list[str] = []
+        self.commands: list[CommandResult] = []
 
-    def command(self, result: Any) -> None:
+    def command(self, result: CommandResult) -> None:
         self.commands.append(result)
         w = self.out.write
         w(f"  -- {result.op}: exit code {result.exit_code}{' (TIMED OUT)' if result.timed_out else ''} "
@@ -142,7 +62,7 @@ class Report:
         self.out.write(f"  {text}\n")
 
 
-def check_manifest(folder: str, report: Report) -> Any:
+def check_manifest(folder: str, report: Report) -> Optional[HandlerManifest]:
     from guestagent.errors import ExtensionError
     from guestagent.exthandler.extensions.manifest import COMMANDS, load_handler_manifest
 
@@ -199,13 +119,14 @@ def check_status(lab: ExtensionLab, name: str, expect_seq: Optional[int], report
         report.problem("the status file is invalid (04 §10)")
 
 
-def run_ext_test(folder: str, name: Optional[str] = None, version2: Optional[str] = None, out: Any = None,
-                 fast_track: bool = False, public: Any = None, protected_settings: Optional[dict] = None) -> int:
+def run_ext_test(folder: str, name: Optional[str] = None, version2: Optional[str] = None,
+                 out: Optional[TextIO] = None, fast_track: bool = False, public: Json = None,
+                 protected_settings: Optional[dict] = None) -> int:
     """The kit flow; returns 0 when every step kept the contract.
 
     ``public`` / ``protected_settings`` replace the kit's own settings (a real handler such as
-    CustomScript needs its own, e.g. ``commandToExecute``); the protected ones are encrypted to a
-    throwaway tenant certificate and every command's output is checked for their values."""
+    CustomScript needs its own, e.g. ``commandToExecute``); the fabric encrypts the protected ones to
+    its tenant certificate and every command's output is checked for their values."""
     report = Report(out)
     folder = os.path.abspath(folder)
     report.step(f"HandlerManifest.json of {folder}")
@@ -214,34 +135,30 @@ def run_ext_test(folder: str, name: Optional[str] = None, version2: Optional[str
         return 1
     name = name or f"Kit.{manifest.data.get('name') or os.path.basename(folder)}"
     v1, v2 = "1.0.0", version2 or "1.1.0"
+    secret = protected_settings if protected_settings is not None else \
+        {"password": f"kit-{os.getpid()}-{time.time_ns()}"}
     work = tempfile.mkdtemp(prefix="guestagent-ext-test-")
     lab = ExtensionLab(work, sink=report.command)
     try:
-        thumb = make_certificate(lab.lib_dir)
-        secret = protected_settings if protected_settings is not None else \
-            {"password": f"kit-{os.getpid()}-{time.time_ns()}"}
-        protected = encrypt_settings(secret, lab.lib_dir, thumb)
-        src1, src2 = lab.prepare(folder, v1), lab.prepare(folder, v2)
-        url = lab.publish(name, {v1: src1, v2: src2})
+        lab.publish(name, {v1: lab.prepare(folder, v1), v2: lab.prepare(folder, v2)})
 
-        def spec(version: str, seq: int, state: str = "enabled") -> HandlerSpec:
+        def spec(version: str, seq: int, state: str = "enabled") -> ExtensionSpec:
             settings = public if public is not None else {"kit": "public", "seq": seq}
-            s = SettingsSpec(seq=seq, public=settings, protected=protected, thumbprint=thumb)
-            return HandlerSpec(name, version, url, state=state, settings=[s])
+            return ExtensionSpec(name, version, state=state,
+                                 settings=[SettingsSpec(seq_no=seq, public=settings, protected=secret)])
 
         steps = [(f"install + enable {v1} (seq 0, public + protected settings)", spec(v1, 0), 0),
                  (f"enable {v1} with a new sequence number (seq 1)", spec(v1, 1), 1),
                  (f"update {v1} -> {v2} (seq 2)", spec(v2, 2), 2),
                  (f"disable {v2}", spec(v2, 2, "disabled"), 2),
                  (f"uninstall {v2}", spec(v2, 2, "uninstall"), None)]
-        for title, handler_spec, seq in steps:
+        for title, ext, seq in steps:
             report.step(title)
-            start = time.monotonic()
-            lab.apply([handler_spec], fast_track=fast_track)
-            report.note(f"goal state processed in {time.monotonic() - start:.3f} s")
+            lab.apply([ext], fast_track=fast_track)
+            report.note(f"goal state fetched in {lab.fetch_seconds:.3f} s, processed in {lab.process_seconds:.3f} s")
             check_status(lab, name, seq, report)
             if seq is not None:
-                _check_files(lab, name, handler_spec, manifest, secret, report)
+                _check_files(lab, ext, manifest, secret, report)
         _check_order(report)
     finally:
         lab.close()
@@ -256,27 +173,27 @@ def run_ext_test(folder: str, name: Optional[str] = None, version2: Optional[str
     return 0
 
 
-def _check_files(lab: ExtensionLab, name: str, spec: HandlerSpec, manifest: Any, secret: dict,
+def _check_files(lab: ExtensionLab, ext: ExtensionSpec, manifest: HandlerManifest, secret: dict,
                  report: Report) -> None:
+    from guestagent.errors import CryptError
     from guestagent.exthandler.extensions.state import HandlerFiles
     from guestagent.protocol.certificates import decrypt_protected_settings
 
-    files = HandlerFiles(lab.lib_dir, name, lab.manager.versions.get(name, spec.version), lab.log_root)
-    s = spec.settings[0]
-    path = files.settings_file(s.seq)
+    files = HandlerFiles(lab.lib_dir, ext.name, lab.manager.versions.get(ext.name, ext.version), lab.log_root)
+    path = files.settings_file(ext.settings[0].seq_no)
     try:
         mode = os.stat(path).st_mode & 0o777
-        doc = json.load(open(path, encoding="utf-8"))
-        hs = doc["runtimeSettings"][0]["handlerSettings"]
+        with open(path, encoding="utf-8") as f:
+            hs = json.load(f)["runtimeSettings"][0]["handlerSettings"]
         if mode != 0o600:
             report.problem(f"{path} has mode {mode:o}, expected 600")
         plain = json.loads(decrypt_protected_settings(hs["protectedSettings"], hs["protectedSettingsCertThumbprint"],
                                                       lab.lib_dir))
         if plain != secret:
             report.problem("protected settings do not decrypt to what was sent")
-    except (OSError, ValueError, KeyError, IndexError) as e:
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
         report.problem(f"settings file {path}: {e}")
-    except Exception as e:  # CryptError and friends: reported, not fatal
+    except CryptError as e:  # reported, not fatal
         report.problem(f"protected settings could not be decrypted: {e}")
     leaks = [str(v) for v in _leaf_values(secret) if len(str(v)) >= 6]
     for command in report.commands:
@@ -286,7 +203,7 @@ def _check_files(lab: ExtensionLab, name: str, spec: HandlerSpec, manifest: Any,
         report.problem("reportHeartbeat is true but heartbeat.log was not written")
 
 
-def _leaf_values(doc: Any) -> list:
+def _leaf_values(doc: Json) -> list[Json]:
     """Every scalar in a JSON document: the values a handler must never print."""
     if isinstance(doc, dict):
         return [v for item in doc.values() for v in _leaf_values(item)]
@@ -295,7 +212,7 @@ def _leaf_values(doc: Any) -> list:
     return [] if doc is None or isinstance(doc, bool) else [doc]
 
 
-def _json_option(value: Optional[str], what: str) -> Any:
+def _json_option(value: Optional[str], what: str) -> Json:
     """A JSON document given inline or as @FILE; a clear error when it is not JSON."""
     if value is None:
         return None
@@ -325,7 +242,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--fast-track", action="store_true", help="deliver goal states as vmSettings (FastTrack)")
     parser.add_argument("--settings", metavar="JSON|@FILE", help="public settings for every step (default: the kit's)")
     parser.add_argument("--protected-settings", metavar="JSON|@FILE",
-                        help="protected settings (a JSON object), encrypted to a throwaway tenant certificate")
+                        help="protected settings (a JSON object), encrypted by the fabric to its tenant certificate")
     args = parser.parse_args(argv)
     try:
         public = _json_option(args.settings, "--settings")
