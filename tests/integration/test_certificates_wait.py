@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,10 +57,13 @@ def setup(tmp_path, monkeypatch, log_lines):
     ensure_transport_cert(lib)
     helper_done: list[float] = []
     delay = [0.2]  # the order-sensitive test sets SLOWER
+    gate = threading.Event()  # cleared: the helper holds until the test lets it go (no race with load)
+    gate.set()
     real = certificates.process_certificates_isolated
 
     def slower(xml_text: str, lib_dir: str):
         time.sleep(delay[0])
+        gate.wait(60)
         try:
             return real(xml_text, lib_dir)
         finally:
@@ -76,7 +80,8 @@ def setup(tmp_path, monkeypatch, log_lines):
                                              event=lambda *a, **k: None)
         child.protocol.update_goal_state()  # start-up: synchronous, as run() does before the loop
         child.protocol.async_certificates = True
-        yield SimpleNamespace(fab=fab, child=child, lib=lib, helper_done=helper_done, lines=lines, delay=delay)
+        yield SimpleNamespace(fab=fab, child=child, lib=lib, helper_done=helper_done, lines=lines, delay=delay,
+                              gate=gate)
     log.remove_appender("certwait")
 
 
@@ -150,12 +155,13 @@ def test_commands_wait_for_the_helper_only_when_their_certificate_is_missing(set
 
 def test_the_certificates_summary_reaches_the_history_of_its_goal_state(setup):
     s = setup
-    s.delay[0] = SLOWER
     s.child.iterate()
+    s.gate.clear()
     s.fab.advance()
     s.child.iterate()
     gs = s.child.protocol.goal_state
     assert gs.certificates_pending, "the iteration waited for the helper"
+    s.gate.set()
     gs.wait_for_certificates()
     folder = gs.history_folder
     summary = json.load(open(os.path.join(folder, "Certificates.json")))
