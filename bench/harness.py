@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -124,41 +124,6 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
-class PeakSampler:
-    """The daemon's VmHWM just before it re-executes into the lean supervisor (an exec starts a new
-    address space, so the kernel's high-water mark of the first image is gone afterwards): sampled
-    every 10 ms from the host from when the process runs ``argv`` until the high-water mark falls
-    (it never falls within one image; the supervisor keeps the PID and the command line)."""
-
-    def __init__(self, pid_of: Callable[[], Optional[int]], argv: list[str]):
-        self.peak_kb = 0
-        self._pid_of = pid_of
-        self._argv = " ".join(argv)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        pid, started = None, False
-        while not self._stop.is_set():
-            pid = pid or self._pid_of()
-            if pid:
-                try:
-                    started = started or cmdline(pid).startswith(self._argv)  # the launcher (sh) exec'd it
-                    hwm = memory_kb(pid).get("VmHWM", 0) if started else 0
-                except OSError:
-                    return
-                if hwm < self.peak_kb:
-                    return          # re-executed: the figure is the last reading of the first image
-                self.peak_kb = hwm
-            time.sleep(0.01)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        return self.peak_kb
-
-
 # ------------------------------------------------------------------------------------------ events
 class Events:
     """The driver's events.jsonl, read incrementally."""
@@ -213,7 +178,6 @@ class Session:
         self.events = Events(lambda: self.sb.host_path(f"{RUN}/events.jsonl"))
         self.daemon_proc: Any = None
         self.t0 = 0.0
-        self.peak: Optional[PeakSampler] = None
 
     def __enter__(self) -> Session:
         return self
@@ -265,7 +229,6 @@ class Session:
         self.daemon_proc = self.sb.spawn(["sh", "-c", stamp, "sh", *self.agent.argv, "-daemon"],
                                          env=self.agent.env, stdout=out, stderr=out)
         out.close()
-        self.peak = PeakSampler(lambda: (children(self.daemon_proc.pid) or [None])[0], self.agent.argv)
         self.wait(lambda: self._read_t0(), 10, "the daemon to start")
 
     def _read_t0(self) -> bool:
@@ -314,6 +277,17 @@ class Session:
                     return pid
             return None
         return self.wait(find, timeout, "the ext-handler child")
+
+    def daemon_peak_kb(self) -> Optional[int]:
+        """The daemon's peak RSS before it re-executed into the lean supervisor, from its own log line
+        (an exec starts a new address space: the kernel's high-water mark of the first image is gone
+        after it). None for an agent that does not re-execute: its VmHWM is the same figure."""
+        try:
+            text = self.sb.read_text("/var/log/waagent.log")
+        except OSError:
+            return None
+        m = re.search(r"Re-executing the daemon as the lean supervisor \(pid \d+, RSS \d+ kB, peak (\d+) kB", text)
+        return int(m.group(1)) if m else None
 
     def cpu(self) -> float:
         return cpu_seconds(self.daemon_pid()) + cpu_seconds(self.child_pid())

@@ -118,7 +118,7 @@ class Runner:
         self.record(agent, "hwm_" + child, cm["VmHWM"] / MB)
         self.record(agent, "pss_" + child, cm.get("Pss", 0) / MB)
         self.record(agent, "uss_" + child, cm.get("Uss", 0) / MB)
-        peak = s.peak.stop() if s.peak else 0
+        peak = s.daemon_peak_kb() or dm["VmHWM"]
         if kind == "prov":
             self.record(agent, "rss_daemon", dm["VmRSS"] / MB)
             self.record(agent, "hwm_daemon", dm["VmHWM"] / MB)

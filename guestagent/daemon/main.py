@@ -10,6 +10,7 @@ restart it with back-off and forward SIGTERM.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import threading
@@ -138,8 +139,10 @@ class Daemon:
         settings = self.supervisor_settings()
         os.environ[SETTINGS_ENV] = encode_settings(settings)
         os.environ[SUPERVISE_ENV] = str(os.getpid())
-        log.info("Re-executing the daemon as the lean supervisor (pid {0}, RSS {1} kB, {2} modules loaded)",
-                 os.getpid(), processes.rss_kb(), len(sys.modules))
+        rss = processes.rss_kb()
+        peak = max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # the kernel updates it lazily
+        log.info("Re-executing the daemon as the lean supervisor (pid {0}, RSS {1} kB, peak {2} kB, {3} modules "
+                 "loaded)", os.getpid(), rss, peak, len(sys.modules))
         sys.stdout.flush()
         sys.stderr.flush()
         try:
