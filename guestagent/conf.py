@@ -132,7 +132,7 @@ BY_ATTR: dict[str, Option] = {o.attr: o for o in OPTIONS if o.attr}
 
 _DERIVED = frozenset({"Extensions.InitialGoalStatePeriod", "AutoUpdate.UpdateToLatestVersion"})
 
-#: Keys found in distro conf files that 2.15 ignores; accepted silently and readable via get()/switch().
+#: Keys found in distro conf files that 2.15 ignores; accepted silently (see legacy_provisioning_agent).
 LEGACY_KEYS = frozenset({
     "Provisioning.Enabled", "Provisioning.UseCloudInit", "LBProbeResponder", "Role.StateConsumer",
     "Role.ConfigurationConsumer", "Role.TopologyConsumer", "CGroups.EnforceLimits", "CGroups.Excluded",
@@ -177,8 +177,9 @@ def _show(value: Any) -> str:
 
 
 class Config:
-    """The typed configuration. Read an option by its Python name (``config.lib_dir``) or by its
-    waagent.conf key (``config.get("Lib.Dir")``); both give the value the agent acts on."""
+    """The typed configuration: the agent reads an option only by its Python name (``config.lib_dir``),
+    whose default is the one in :data:`OPTIONS` (a configured ``0`` or ``n`` is honoured as such).
+    ``values`` keeps the file's raw text per key (show-configuration, diagnostics)."""
 
     extensions_enabled: bool
     extensions_goal_state_period: int
@@ -321,26 +322,6 @@ class Config:
             (log.warn if level == "WARNING" else log.info)("{0}", message)
 
     # -- access -----------------------------------------------------------------------------------
-    def get(self, key: str, default: Any = None) -> Any:
-        """The effective value of a waagent.conf key; for a key the agent does not type (legacy or
-        unknown) the raw text, or ``default`` when absent/None."""
-        opt = BY_KEY.get(key)
-        if opt is not None and opt.attr:
-            return getattr(self, opt.attr)
-        if opt is not None:
-            return self._typed(opt, opt.default)
-        value = self.values.get(key)
-        return default if value is None else value
-
-    def switch(self, key: str, default: bool) -> bool:
-        """Any key read as a y/n switch (legacy keys such as ``Provisioning.Enabled``)."""
-        value = parse_switch(self.values.get(key))
-        return default if value is None else value
-
-    def integer(self, key: str, default: Optional[int]) -> Optional[int]:
-        value = parse_int(self.values.get(key))
-        return default if value is None else value
-
     def is_present(self, key: str) -> bool:
         """True if the file sets ``key`` to something other than ``None`` (upstream's check, used for
         AutoUpdate.UpdateToLatestVersion vs. AutoUpdate.Enabled)."""
@@ -384,7 +365,17 @@ class Config:
     @property
     def check_rdma_driver(self) -> bool:
         """The RDMA code's own fallback for OS.CheckRdmaDriver is y (not the listed n)."""
-        return self.switch("OS.CheckRdmaDriver", True)
+        value = parse_switch(self.values.get("OS.CheckRdmaDriver"))
+        return True if value is None else value
+
+    @property
+    def legacy_provisioning_agent(self) -> Optional[str]:
+        """What the pre-2.2 keys mean when the file has ``Provisioning.Enabled=n`` and no
+        Provisioning.Agent: ``cloud-init`` (with ``Provisioning.UseCloudInit=y``) or ``disabled``; else
+        None. An extension: 2.15 ignores these keys and would provision from the DVD."""
+        if "Provisioning.Agent" in self.values or parse_switch(self.values.get("Provisioning.Enabled")) is not False:
+            return None
+        return "cloud-init" if parse_switch(self.values.get("Provisioning.UseCloudInit")) else "disabled"
 
     @property
     def agent_log_file(self) -> str:

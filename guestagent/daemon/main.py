@@ -17,6 +17,7 @@ import threading
 import time
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.daemon.supervisor import (
     RETRY_AFTER_ERROR,
     SETTINGS_ENV,
@@ -31,12 +32,12 @@ from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
 DAEMON_VERSION_ENV = "_AZURE_GUEST_AGENT_DAEMON_VERSION_"
 
 
-def run_daemon(args, config) -> int:
+def run_daemon(args, config: Config) -> int:
     threading.current_thread().name = "Daemon"
     log.set_prefix("Daemon")
     os.environ[DAEMON_VERSION_ENV] = AGENT_VERSION
-    lib_dir = config.get("Lib.Dir")
-    pid_file = config.get("Pid.File")
+    lib_dir = config.lib_dir
+    pid_file = config.pid_file
     from guestagent import events
 
     events.set_lib_dir(lib_dir)
@@ -44,7 +45,7 @@ def run_daemon(args, config) -> int:
 
 
 class Daemon:
-    def __init__(self, args, config, lib_dir: str, pid_file: str):
+    def __init__(self, args, config: Config, lib_dir: str, pid_file: str):
         self.args = args
         self.config = config
         self.lib_dir = lib_dir
@@ -64,7 +65,7 @@ class Daemon:
         if not system.exists(self.lib_dir):
             system.mkdir(self.lib_dir, mode=0o700)
             os.chdir(system.path(self.lib_dir))
-        if self.config.get("OS.EnableFIPS"):
+        if self.config.os_enable_fips:
             os.environ["OPENSSL_FIPS"] = "1"
         signal.signal(signal.SIGTERM, self._on_sigterm)
         log.info("Run daemon")

@@ -21,6 +21,7 @@ import time
 from typing import Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.errors import CommandError, ResourceDiskError
 from guestagent.osutil import disks, system
 
@@ -41,16 +42,16 @@ ZERO_CHUNK = 1 << 20
 EVENT_OP = "ActivateResourceDisk"
 
 
-def activate(config, *, sleep: Callable[[float], None] = time.sleep) -> None:
+def activate(config: Config, *, sleep: Callable[[float], None] = time.sleep) -> None:
     """The daemon's resource-disk step. Never raises: errors are logged and reported."""
-    if not config.get("ResourceDisk.Format"):
+    if not config.resource_disk_format:
         return
     start = time.monotonic()
-    lib_dir = config.get("Lib.Dir")
+    lib_dir = config.lib_dir
     try:
         disk = ResourceDisk(config, sleep=sleep)
         mount_point = disk.activate_resource_disk()
-        if mount_point is not None and config.get("ResourceDisk.EnableSwap"):
+        if mount_point is not None and config.resource_disk_enable_swap:
             disk.enable_swap(mount_point)
     except Exception as e:  # the daemon must go on to provisioning whatever happens here
         _report(f"Unexpected error while activating the resource disk: {e}", lib_dir)
@@ -65,17 +66,17 @@ def _report(message: str, lib_dir: str) -> None:
 
 
 class ResourceDisk:
-    def __init__(self, config, *, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, config: Config, *, sleep: Callable[[float], None] = time.sleep):
         self.config = config
-        self.fs = (config.get("ResourceDisk.Filesystem") or "ext3").strip()
-        self.lib_dir = config.get("Lib.Dir")
+        self.fs = config.resource_disk_filesystem.strip()
+        self.lib_dir = config.lib_dir
         self.sleep = sleep
 
     # -- mount -----------------------------------------------------------------------------------
     def activate_resource_disk(self) -> Optional[str]:
         log.info("Activate resource disk")
         try:
-            mount_point = self.mount_resource_disk(self.config.get("ResourceDisk.MountPoint") or "/mnt/resource")
+            mount_point = self.mount_resource_disk(self.config.resource_disk_mount_point)
         except ResourceDiskError as e:
             _report(f"Failed to mount resource disk {e}", self.lib_dir)
             return None
@@ -89,7 +90,7 @@ class ResourceDisk:
         return [f"mkfs.{self.fs}", "-f" if self.fs in ("btrfs", "xfs") else "-F", partition]
 
     def mount_argv(self, partition: str, mount_point: str) -> list[str]:
-        options = self.config.get("ResourceDisk.MountOptions")
+        options = self.config.resource_disk_mount_options
         return ["mount", "-t", self.fs, *(["-o", options] if options else []), partition, mount_point]
 
     def _check_filesystem(self) -> None:
@@ -218,7 +219,7 @@ class ResourceDisk:
     def enable_swap(self, mount_point: str) -> None:
         log.info("Enable swap")
         try:
-            self.create_swap_space(mount_point, int(self.config.get("ResourceDisk.SwapSizeMB") or 0))
+            self.create_swap_space(mount_point, self.config.resource_disk_swap_size_mb)
         except (ResourceDiskError, OSError, CommandError) as e:
             _report(f"Failed to enable swap {e}", self.lib_dir)
 

@@ -18,6 +18,7 @@ import time
 from typing import Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.errors import CommandError
 from guestagent.osutil import disks, system
 
@@ -27,12 +28,12 @@ CD_DEVICE = re.compile(r"(sr[0-9]|hd[c-z]|cdrom[0-9]?|cd[0-9]+)")
 HANDOVER_WAIT = 300.0
 
 
-def detect_and_handover(config, *, sleep: Callable[[float], None] = time.sleep, dev_dir: str = "/dev") -> bool:
+def detect_and_handover(config: Config, *, sleep: Callable[[float], None] = time.sleep, dev_dir: str = "/dev") -> bool:
     """True when the VMM agent was started (after the 300 s wait): the daemon must then exit 0."""
-    if not config.get("DetectScvmmEnv"):
+    if not config.detect_scvmm_env:
         return False
     try:
-        mount_point = detect(config.get("DVD.MountPoint") or "/mnt/cdrom/secure", dev_dir)
+        mount_point = detect(config.dvd_mount_point, dev_dir)
     except Exception as e:  # detection must never stop the daemon
         log.warn("SCVMM detection failed: {0}", e)
         return False

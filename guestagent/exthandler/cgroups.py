@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from guestagent import events, log
+from guestagent.conf import Config
 from guestagent.osutil import cgroupfs, processes, system
 
 AZURE_SLICE = "azure.slice"
@@ -142,9 +143,9 @@ class TrackedCgroup:
 class CGroupConfigurator:
     """One per process (see :func:`get_configurator`); every public method is safe to call when disabled."""
 
-    def __init__(self, config: Any = None, *, systemd: Optional[Systemd] = None,
+    def __init__(self, config: Optional[Config] = None, *, systemd: Optional[Systemd] = None,
                  hierarchy: Optional[cgroupfs.Hierarchy] = None, distro: Optional[Any] = None):
-        self.config = config
+        self.config = config if config is not None else Config()
         self.systemd = systemd or Systemd()
         self.hierarchy = hierarchy
         self._distro = distro
@@ -157,14 +158,6 @@ class CGroupConfigurator:
         self._unexpected: dict[int, int] = {}
         self._systemd_run_pids: set[int] = set()
         self._lock = threading.RLock()
-
-    # -- configuration --
-    def _conf(self, key: str, default: Any) -> Any:
-        try:
-            value = self.config.get(key) if self.config is not None else None
-        except Exception:
-            value = None
-        return default if value is None else value
 
     @property
     def distro(self) -> Any:
@@ -235,7 +228,7 @@ class CGroupConfigurator:
                 self.systemd.set_properties(self.agent_unit, [("CPUAccounting", "yes"), ("MemoryAccounting", "yes")])
                 enforce = self.can_enforce_cpu()
                 if enforce:
-                    quota = int(self._conf("Debug.AgentCpuQuota", 50))
+                    quota = self.config.debug_agent_cpu_quota
                     info(f"Setting {self.agent_unit}'s CPUQuota to {quota}%")
                     self.systemd.set_properties(self.agent_unit, [("CPUQuota", f"{quota}%")])
                 if path:
@@ -470,15 +463,15 @@ class CGroupConfigurator:
                 process_ok = False
                 errors.append(str(e))
             quota_ok = True
-            threshold = float(self._conf("Debug.AgentCpuThrottledTimeThreshold", 120))
+            threshold = self.config.debug_agent_cpu_throttled_time_threshold
             for m in metrics:
                 if m.instance == AGENT_TELEMETRY_NAME and m.counter == "Throttled Time (s)" and m.value > threshold:
                     quota_ok = False
                     errors.append(f"The agent has been throttled for {m.value} seconds")
             reason = "Check on cgroups failed:\n" + "\n".join(errors)
-            if not process_ok and self._conf("Debug.CgroupDisableOnProcessCheckFailure", True):
+            if not process_ok and self.config.debug_cgroup_disable_on_process_check_failure:
                 self.disable(reason, "all")
-            if not quota_ok and self._conf("Debug.CgroupDisableOnQuotaCheckFailure", True):
+            if not quota_ok and self.config.debug_cgroup_disable_on_quota_check_failure:
                 self.disable(reason, "agent")
 
     def track_systemd_run(self, pid: int) -> None:
@@ -502,7 +495,7 @@ class CGroupConfigurator:
             return None
         usage = self.agent_cgroup.memory.usage()
         current = usage.total + (usage.swap or 0)
-        limit = int(self._conf("Debug.AgentMemoryQuota", 30 * 1024 * 1024))
+        limit = self.config.debug_agent_memory_quota
         if current > limit:
             return f"The agent memory limit {limit} bytes exceeded. The current reported usage is {current} bytes."
         return None
@@ -512,7 +505,7 @@ _instance: Optional[CGroupConfigurator] = None
 _instance_lock = threading.Lock()
 
 
-def get_configurator(config: Any = None) -> CGroupConfigurator:
+def get_configurator(config: Optional[Config] = None) -> CGroupConfigurator:
     """The process-wide configurator (initialised on first use with ``config``)."""
     global _instance
     with _instance_lock:

@@ -12,6 +12,7 @@ import socket
 from typing import Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.periodic import Operation
 
 HOSTNAME_PUBLISHING_OP = "HostnamePublishing"
@@ -58,10 +59,10 @@ class MonitorHostNameChanges:
         self.hostname = current
 
 
-def rdma_report(config, lib_dir: str) -> Optional[str]:
+def rdma_report(config: Config, lib_dir: str) -> Optional[str]:
     """OS.EnableRDMA / UpdateRdmaDriver / CheckRdmaDriver: say plainly what this agent does (it detects
     RDMA hardware but does not configure it) instead of pretending. None when RDMA is not enabled."""
-    if not config.get("OS.EnableRDMA") and not config.get("OS.UpdateRdmaDriver"):
+    if not config.os_enable_rdma and not config.os_update_rdma_driver:
         return None
     from guestagent import events
     from guestagent.osutil import system
@@ -97,24 +98,24 @@ def operations(ctx) -> list[Operation]:
             netrules.remove_rules_files(ctx.lib_dir)
 
     ops.append(Operation("RemovePersistentNetworkRules", remove_rules,
-                         float(config.get("OS.RemovePersistentNetRulesPeriod") or 30)))
+                         config.os_remove_persistent_net_rules_period))
 
     monitor = dhcpmonitor.DhcpClientMonitor(distro.dhcp_pid_command, nethelper.Helper())
     ops.append(Operation("MonitorDhcpClientRestart", monitor.check,
-                         float(config.get("OS.MonitorDhcpClientRestartPeriod") or 30)))
+                         config.os_monitor_dhcp_client_restart_period))
 
-    if config.get("OS.EnableFirewall"):
+    if config.os_enable_firewall:
         ops.append(Operation("EnableFirewall", EnableFirewall(config, lambda: _endpoint(ctx)),
-                             float(config.get("OS.EnableFirewallPeriod") or 300)))
+                             config.os_enable_firewall_period))
     else:
         initialize_firewall(config, "")  # logs and reports that the firewall is skipped
 
-    timeout = config.get("OS.RootDeviceScsiTimeout")
+    timeout = config.os_root_device_scsi_timeout
     if timeout is not None:
         ops.append(Operation("SetRootDeviceScsiTimeout", lambda: scsi.set_scsi_disks_timeout(str(timeout)),
-                             float(config.get("OS.RootDeviceScsiTimeoutPeriod") or 30)))
+                             config.os_root_device_scsi_timeout_period))
 
-    if config.get("Provisioning.MonitorHostName"):
+    if config.provisioning_monitor_host_name:
         ops.append(Operation("MonitorHostNameChanges", MonitorHostNameChanges(config, ctx.lib_dir, distro),
-                             float(config.get("Provisioning.MonitorHostNamePeriod") or 30)))
+                             config.provisioning_monitor_host_name_period))
     return ops

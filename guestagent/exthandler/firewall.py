@@ -14,6 +14,7 @@ import time
 from typing import Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.osutil import system
 from guestagent.osutil.firewall import (
     FirewallCmd,
@@ -77,11 +78,11 @@ def _event(kind: str, op: str, message: str, lib_dir: str) -> None:
 
 
 # -- waagent -setup-firewall -----------------------------------------------------------------------
-def run_setup_firewall(args, config) -> int:
+def run_setup_firewall(args, config: Config) -> int:
     """Set the rules for ``args.firewall_dst_ip`` (boot time, before the network). 1 on error."""
     log.set_prefix("Firewall")
     threading.current_thread().name = "Firewall"
-    lib_dir = config.get("Lib.Dir")
+    lib_dir = config.lib_dir
     endpoint = getattr(args, "firewall_dst_ip", None)
     _event("info", FIREWALL_OP, f"Setting up firewall after boot. Endpoint: {endpoint}", lib_dir)
     try:
@@ -103,10 +104,10 @@ def run_setup_firewall(args, config) -> int:
 
 
 # -- start-up --------------------------------------------------------------------------------------
-def initialize_firewall(config, address: str, *, persist: bool = True) -> Optional[FirewallManager]:
+def initialize_firewall(config: Config, address: str, *, persist: bool = True) -> Optional[FirewallManager]:
     """The ext-handler's start-up step: legacy rule out, rules in, persistence. Never raises."""
-    lib_dir = config.get("Lib.Dir")
-    if not config.get("OS.EnableFirewall"):
+    lib_dir = config.lib_dir
+    if not config.os_enable_firewall:
         _event("info", FIREWALL_OP, "Skipping firewall initialization, since OS.EnableFirewall=False", lib_dir)
         return None
     try:
@@ -144,13 +145,13 @@ def initialize_firewall(config, address: str, *, persist: bool = True) -> Option
 class EnableFirewall:
     """The env thread's firewall operation; its first run is the start-up step."""
 
-    def __init__(self, config, address: Callable[[], str], *, clock: Callable[[], float] = time.time,
+    def __init__(self, config: Config, address: Callable[[], str], *, clock: Callable[[], float] = time.time,
                  persist: bool = True):
         self.config = config
         self.address = address
         self.clock = clock
         self.persist = persist
-        self.lib_dir = config.get("Lib.Dir")
+        self.lib_dir = config.lib_dir
         self.manager: Optional[FirewallManager] = None
         self.initialized = False
         self.message_count = 0
@@ -210,12 +211,12 @@ def agent_command(address: str) -> tuple[str, list[str], Optional[str]]:
 class PersistFirewallRules:
     """firewalld running → permanent direct rules; otherwise, on systemd, the network-setup unit."""
 
-    def __init__(self, config, address: str, distro=None):
+    def __init__(self, config: Config, address: str, distro=None):
         from guestagent.osutil import distros
 
         self.config = config
         self.address = address
-        self.lib_dir = config.get("Lib.Dir")
+        self.lib_dir = config.lib_dir
         self.distro = distro or distros.detect()
         self.service = f"{self.distro.service_name}-network-setup.service"
         self.script = os.path.join(self.lib_dir, SCRIPT_NAME)

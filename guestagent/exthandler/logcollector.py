@@ -18,6 +18,7 @@ import time
 from typing import Any, Optional
 
 from guestagent import events, log
+from guestagent.conf import Config
 from guestagent.osutil import system
 from guestagent.periodic import Operation
 
@@ -96,16 +97,10 @@ class Results:
 
 
 class LogCollector:
-    def __init__(self, config: Any = None, full: bool = False):
-        def get(key: str, default: str) -> str:
-            try:
-                return (config.get(key) if config is not None else None) or default
-            except Exception:
-                return default
-
+    def __init__(self, config: Config, full: bool = False):
         self.full = full
-        self.lib_dir = get("Lib.Dir", "/var/lib/waagent")
-        self.log_dir = get("Extension.LogDir", "/var/log/azure")
+        self.lib_dir = config.lib_dir
+        self.log_dir = config.extension_log_dir
         self.agent_log = log.LOG_FILE
         self.out_dir = os.path.join(self.lib_dir, "logcollector")
         self.truncated_dir = os.path.join(self.out_dir, "truncated")
@@ -349,7 +344,7 @@ def _check_scope() -> int:
     return 0
 
 
-def run_collect_logs(args: Any, config: Any) -> int:
+def run_collect_logs(args: Any, config: Config) -> int:
     """``waagent -collect-logs [-full]``; exit 1 on failure. Under systemd-run (the periodic run) the
     process first checks it really is in the log collector's scope (else exit 4)."""
     if os.environ.get("GUESTAGENT_LOGCOLLECTOR_SCOPE") == "1":
@@ -440,15 +435,15 @@ class PeriodicLogCollection:
         self._event(True, "Successfully uploaded logs.")
 
 
-def is_periodic_collection_allowed(config: Any, configurator: Any) -> bool:
+def is_periodic_collection_allowed(config: Config, configurator: Any) -> bool:
     """Logs.Collect and a way to limit the collector: cgroups enabled, or (even with the agent's cgroups
     off) a v2 hierarchy with Debug.EnableCgroupV2ResourceLimiting — upstream's ``enabled or (v2 and switch)``."""
-    return bool(config.get("Logs.Collect")) and bool(configurator.enabled or _v2_limiting(config, configurator))
+    return config.logs_collect and bool(configurator.enabled or _v2_limiting(config, configurator))
 
 
-def _v2_limiting(config: Any, configurator: Any) -> bool:
+def _v2_limiting(config: Config, configurator: Any) -> bool:
     """v2 in use and Debug.EnableCgroupV2ResourceLimiting on (upstream's getter defaults to on)."""
-    return bool(configurator.using_v2 and config.get("Debug.EnableCgroupV2ResourceLimiting") is not False)
+    return bool(configurator.using_v2 and config.debug_enable_cgroup_v2_resource_limiting)
 
 
 def operations(ctx: Any) -> list[Operation]:
@@ -459,7 +454,7 @@ def operations(ctx: Any) -> list[Operation]:
     allowed = is_periodic_collection_allowed(ctx.config, configurator)
     v2_limiting = _v2_limiting(ctx.config, configurator)
     msg = (f"Checking if log collection is allowed at this time [{allowed}]. All three conditions must be met: "
-           f"1. configuration enabled [{bool(ctx.config.get('Logs.Collect'))}], 2. cgroups v1 enabled "
+           f"1. configuration enabled [{ctx.config.logs_collect}], 2. cgroups v1 enabled "
            f"[{configurator.enabled}] OR cgroups v2 is in use and v2 resource limiting configuration enabled "
            f"[{v2_limiting}], 3. python supported: [True]")
     log.info("{0}", msg)
@@ -468,5 +463,5 @@ def operations(ctx: Any) -> list[Operation]:
     if not allowed:
         return []
     job = PeriodicLogCollection(ctx, configurator)
-    return [Operation("CollectLogs", job.run, float(ctx.config.get("Logs.CollectPeriod") or 3600),
-                      initial_delay=float(ctx.config.get("Debug.LogCollectorInitialDelay") or 300))]
+    return [Operation("CollectLogs", job.run, ctx.config.logs_collect_period,
+                      initial_delay=ctx.config.debug_log_collector_initial_delay)]

@@ -18,6 +18,7 @@ import uuid
 from typing import Any, Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.osutil import processes, system
 from guestagent.osutil.processes import pid_alive
 from guestagent.periodic import PeriodicThread
@@ -55,12 +56,12 @@ def run_exthandlers(args, config) -> int:
 
 
 class ExtHandler:
-    def __init__(self, args, config):
+    def __init__(self, args, config: Config):
         self.args = args
         self.config = config
-        self.lib_dir: str = config.get("Lib.Dir")
-        self.period = float(config.get("Extensions.GoalStatePeriod") or 6)
-        if not config.get("Extensions.Enabled"):
+        self.lib_dir: str = config.lib_dir
+        self.period: float = config.extensions_goal_state_period
+        if not config.extensions_enabled:
             self.period = 300.0
         self.protocol: Any = None
         self.extensions: Any = None
@@ -146,7 +147,7 @@ class ExtHandler:
         events.add_event(op, message=message, lib_dir=self.lib_dir)
 
     def _write_pid_file(self) -> None:
-        pid_path = self.config.get("Pid.File")
+        pid_path = self.config.pid_file
         directory, name = os.path.split(system.path(pid_path))
         older: list[tuple[int, str]] = []
         for path in glob.glob(os.path.join(directory, f"*_{name}")):
@@ -358,7 +359,7 @@ class ExtHandler:
     def _heartbeat(self) -> None:
         from guestagent import events
 
-        auto_update = 1 if self.config.get("AutoUpdate.UpdateToLatestVersion") else 0
+        auto_update = 1 if self.config.auto_update_update_to_latest_version else 0
         msg = (f"[HEARTBEAT] Agent {AGENT_LONG_NAME} is running as the goal state agent [DEBUG HeartbeatCounter: "
                f"{self.heartbeat_counter};HeartbeatId: {self.heartbeat_id};UpdateGSErrors: {self.gs_errors};"
                f"AutoUpdate: {auto_update};UpdateMode: SelfUpdate;]")
@@ -373,7 +374,7 @@ class ExtHandler:
         ppid = os.getppid()
         if ppid == 1:
             return True
-        text = system.read_text(self.config.get("Pid.File"), default="")
+        text = system.read_text(self.config.pid_file, default="")
         return (text or "").strip() != str(ppid)
 
 

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Optional
 
 from guestagent import events, log
+from guestagent.conf import Config
 from guestagent.osutil import processes
 from guestagent.periodic import Operation
 
@@ -230,10 +231,10 @@ class AgentMemoryCheck:
     Debug.AgentMemoryQuota; if so write an AgentMemory event and tell the main loop to exit (code 0: the
     daemon starts a fresh child). Kept on the ExtHandler object (:meth:`of`); the loop calls :meth:`exceeded`."""
 
-    def __init__(self, config: Any, configurator: Any = None, lib_dir: Optional[str] = None,
+    def __init__(self, config: Config, configurator: Any = None, lib_dir: Optional[str] = None,
                  clock: Callable[[], float] = time.monotonic):
-        self.enabled = bool(config.get("Debug.EnableAgentMemoryUsageCheck"))
-        self.period = float(config.get("Debug.CgroupCheckPeriod") or 300)
+        self.enabled = config.debug_enable_agent_memory_usage_check
+        self.period = config.debug_cgroup_check_period
         self.config = config
         self._configurator = configurator
         self.lib_dir = lib_dir
@@ -296,7 +297,7 @@ def operations(ctx) -> list[Operation]:
     from guestagent.exthandler import cgroups
 
     config = ctx.config
-    log_metrics = bool(config.get("Debug.CgroupLogMetrics"))
+    log_metrics = config.debug_cgroup_log_metrics
     ops = [Operation("ResetPeriodicLogMessages", _reset_periodic_logs, RESET_LOG_PERIOD,
                      initial_delay=RESET_LOG_PERIOD),
            Operation("ReportNetworkErrors", lambda: report_network_errors(ctx.lib_dir), NETWORK_ERRORS_PERIOD,
@@ -305,9 +306,9 @@ def operations(ctx) -> list[Operation]:
                      SYSTEM_MEMORY_PERIOD)]
     configurator = cgroups.get_configurator(config)
     configurator.initialize()
-    if config.get("CGroups.Enabled") is not False and configurator.enabled:
+    if config.cgroups_enabled and configurator.enabled:
         usage = ResourceUsage(configurator, log_metrics, ctx.lib_dir)
-        ops.append(Operation("PollResourceUsage", usage.run, float(config.get("Debug.CgroupCheckPeriod") or 300)))
+        ops.append(Operation("PollResourceUsage", usage.run, config.debug_cgroup_check_period))
     imds = imds_client()
     fields = ImdsCommonFields(imds)
     ctx.imds_common_fields = fields
@@ -318,7 +319,7 @@ def operations(ctx) -> list[Operation]:
         ctx.health_signals = health
         ops.append(Operation("SendHealthSignals", health.run, HEALTH_PERIOD, initial_delay=HEALTH_PERIOD))
     network = NetworkConfiguration()
-    if config.get("Monitor.NetworkConfigurationChanges"):
+    if config.monitor_network_configuration_changes:
         ops.append(Operation("ReportNetworkConfigurationChanges", network.run, NETWORK_CONFIG_PERIOD))
     else:
         ops.append(Operation("LogNetworkConfiguration", network.run, 10 * 365 * 86400.0))

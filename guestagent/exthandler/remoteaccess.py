@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
 from guestagent import events, log
+from guestagent.conf import Config
 
 COMMENT = "JIT_Account"
 EXPIRATION_FORMAT = "%a, %d %b %Y %H:%M:%S %Z"
@@ -34,7 +35,7 @@ class RemoteAccessHandler:
     """One per ext-handler process. ``ops``: the user-account operations (``guestagent.osutil.users``);
     ``decrypt(b64, lib_dir)``: the password decryption (``certificates.decrypt_jit_password``)."""
 
-    def __init__(self, config: Any, lib_dir: str, *, ops: Any = None, decrypt: Optional[Callable] = None,
+    def __init__(self, config: Config, lib_dir: str, *, ops: Any = None, decrypt: Optional[Callable] = None,
                  clock: Callable[[], datetime] = _utcnow, sudoers_dir: str = "/etc/sudoers.d"):
         if ops is None:
             from guestagent.osutil import users as ops
@@ -58,13 +59,6 @@ class RemoteAccessHandler:
             handler = cls(child.config, child.lib_dir)
             child._remote_access_handler = handler
         return handler
-
-    def _conf(self, key: str, default: Any) -> Any:
-        try:
-            value = self.config.get(key)
-        except Exception:
-            value = None
-        return default if value is None else value
 
     # -- entry points ------------------------------------------------------------------------------
     def on_goal_state(self, goal_state: Any) -> bool:
@@ -138,8 +132,8 @@ class RemoteAccessHandler:
             log.info("Adding remote access user '{0}' to sudoers", user.name)
             password = self.decrypt(user.encrypted_password, self.lib_dir)
             log.register_secret(password)
-            self.ops.set_password(user.name, password, str(self._conf("Provisioning.PasswordCryptId", "6")),
-                                  int(self._conf("Provisioning.PasswordCryptSaltLength", 10)))
+            self.ops.set_password(user.name, password, self.config.provisioning_password_crypt_id,
+                                  self.config.provisioning_password_crypt_salt_length)
             self.ops.conf_sudoer(user.name, sudoers_dir=self.sudoers_dir)
         except Exception:
             self._remove(user.name)

@@ -441,8 +441,8 @@ def collect_operations(ctx) -> list[Operation]:
     from guestagent.exthandler import extevents
 
     pipeline = get_pipeline(ctx)
-    ext_log_dir = ctx.config.get("Extension.LogDir") or "/var/log/azure"
-    etp_period = float(ctx.config.get("Debug.EtpCollectionPeriod") or 300)
+    ext_log_dir = ctx.config.extension_log_dir
+    etp_period = ctx.config.debug_etp_collection_period
     return [Operation("CollectAndEnqueueEvents", pipeline.collect, COLLECT_PERIOD),
             Operation("ProcessExtensionEvents", lambda: extevents.collect(ext_log_dir, ctx.lib_dir), etp_period)]
 

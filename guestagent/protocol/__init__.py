@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.errors import (
     AgentError,
     ExtensionError,
@@ -34,16 +35,6 @@ DOWNLOAD_ERROR_CODE = 1001
 _direct_is_primary = True
 
 
-def _conf(conf: Any, key: str, default: Any = None) -> Any:
-    if conf is None:
-        return default
-    try:
-        value = conf.get(key, default)
-    except Exception:  # a foreign config object
-        return default
-    return default if value is None else value
-
-
 def _port(explicit: Optional[int], env: str, default: int) -> int:
     """Explicit argument, else the GUESTAGENT_*_PORT test hook, else the platform port."""
     if explicit is not None:
@@ -55,18 +46,18 @@ def _port(explicit: Optional[int], env: str, default: int) -> int:
 class WireProtocol:
     """One WireServer endpoint with its HostGAPlugin: goal state, health, status, artifacts, telemetry."""
 
-    def __init__(self, endpoint: str, lib_dir: str = "/var/lib/waagent", conf: Any = None,
+    def __init__(self, endpoint: str, lib_dir: str = "/var/lib/waagent", conf: Optional[Config] = None,
                  wire_port: Optional[int] = None, hgap_port: Optional[int] = None,
                  sleep: Optional[Callable[[float], None]] = None, save_history: bool = True):
         self.endpoint = endpoint
         self.lib_dir = lib_dir
-        self.conf = conf
-        self.http = HttpClient(proxy_host=_conf(conf, "HttpProxy.Host"), proxy_port=_conf(conf, "HttpProxy.Port"),
-                               sleep=sleep, allow_http=bool(_conf(conf, "OS.AllowHTTP", False)))
+        self.conf = conf = conf if conf is not None else Config()
+        self.http = HttpClient(proxy_host=conf.http_proxy_host, proxy_port=conf.http_proxy_port,
+                               sleep=sleep, allow_http=conf.os_allow_http)
         self.wire = WireClient(endpoint, lib_dir, _port(wire_port, "GUESTAGENT_WIRE_PORT", 80),
                                _port(hgap_port, "GUESTAGENT_HGAP_PORT", 32526), http=self.http)
         self.host_plugin = HostPluginClient(endpoint, self.wire.hgap_port, lib_dir, http=self.http)
-        self.fast_track_enabled = bool(_conf(conf, "Debug.EnableFastTrack", True))
+        self.fast_track_enabled = conf.debug_enable_fast_track
         self.save_history = save_history
         self.goal_state: Optional[GoalState] = None
         self.manifest_location: Optional[str] = None
@@ -267,15 +258,15 @@ def _download_error(msg: str) -> ExtensionError:
 
 
 # --- construction ------------------------------------------------------------------------------------
-def from_files(conf: Any, lib_dir: Optional[str] = None, **kw: Any) -> WireProtocol:
+def from_files(conf: Config, lib_dir: Optional[str] = None, **kw: Any) -> WireProtocol:
     """The fast path (01 §1.2): endpoint from WireServerEndpoint, no traffic, no certificate work."""
     from guestagent.protocol import endpoint
 
-    lib_dir = lib_dir or _conf(conf, "Lib.Dir", "/var/lib/waagent")
+    lib_dir = lib_dir or conf.lib_dir
     return WireProtocol(endpoint.read_endpoint(lib_dir), lib_dir, conf, **kw)
 
 
-def detect(conf: Any, lib_dir: Optional[str] = None, *, endpoint_ip: Optional[str] = None,
+def detect(conf: Config, lib_dir: Optional[str] = None, *, endpoint_ip: Optional[str] = None,
            sleep: Optional[Callable[[float], None]] = None, attempts: Optional[int] = None,
            transport_cert: bool = True, certificates: bool = True, **kw: Any) -> WireProtocol:
     """Full detection (01 §1.3): find the endpoint, check versions, make the transport certificate,
@@ -288,7 +279,7 @@ def detect(conf: Any, lib_dir: Optional[str] = None, *, endpoint_ip: Optional[st
     makes the transport certificate before the child starts (:meth:`WireProtocol.finish_detection`)."""
     from guestagent.protocol import endpoint
 
-    lib_dir = lib_dir or _conf(conf, "Lib.Dir", "/var/lib/waagent")
+    lib_dir = lib_dir or conf.lib_dir
 
     def probe(ip: str) -> WireProtocol:
         protocol = WireProtocol(ip, lib_dir, conf, sleep=sleep, **kw)

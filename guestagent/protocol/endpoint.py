@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Optional, Protocol, Sequence, TypeVar
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.errors import AgentError, DhcpError, NetworkError, ProtocolNotFoundError
 from guestagent.osutil import dhcpprobe, system
 from guestagent.protocol.dhcp import (
@@ -33,16 +34,6 @@ DETECT_ATTEMPTS = 360
 DETECT_INTERVAL = 10.0
 
 T = TypeVar("T")
-
-
-def _conf(conf: Any, key: str, default: Any) -> Any:
-    if conf is None:
-        return default
-    try:
-        value = conf.get(key, default)
-    except Exception:
-        return default
-    return default if value is None else value
 
 
 def read_endpoint(lib_dir: str) -> str:
@@ -176,7 +167,7 @@ class DhcpHelper:
                     log.warn("Could not remove the DHCP broadcast route: {0}", e)
 
 
-def detect(conf: Any, lib_dir: str, probe: Callable[[str], T], *, endpoint_ip: Optional[str] = None,
+def detect(conf: Config, lib_dir: str, probe: Callable[[str], T], *, endpoint_ip: Optional[str] = None,
            sleep: Optional[Callable[[float], None]] = None, attempts: Optional[int] = None,
            dhcp: Any = None) -> T:
     """Up to 360 attempts 10 s apart (01 §1.3). ``endpoint_ip`` skips DHCP (tests, Protocol.EndpointDiscovery
@@ -184,7 +175,7 @@ def detect(conf: Any, lib_dir: str, probe: Callable[[str], T], *, endpoint_ip: O
     sleep = sleep or time.sleep
     attempts = DETECT_ATTEMPTS if attempts is None else attempts
     clear_files(lib_dir)
-    use_dhcp = str(_conf(conf, "Protocol.EndpointDiscovery", "dhcp")).lower() == "dhcp" and endpoint_ip is None
+    use_dhcp = conf.protocol_endpoint_discovery.lower() == "dhcp" and endpoint_ip is None
     if use_dhcp and dhcp is None:
         dhcp = DhcpHelper()
     endpoint: Optional[str] = None

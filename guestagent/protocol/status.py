@@ -13,6 +13,7 @@ import socket
 import time
 from typing import Any, Optional
 
+from guestagent.conf import Config
 from guestagent.errors import HttpError, ProtocolError, ResourceGoneError
 from guestagent.protocol.hostplugin import blob_requests
 from guestagent.protocol.http import HttpClient
@@ -52,16 +53,6 @@ def _timestamp(now: Optional[float]) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
 
 
-def _conf(config: Any, key: str, default: Any) -> Any:
-    if config is None:
-        return default
-    try:
-        value = config.get(key, default)
-    except Exception:  # a foreign config object: fall back to the default
-        return default
-    return default if value is None else value
-
-
 def goal_state_aggregate_status(in_svd_seq_no: Any, status: str = "Success", code: int = 0,
                                 message: str = "GoalState executed successfully",
                                 now: Optional[float] = None) -> dict[str, Any]:
@@ -70,7 +61,7 @@ def goal_state_aggregate_status(in_svd_seq_no: Any, status: str = "Success", cod
             "inSvdSeqNo": in_svd_seq_no, "status": status, "code": code}
 
 
-def build_vm_status(config: Any, goal_state: Any, handler_statuses: Optional[list[dict]] = None, *,
+def build_vm_status(config: Config, goal_state: Any, handler_statuses: Optional[list[dict]] = None, *,
                     goal_state_status: Optional[dict] = None, update_status: Optional[dict] = None,
                     fast_track: Optional[bool] = None, computer_name: Optional[str] = None,
                     os_name: Optional[str] = None, os_version: Optional[str] = None,
@@ -99,7 +90,7 @@ def build_vm_status(config: Any, goal_state: Any, handler_statuses: Optional[lis
         os_name = d_name if os_name is None else os_name
         os_version = d_version if os_version is None else os_version
     if fast_track is None:
-        fast_track = bool(_conf(config, "Debug.EnableFastTrack", True)) and bool(
+        fast_track = config.debug_enable_fast_track and bool(
             getattr(goal_state, "fast_track_supported", False))
     features = [{"Key": "MultipleExtensionsPerHandler", "Value": "1.0"},
                 {"Key": "VersioningGovernance", "Value": "1.0"}]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.errors import AgentError, CommandError, ProtocolError
 from guestagent.osutil import dhcpclient, distros, hostname, system, users
 
@@ -86,7 +87,7 @@ def _run_quietly(argv: tuple[str, ...]) -> None:
 
 # --- the plan -------------------------------------------------------------------------------------------
 class Deprovisioner:
-    def __init__(self, conf: Any, distro: Optional[distros.Distro] = None):
+    def __init__(self, conf: Config, distro: Optional[distros.Distro] = None):
         self.conf = conf
         self.distro = distro or distros.detect()
         self.actions_running = False
@@ -224,7 +225,7 @@ def confirm(force: bool, read: Callable[[str], str] = input) -> bool:
     return answer.lower().startswith("y")
 
 
-def run_deprovision(args: Any, config: Any, read: Callable[[str], str] = input,
+def run_deprovision(args: Any, config: Config, read: Callable[[str], str] = input,
                     distro: Optional[distros.Distro] = None) -> int:
     """``-deprovision`` / ``-deprovision+user``; ``args.force`` skips the question."""
     handler = Deprovisioner(config, distro)
@@ -241,7 +242,7 @@ def run_deprovision(args: Any, config: Any, read: Callable[[str], str] = input,
     return 0
 
 
-def run_changed_unique_id(config: Any, distro: Optional[distros.Distro] = None) -> None:
+def run_changed_unique_id(config: Config, distro: Optional[distros.Distro] = None) -> None:
     """No prompt: clear what would confuse the agent on a VM cloned without deprovisioning."""
     handler = Deprovisioner(config, distro)
     plan = handler.setup_changed_unique_id()

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from guestagent import events, log
+from guestagent.conf import Config
 from guestagent.errors import AgentError, ProtocolError, ProvisionError
 from guestagent.osutil import distros, system
 from guestagent.provisioning import cloudinit, marker
@@ -34,15 +35,13 @@ class HandlerResult:
     thumbprint: Optional[str] = None
 
 
-def provisioning_agent(conf: Any) -> str:
+def provisioning_agent(conf: Config) -> str:
     """Provisioning.Agent; when the file does not set it, the pre-2.2 keys decide (an extension:
     2.15 ignores Provisioning.Enabled/UseCloudInit and would provision from the DVD)."""
-    values = getattr(conf, "values", {})
-    if "Provisioning.Agent" not in values and "Provisioning.Enabled" in values:
-        if not conf.switch("Provisioning.Enabled", True):
-            agent = "cloud-init" if conf.switch("Provisioning.UseCloudInit", False) else "disabled"
-            log.info("Provisioning.Agent is not set; legacy Provisioning.Enabled=n means '{0}'", agent)
-            return agent
+    legacy = conf.legacy_provisioning_agent
+    if legacy is not None:
+        log.info("Provisioning.Agent is not set; legacy Provisioning.Enabled=n means '{0}'", legacy)
+        return legacy
     return conf.provisioning_agent
 
 
@@ -58,7 +57,7 @@ def _elapsed_ms(start: datetime) -> int:
 
 
 class _Flow:
-    def __init__(self, conf: Any, detect: Optional[Detect], distro: Optional[distros.Distro],
+    def __init__(self, conf: Config, detect: Optional[Detect], distro: Optional[distros.Distro],
                  sleep: Callable[[float], None]):
         self.conf = conf
         self.lib_dir = conf.lib_dir
@@ -222,7 +221,7 @@ class CloudInitFlow(_Flow):
         return self.result
 
 
-def run_handler(conf: Any, detect: Optional[Detect] = None, distro: Optional[distros.Distro] = None,
+def run_handler(conf: Config, detect: Optional[Detect] = None, distro: Optional[distros.Distro] = None,
                 sleep: Callable[[float], None] = time.sleep) -> HandlerResult:
     """Choose the handler as upstream's factory does and run it."""
     agent = provisioning_agent(conf)
@@ -233,7 +232,7 @@ def run_handler(conf: Any, detect: Optional[Detect] = None, distro: Optional[dis
     return AgentFlow(conf, detect, distro, sleep).run()
 
 
-def provision(conf: Any, detect: Optional[Detect] = None, distro: Optional[distros.Distro] = None,
+def provision(conf: Config, detect: Optional[Detect] = None, distro: Optional[distros.Distro] = None,
               sleep: Callable[[float], None] = time.sleep):  # -> guestagent.protocol.WireProtocol
     """The daemon's provisioning step. Returns the detected WireProtocol (detected now if the
     handler had no reason to, e.g. already provisioned); None only when detection itself failed

@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.errors import CommandError, CryptError, OSUtilError, ProvisionError
 from guestagent.osutil import distros, hostname, network, ssh, users
 from guestagent.osutil.nethelper import NetOps
@@ -21,7 +22,7 @@ from guestagent.provisioning.ovfenv import OvfEnv
 class Provisioner:
     """Applies one :class:`OvfEnv` to the OS according to ``conf`` (a :class:`guestagent.conf.Config`)."""
 
-    def __init__(self, conf: Any, distro: Optional[distros.Distro] = None,
+    def __init__(self, conf: Config, distro: Optional[distros.Distro] = None,
                  sleep: Callable[[float], None] = time.sleep, net: Optional[NetOps] = None):
         self.conf = conf
         self.distro = distro or distros.detect()
@@ -77,7 +78,7 @@ class Provisioner:
         ssh.restart_ssh_service(self.distro.restart_ssh)
 
 
-def run_provision_command(args: Any, config: Any) -> int:
+def run_provision_command(args: Any, config: Config) -> int:
     """``waagent -provision`` (an extension: upstream 2.15 has the command but no pattern for it):
     run the provisioning handler once, in the foreground. 0 = provisioned (or already), 1 = failed."""
     from guestagent.provisioning.handler import run_handler

@@ -49,9 +49,9 @@ def test_upstream_test_conf(upstream):
     assert config.os_ssh_client_alive_interval == 42
     assert config.os_ssh_dir == "/notareal/path"
     assert config.os_enable_firewall is False
-    assert config.get("FauxKey1") == "Value1" and config.get("FauxKey2") == "Value2 Value2"
-    assert config.get("FauxKey3") == "delalloc,rw,noatime,nobarrier,users,mode=777"
-    assert config.get("") == "Value0"
+    assert config.values.get("FauxKey1") == "Value1" and config.values.get("FauxKey2") == "Value2 Value2"
+    assert config.values.get("FauxKey3") == "delalloc,rw,noatime,nobarrier,users,mode=777"
+    assert config.values.get("") == "Value0"
     unknown = sorted(m.split("'")[1] for level, m in config.diagnostics if level == "INFO")
     assert unknown == ["", "FauxKey1", "FauxKey2", "FauxKey3"]
     assert [m for level, m in config.diagnostics if level == "WARNING"] == []

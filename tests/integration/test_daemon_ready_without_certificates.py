@@ -17,6 +17,7 @@ import pytest
 
 server = pytest.importorskip("guestagent.fabric.server")
 
+from guestagent.conf import Config  # noqa: E402
 from guestagent.protocol import from_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +75,7 @@ def test_disabled_provisioning_reports_ready_without_certificates_and_the_child_
     assert (lib / "provisioned").exists() and (lib / "WireServerEndpoint").read_text() == "127.0.0.1"
     assert not list(lib.glob("*.prv")) and not list(lib.glob("*.crt"))
     # the ext-handler child: protocol from the files, whole goal state, certificates decrypted
-    child = from_files(None, LIB, wire_port=fabric.wire_port, hgap_port=fabric.hgap_port)
+    child = from_files(Config(), LIB, wire_port=fabric.wire_port, hgap_port=fabric.hgap_port)
     gs = child.update_goal_state()
     cert_requests = [r for r in fabric.requests if r["kind"] == "certificates"]
     assert cert_requests and cert_requests[0]["status"] == 200
@@ -86,7 +87,7 @@ def test_provisioning_that_needs_certificates_still_detects_with_them(tmp_root, 
     """The health report paths of a flow that sets ``certificates`` use the full detection (unchanged)."""
     from guestagent.protocol import detect
 
-    proto = detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fabric.wire_port, hgap_port=fabric.hgap_port,
+    proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fabric.wire_port, hgap_port=fabric.hgap_port,
                    sleep=lambda s: None, certificates=True)
     assert proto.transport_cert_pending is False
     assert "certificates" in [r["kind"] for r in fabric.requests]

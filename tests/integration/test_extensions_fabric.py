@@ -11,6 +11,7 @@ import time
 import pytest
 
 import guestagent.protocol
+from guestagent.conf import Config
 from guestagent.exthandler.extensions.manager import ExtensionsManager
 from guestagent.protocol import WireProtocol
 from guestagent.protocol.status import build_vm_status
@@ -30,7 +31,7 @@ def cycle(protocol, manager):
     start = time.monotonic()
     manager.process(gs)
     elapsed = time.monotonic() - start
-    protocol.upload_status(build_vm_status({}, gs, manager.handler_statuses(),
+    protocol.upload_status(build_vm_status(Config(), gs, manager.handler_statuses(),
                                            goal_state_status=manager.goal_state_status(), computer_name="vm",
                                            os_name="linux", os_version="0"))
     return gs, elapsed
@@ -44,7 +45,7 @@ def test_enable_reenable_and_fast_track_upgrade_against_the_fabric(fabric, tmp_p
     ensure_transport_cert(lib)
     protocol = WireProtocol("127.0.0.1", lib, wire_port=fabric.wire_port, hgap_port=fabric.hgap_port,
                             sleep=lambda s: None)
-    manager = ExtensionsManager({"Lib.Dir": lib}, protocol, log_root=str(tmp_path / "log"),
+    manager = ExtensionsManager(Config({"Lib.Dir": lib}), protocol, log_root=str(tmp_path / "log"),
                                 event=lambda *a, **k: None)
     name = "GuestAgent.Fabric.Sample"
 

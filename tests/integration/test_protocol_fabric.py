@@ -11,6 +11,7 @@ import pytest
 
 server = pytest.importorskip("guestagent.fabric.server")
 
+from guestagent.conf import Config  # noqa: E402
 from guestagent.errors import ProtocolError, ResourceGoneError  # noqa: E402
 from guestagent.protocol import detect, from_files  # noqa: E402
 from guestagent.protocol.status import build_vm_status  # noqa: E402
@@ -43,12 +44,12 @@ def make_fabric(tmp_path):
 
 
 def _detect(fab, **kw):
-    return detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+    return detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                   sleep=lambda s: None, **kw)
 
 
 def _status(proto):
-    return build_vm_status(None, proto.goal_state, [], computer_name="vm", os_name="debian", os_version="12")
+    return build_vm_status(Config(), proto.goal_state, [], computer_name="vm", os_name="debian", os_version="12")
 
 
 def test_detect_goal_state_and_ready(tmp_root, make_fabric):
@@ -61,7 +62,7 @@ def test_detect_goal_state_and_ready(tmp_root, make_fabric):
     assert all(c.has_private_key in (True, False) for c in gs.certs)
     proto.report_ready()
     assert "Ready" in json.dumps(fab.health_reports[-1], default=str)
-    again = from_files(None, LIB, wire_port=fab.wire_port, hgap_port=fab.hgap_port)
+    again = from_files(Config(), LIB, wire_port=fab.wire_port, hgap_port=fab.hgap_port)
     assert again.update_goal_state().incarnation == "1"
 
 

@@ -14,6 +14,7 @@ import pytest
 server = pytest.importorskip("guestagent.fabric.server")
 
 from guestagent import events  # noqa: E402
+from guestagent.conf import Config  # noqa: E402
 from guestagent.exthandler import extevents, monitor, telemetry  # noqa: E402
 from guestagent.protocol import activity, detect  # noqa: E402
 from guestagent.protocol.http import HttpClient  # noqa: E402
@@ -32,7 +33,7 @@ def fab(tmp_path):
 
 @pytest.fixture
 def proto(tmp_root, fab):
-    return detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+    return detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                   sleep=lambda s: None)
 
 
@@ -132,7 +133,7 @@ def test_log_archive_upload(tmp_root, fab, proto):
 
     (tmp_root / "var/log").mkdir(parents=True, exist_ok=True)
     (tmp_root / "var/log/waagent.log").write_text("line\n")
-    archive, _ = LogCollector(None).collect()
+    archive, _ = LogCollector(Config()).collect()
     data = (tmp_root / archive.lstrip("/")).read_bytes()
     proto.upload_logs(data)
     assert fab.vm_agent_logs[-1]["data"] == data

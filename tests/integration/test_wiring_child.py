@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from guestagent import conf, events
+from guestagent.conf import Config
 from guestagent.exthandler import cgroups, monitor
 from guestagent.exthandler.extensions.manager import ExtensionsManager
 from guestagent.exthandler.main import ExtHandler
@@ -86,7 +87,7 @@ def _memory_configurator(tmp_root, anon: int) -> cgroups.CGroupConfigurator:
     path = tmp_root / "sys/fs/cgroup/azure.slice/walinuxagent.service"
     path.mkdir(parents=True)
     (path / "memory.stat").write_text(f"anon {anon}\nfile 1048576\nkernel 4096\n")
-    c = cgroups.CGroupConfigurator({"Debug.AgentMemoryQuota": 30 * 1024 * 1024})
+    c = cgroups.CGroupConfigurator(Config())
     c.initialized = c.agent_enabled = c.extensions_enabled = True
     c.agent_cgroup = cgroups.TrackedCgroup(cgroups.AGENT_TELEMETRY_NAME, str(path), cgroupfs.V2)
     return c

@@ -8,6 +8,7 @@ import json
 from types import SimpleNamespace
 
 from guestagent import conf, events
+from guestagent.conf import Config
 from guestagent.exthandler import telemetry
 from guestagent.exthandler.main import ExtHandler
 from guestagent.fabric import cli
@@ -21,7 +22,7 @@ LIB = "/var/lib/waagent"
 def test_status_shows_heartbeat_events_errors_and_log_uploads(tmp_root, tmp_path, capsys):
     state = tmp_path / "fabric"
     with Fabric(host="127.0.0.1", state_dir=str(state)) as fab:
-        proto = detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+        proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                        sleep=lambda s: None)
         config = conf.parse(f"Lib.Dir={LIB}\n")
         proto.upload_status(build_vm_status(config, proto.goal_state, []))

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from guestagent import conf, events
+from guestagent.conf import Config
 from guestagent.errors import HttpError
 from guestagent.exthandler import cgroups, monitor, telemetry
 from guestagent.fabric.server import Fabric
@@ -31,7 +32,7 @@ def fab(tmp_path):
 
 @pytest.fixture
 def proto(tmp_root, fab):
-    return detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+    return detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                   sleep=lambda s: None)
 
 

@@ -20,7 +20,7 @@ PASSWORDS = {"alice": "Jit-Alice-Pa55!", "bob": "Jit-Bob-Pa55!", "carol": "Not-H
 DRIVER = r"""
 import base64, json, os
 from datetime import datetime, timezone
-from guestagent import log
+from guestagent import conf, log
 from guestagent.exthandler.remoteaccess import RemoteAccessHandler
 from guestagent.fabric import crypto
 from guestagent.osutil import users
@@ -55,7 +55,7 @@ def snapshot():
 
 
 now = [datetime(2026, 3, 1, tzinfo=timezone.utc)]
-handler = RemoteAccessHandler({"Provisioning.PasswordCryptId": "6", "Provisioning.PasswordCryptSaltLength": 10},
+handler = RemoteAccessHandler(conf.parse("Provisioning.PasswordCryptId=6\nProvisioning.PasswordCryptSaltLength=10\n"),
                               LIB, clock=lambda: now[0])
 users.useradd("carol", comment="Carol")  # an ordinary account
 out = {}

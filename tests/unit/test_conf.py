@@ -65,16 +65,15 @@ def test_every_option_has_a_typed_attribute_and_its_code_default():
     annotated = set(Config.__annotations__)
     assert annotated == set(conf.BY_ATTR), annotated ^ set(conf.BY_ATTR)
     assert len(conf.BY_KEY) == len(conf.OPTIONS)
+    shown = dict(line.split(" = ") for line in conf.show_configuration(config).splitlines())
     for opt in conf.OPTIONS:
-        value = config.get(opt.key)
+        value = getattr(config, opt.attr) if opt.attr else conf.parse_int(shown[opt.key])
         if opt.key == "Extensions.InitialGoalStatePeriod":
             assert value == 6
         elif opt.key == "AutoUpdate.UpdateToLatestVersion":
             assert value is True
         else:
             assert value == opt.default, opt.key
-        if opt.attr:
-            assert getattr(config, opt.attr) == value
         kind = {conf.SWITCH: bool, conf.INT: int, conf.STRING: str}[opt.kind]
         assert value is None or type(value) is kind, opt.key
     assert config.debug_agent_memory_quota == 31457280
@@ -104,7 +103,7 @@ def test_edge_case_file():
     assert config.debug_agent_memory_quota == 41943040
     assert config.debug_self_update_hotfix_frequency == 600
     assert config.debug_self_update_regular_frequency == 86400  # the AutoUpdate* name is not read
-    assert config.get("Debug.AutoUpdateNormalFrequency") == 700  # ...but it is a known, listed key
+    assert "Debug.AutoUpdateNormalFrequency = 700" in conf.show_configuration(config)  # ...a known, listed key
     assert config.debug_enable_cgroup_v2_resource_limiting is False
     assert config.os_ssh_client_alive_interval == 42
     assert config.extensions_wait_for_cloud_init_timeout == 600  # upstream would ignore the number
@@ -139,22 +138,26 @@ def test_each_problem_is_reported_once():
         ("WARNING", "/x.conf, line 4: invalid value 'perhaps' for Logs.Verbose (expected y or n); "
                     "using the default n"),
     ]
-    config.get("Logs.Verbose")
-    config.get("Debug.AutoUpdateHotfixFrequency")
+    assert config.logs_verbose is False
+    conf.show_configuration(config)
     assert len(config.diagnostics) == 2  # reading again does not re-report
     long = conf.parse("Logs.Collect=" + "x" * 10000 + "\n").diagnostics[0][1]
     assert len(long) < 250 and "'" + "x" * 80 + "...'" in long
 
 
-def test_legacy_keys_are_readable():
-    config = conf.parse("Provisioning.Enabled=n\nProvisioning.UseCloudInit=Y\nRole.StateConsumer=None\n")
-    assert config.diagnostics == []
-    assert config.get("Provisioning.Enabled") == "n"
-    assert config.switch("Provisioning.Enabled", True) is False
-    assert config.switch("Provisioning.UseCloudInit", False) is True
-    assert config.get("Role.StateConsumer", "dflt") == "dflt"
-    assert config.get("Not.There") is None
-    assert config.integer("Provisioning.Enabled", 5) == 5
+@pytest.mark.parametrize("text,expected", [
+    ("Provisioning.Enabled=n\nProvisioning.UseCloudInit=Y\nRole.StateConsumer=None\n", "cloud-init"),
+    ("Provisioning.Enabled=N\n", "disabled"),
+    ("Provisioning.Enabled=n\nProvisioning.UseCloudInit=maybe\n", "disabled"),
+    ("Provisioning.Enabled=y\nProvisioning.UseCloudInit=y\n", None),
+    ("Provisioning.Enabled=no\n", None),
+    ("Provisioning.Enabled=n\nProvisioning.Agent=waagent\n", None),
+    ("", None),
+])
+def test_legacy_provisioning_keys(text, expected):
+    config = conf.parse(text)
+    assert config.diagnostics == []  # legacy keys are accepted silently
+    assert config.legacy_provisioning_agent == expected
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.errors import ExtensionError
 from guestagent.exthandler.extensions import runner
 from guestagent.exthandler.extensions.manifest import HandlerManifest, compare_versions, load_handler_manifest
@@ -37,7 +38,7 @@ class Context:
     timeouts: dict = field(default_factory=dict)
     sink: Optional[Callable[[Any], None]] = None
     event: Optional[Callable[..., None]] = None
-    config: Any = None  # the agent's configuration (reaches the cgroup configurator)
+    config: Optional[Config] = None  # the agent's configuration (reaches the cgroup configurator)
 
 
 class Handler:

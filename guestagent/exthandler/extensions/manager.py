@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.errors import ExtensionError
 from guestagent.exthandler.extensions import status as ext_status
 from guestagent.exthandler.extensions.handler import NOT_RUN, Context, Handler, run_update
@@ -39,14 +40,6 @@ DISABLED_MESSAGE = ("Extension will not be processed since extension processing 
                     "processing, set Extensions.Enabled=y in '/etc/waagent.conf'")
 
 
-def _conf(conf: Any, key: str, default: Any) -> Any:
-    try:
-        value = conf.get(key)
-    except Exception:  # a foreign/partial config object
-        return default
-    return default if value is None else value
-
-
 def sort_key(ext: Extension, settings: Optional[ExtensionSettings]) -> int:
     """03 §11.5: uninstall/disable work first (deepest dependents first), then enables by ascending level."""
     if settings is not None:
@@ -66,13 +59,13 @@ def ordered_pairs(extensions: list) -> list:
 
 
 class ExtensionsManager:
-    def __init__(self, conf: Any, protocol: Any, *, log_root: str = "/var/log/azure",
+    def __init__(self, conf: Config, protocol: Any, *, log_root: str = "/var/log/azure",
                  timeouts: Optional[dict] = None, sink: Optional[Callable[[Any], None]] = None,
                  dependency_poll: float = DEPENDENCY_POLL, dependency_deadline: float = DEPENDENCY_DEADLINE,
                  skip_unchanged_after_restart: bool = True, event: Optional[Callable[..., None]] = None):
         self.conf = conf
         self.protocol = protocol
-        self.lib_dir = _conf(conf, "Lib.Dir", "/var/lib/waagent")
+        self.lib_dir = conf.lib_dir
         self.ctx = Context(self.lib_dir, getattr(protocol, "endpoint", "") or "", log_root, dict(timeouts or {}),
                            sink, event if event is not None else self._default_event, config=conf)
         self.dependency_poll = dependency_poll
@@ -147,7 +140,7 @@ class ExtensionsManager:
     # --- processing --------------------------------------------------------------------------------------------
     def _process(self, egs: Any) -> None:
         self._manifests, self._uninstall_exit, self._done = {}, {}, set()
-        if getattr(egs, "on_hold", False) and _conf(self.conf, "EnableOverProvisioning", True):
+        if getattr(egs, "on_hold", False) and self.conf.enable_over_provisioning:
             log.info("Extension handling is on hold")
             return
         unsupported = [f for f in getattr(egs, "required_features", []) if f not in SUPPORTED_FEATURES]
@@ -166,7 +159,7 @@ class ExtensionsManager:
             for s in ext.settings:
                 if s.protected_settings:
                     log.register_secret(s.protected_settings)
-        if not _conf(self.conf, "Extensions.Enabled", True):
+        if not self.conf.extensions_enabled:
             for ext in egs.extensions:
                 code = 1009 if ext.state == "enabled" else 1010
                 self._report(ext, None, ExtensionError(DISABLED_MESSAGE, code=code), ext.version)

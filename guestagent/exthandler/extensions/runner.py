@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from guestagent import log
+from guestagent.conf import Config
 from guestagent.errors import ExtensionError
 from guestagent.osutil import system
 
@@ -93,7 +94,7 @@ def _scope_of(argv: list) -> str:
 
 def run_command(op: str, base_dir: str, command: str, env: dict, *, handler_name: str,
                 log_dir: Optional[str] = None, ext_name: Optional[str] = None,
-                timeout: Optional[float] = None, sink: Any = None, config: Any = None) -> CommandResult:
+                timeout: Optional[float] = None, sink: Any = None, config: Optional[Config] = None) -> CommandResult:
     """Run ``command`` (relative to ``base_dir``); raise CommandFailed on non-zero exit or timeout.
     ``sink``, when given, is called with every CommandResult (the extension kit prints them). ``config``
     reaches the process-wide cgroup configurator, which decides whether the command runs in a scope."""

@@ -12,6 +12,7 @@ import shutil
 import psutil
 import pytest
 
+from guestagent.conf import Config
 from guestagent.exthandler import cgroups
 from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.osutil import cgroupfs
@@ -128,7 +129,7 @@ def _configurator(monkeypatch, tmp_root, version="v2", controllers=("cpu", "memo
     h = cgroupfs.Hierarchy(version, v2_root="/sys/fs/cgroup", v2_root_controllers=tuple(controllers),
                            v1_mounts={"cpu": "/sys/fs/cgroup/cpu,cpuacct"} if version == "v1" else None)
     sd = FakeSystemd()
-    c = CGroupConfigurator({"Debug.AgentCpuQuota": 50}, systemd=sd, hierarchy=h, distro=make("ubuntu", "22.04"))
+    c = CGroupConfigurator(Config(), systemd=sd, hierarchy=h, distro=make("ubuntu", "22.04"))
     monkeypatch.setattr(cgroups.events, "add_event", lambda *a, **k: None)
     return c, sd
 
@@ -149,7 +150,7 @@ def test_initialize_writes_units_and_sets_agent_quota(monkeypatch, tmp_root):
 
 
 def test_unsupported_distro_or_no_systemd_stays_disabled(monkeypatch, tmp_root):
-    c = CGroupConfigurator({}, systemd=FakeSystemd(), distro=make("debian", "12"))
+    c = CGroupConfigurator(Config(), systemd=FakeSystemd(), distro=make("debian", "12"))
     c.initialize()
     assert not c.enabled and "not currently supported" in c.disabled_reason
     assert c.wrap_extension_command(["/bin/true"], "H") == ["/bin/true"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from guestagent.conf import Config
 from guestagent.exthandler import cgroups, logcollector
 from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.osutil import cgroupfs
@@ -37,7 +38,7 @@ def _configurator(monkeypatch, tmp_root, controllers, props=None):
     lines: list = []
     monkeypatch.setattr(cgroups.events, "add_event", lambda *a, **k: None)
     monkeypatch.setattr(cgroups.log, "info", lambda fmt, *a: lines.append(fmt.format(*a)))
-    c = CGroupConfigurator({"Debug.AgentCpuQuota": 50}, systemd=sd, hierarchy=h, distro=make("ubuntu", "22.04"))
+    c = CGroupConfigurator(Config(), systemd=sd, hierarchy=h, distro=make("ubuntu", "22.04"))
     return c, sd, lines
 
 
@@ -78,7 +79,8 @@ def test_v2_with_cpu_sets_the_agent_quota(monkeypatch, tmp_root):
 def test_periodic_collection_allowed_as_upstream():
     """Upstream: Logs.Collect and (cgroups enabled, or v2 with Debug.EnableCgroupV2ResourceLimiting)."""
     def allowed(enabled, v2, switch=None, collect=True):
-        conf = {"Logs.Collect": collect, "Debug.EnableCgroupV2ResourceLimiting": switch}
+        switch_text = "None" if switch is None else "yn"[not switch]
+        conf = Config({"Logs.Collect": "yn"[not collect], "Debug.EnableCgroupV2ResourceLimiting": switch_text})
         return logcollector.is_periodic_collection_allowed(conf, SimpleNamespace(enabled=enabled, using_v2=v2))
 
     assert allowed(True, True, switch=False)       # was refused before the fix: v2 + enabled is enough
@@ -144,7 +146,7 @@ def _periodic(tmp_root, exit_code, protocol=None):
     archive = tmp_root / "var/lib/waagent/logcollector/logs.zip"
     archive.parent.mkdir(parents=True, exist_ok=True)
     archive.write_bytes(b"PK-archive")
-    ctx = SimpleNamespace(lib_dir="/var/lib/waagent", protocol=protocol or _Protocol(), config={})
+    ctx = SimpleNamespace(lib_dir="/var/lib/waagent", protocol=protocol or _Protocol(), config=Config())
     configurator = SimpleNamespace(logcollector_command=lambda argv: ["sh", "-c", f"exit {exit_code}"])
     return logcollector.PeriodicLogCollection(ctx, configurator), ctx.protocol
 

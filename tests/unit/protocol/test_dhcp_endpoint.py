@@ -6,6 +6,7 @@ from datetime import datetime
 
 import pytest
 
+from guestagent.conf import Config
 from guestagent.errors import DhcpError, NetworkError, ProtocolError, ProtocolNotFoundError
 from guestagent.osutil import dhcpprobe
 from guestagent.protocol import dhcp, endpoint
@@ -272,7 +273,7 @@ def test_detection_retries_then_writes(tmp_root):
         return "proto"
 
     d = FakeDhcp([None, "10.0.0.1", "10.0.0.2"])
-    assert endpoint.detect(None, LIB, probe, sleep=sleeps.append, dhcp=d) == "proto"
+    assert endpoint.detect(Config(), LIB, probe, sleep=sleeps.append, dhcp=d) == "proto"
     assert probes == ["10.0.0.1", "10.0.0.2"]
     assert sleeps == [10.0, 10.0] and d.skips == [False, True, True]
     assert endpoint.read_endpoint(LIB) == "10.0.0.2"
@@ -284,13 +285,13 @@ def test_detection_exhausted(tmp_root):
 
     sleeps = []
     with pytest.raises(ProtocolNotFoundError, match=r"No protocol found\."):
-        endpoint.detect(None, LIB, probe, sleep=sleeps.append, attempts=4, endpoint_ip="127.0.0.1")
+        endpoint.detect(Config(), LIB, probe, sleep=sleeps.append, attempts=4, endpoint_ip="127.0.0.1")
     assert sleeps == [10.0] * 3 and not endpoint.protocol_file_present(LIB)
     assert endpoint.DETECT_ATTEMPTS == 360
 
 
 def test_detection_without_dhcp_uses_endpoint_file(tmp_root):
-    conf = {"Protocol.EndpointDiscovery": "static"}
+    conf = Config({"Protocol.EndpointDiscovery": "static"})
     seen = []
     endpoint.detect(conf, LIB, lambda ip: seen.append(ip), sleep=lambda s: None)
     assert seen == ["168.63.129.16"]

@@ -5,6 +5,7 @@ import os
 import time
 import zipfile
 
+from guestagent.conf import Config
 from guestagent.protocol import history, hostplugin, imds, status
 from guestagent.protocol.goalstate import EmptyExtensionsGoalState, GoalState, parse_goal_state, parse_on_hold
 
@@ -15,7 +16,7 @@ def test_vm_status_shape_and_wire_form():
         extensions_goal_state = EmptyExtensionsGoalState(incarnation="7")
         fast_track_supported = True
 
-    doc = status.build_vm_status({"Debug.EnableFastTrack": True}, GS(), [], computer_name="vm", os_name="debian",
+    doc = status.build_vm_status(Config(), GS(), [], computer_name="vm", os_name="debian",
                                  os_version="12", now=0)
     assert list(doc) == ["version", "timestampUTC", "aggregateStatus", "guestOSInfo", "supportedFeatures"]
     assert doc["timestampUTC"] == "1970-01-01T00:00:00Z"
@@ -26,7 +27,7 @@ def test_vm_status_shape_and_wire_form():
     assert doc["guestOSInfo"] == {"computerName": "vm", "osName": "debian", "osVersion": "12", "version": "2.15.0.1"}
     assert [f["Key"] for f in doc["supportedFeatures"]] == ["MultipleExtensionsPerHandler", "VersioningGovernance",
                                                             "FastTrack"]
-    text = status.to_json(status.build_vm_status(None, None, [{"m": "é"}], computer_name="vm", os_name="d",
+    text = status.to_json(status.build_vm_status(Config(), None, [{"m": "é"}], computer_name="vm", os_name="d",
                                                  os_version="1"))
     assert '"m": "\\u00e9"' in text and '"version": "1.1", ' in text
     assert "vmArtifactsAggregateStatus" not in text and "FastTrack" not in text

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from loopback import Fault, Loopback
 
+from guestagent.conf import Config
 from guestagent.errors import (
     ProtocolError,
     ProtocolNotFoundError,
@@ -37,7 +38,7 @@ def sleeps():
 
 @pytest.fixture
 def proto(tmp_root, fab, sleeps):
-    return detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+    return detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                   sleep=sleeps.append, transport_cert=False)
 
 
@@ -90,13 +91,13 @@ def test_same_incarnation_fetches_only_the_goal_state(proto, fab):
 
 def test_from_files_fast_path_no_traffic(proto, fab, tmp_root):
     n = len(fab.requests)
-    p2 = from_files(None, LIB, wire_port=fab.wire_port, hgap_port=fab.hgap_port)
+    p2 = from_files(Config(), LIB, wire_port=fab.wire_port, hgap_port=fab.hgap_port)
     assert p2.endpoint == "127.0.0.1" and len(fab.requests) == n
     assert p2.update_goal_state().incarnation == "1"
 
 
 def test_from_files_missing_endpoint_uses_well_known(tmp_root):
-    assert from_files(None, LIB).endpoint == "168.63.129.16"
+    assert from_files(Config(), LIB).endpoint == "168.63.129.16"
 
 
 def test_role_instance_missing_is_retried(proto, fab, sleeps):
@@ -152,7 +153,7 @@ def test_410_on_wireserver(proto, fab):
 def test_versions_unsupported(tmp_root, fab):
     fab.overrides["comp=versions"] = lambda seen: (200, {}, fab.doc("versions_unsupported.xml"))
     with pytest.raises(ProtocolNotFoundError, match="No protocol found"):
-        detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+        detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                sleep=lambda s: None, attempts=2, transport_cert=False)
     assert not (tmp_root / "var/lib/waagent/Protocol").exists()
 
@@ -194,7 +195,7 @@ def test_role_properties_and_telemetry(proto, fab):
 
 
 def _status(proto):
-    return build_vm_status(None, proto.goal_state, [{"handlerName": "H", "status": "Ready",
+    return build_vm_status(Config(), proto.goal_state, [{"handlerName": "H", "status": "Ready",
                                                      "formattedMessage": {"lang": "en-US", "message":
                                                                           "see https://a/b?sv=1&sig=zz"}}],
                            computer_name="vm", os_name="debian", os_version="12", now=0)
@@ -217,7 +218,7 @@ def test_status_upload_block_blob_via_hgap(proto, fab):
 
 def test_status_upload_page_blob_via_hgap_pads_with_spaces(tmp_root, fab):
     fab.blob_type = "PageBlob"
-    proto = detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+    proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                    sleep=lambda s: None, transport_cert=False)
     status = _status(proto)
     proto.upload_status(status)
@@ -234,7 +235,7 @@ def test_status_upload_page_blob_via_hgap_pads_with_spaces(tmp_root, fab):
 def test_status_direct_fallback(tmp_root, fab, blob_type):
     fab.blob_type = blob_type
     fab.faults.append(Fault("PUT /status", status=500, count=100))
-    proto = detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+    proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                    sleep=lambda s: None, transport_cert=False)
     status = _status(proto)
     assert proto.upload_status(status) == "Direct"
@@ -266,7 +267,7 @@ def test_status_saved_in_history(proto, fab, tmp_root):
 def test_status_without_blob_url(tmp_root, fab):
     fab.overrides["type=extensionsConfig"] = lambda seen: (200, {}, fab.doc("ext_conf.xml").replace(
         b"StatusUploadBlob", b"Ignored"))
-    proto = detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+    proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                    sleep=lambda s: None, transport_cert=False)
     with pytest.raises(ProtocolNotFoundError, match="Status upload uri is missing"):
         proto.upload_status(_status(proto))

@@ -7,17 +7,13 @@ import zipfile
 
 import pytest
 
+from guestagent.conf import Config
 from guestagent.exthandler import logcollector
 from guestagent.exthandler.logcollector import LogCollector
 
 PASSWORD = "Sup3r-S3cret-P@ss"
 PROTECTED = "plaintext-protected-value-42"
 SIG = "SASSIGNATUREabc123"
-
-
-class Conf(dict):
-    def get(self, key, default=None):
-        return super().get(key, default)
 
 
 def _write(root, path, data, mtime=None):
@@ -54,7 +50,7 @@ def machine(tmp_root):
 
 
 def test_archive_file_by_file_and_no_secrets(machine):
-    collector = LogCollector(Conf({"Lib.Dir": "/var/lib/waagent", "Extension.LogDir": "/var/log/azure"}))
+    collector = LogCollector(Config({"Lib.Dir": "/var/lib/waagent", "Extension.LogDir": "/var/log/azure"}))
     archive, total = collector.collect()
     path = machine / archive.lstrip("/")
     assert oct(path.stat().st_mode & 0o777) == "0o600"
@@ -93,7 +89,7 @@ def test_truncation_caps_and_full_mode(machine, monkeypatch):
     _write(machine, "/var/log/syslog", "A" * 150 + "TAIL" * 10)
     _write(machine, "/var/log/syslog.2.gz", b"\x1f\x8b" + b"B" * 200)
     _write(machine, "/etc/fstab", "/dev/sda1 / ext4 defaults 0 0\n")
-    collector = LogCollector(Conf({"Lib.Dir": "/var/lib/waagent"}), full=True)
+    collector = LogCollector(Config({"Lib.Dir": "/var/lib/waagent"}), full=True)
     archive, total = collector.collect()
     assert total <= 700
     with zipfile.ZipFile(machine / archive.lstrip("/")) as zf:
@@ -108,7 +104,7 @@ def test_truncation_caps_and_full_mode(machine, monkeypatch):
     assert cached.exists()  # cached; reused while the original is older, removed when no longer collected
     # a budget smaller than the must-collect files stops early
     monkeypatch.setattr(logcollector, "TOTAL_LIMIT", 150)
-    _, total = LogCollector(Conf({"Lib.Dir": "/var/lib/waagent"}), full=True).collect()
+    _, total = LogCollector(Config({"Lib.Dir": "/var/lib/waagent"}), full=True).collect()
     assert total <= 150
     with zipfile.ZipFile(machine / archive.lstrip("/")) as zf:
         assert "Archive too big, done with adding files." in zf.read("results.txt").decode()
@@ -120,7 +116,7 @@ def test_cli_entry_point_prints_paths(machine, capsys):
     class Args:
         full = False
 
-    assert logcollector.run_collect_logs(Args(), Conf({"Lib.Dir": "/var/lib/waagent"})) == 0
+    assert logcollector.run_collect_logs(Args(), Config({"Lib.Dir": "/var/lib/waagent"})) == 0
     out = capsys.readouterr().out
     assert "/var/lib/waagent/logcollector/logs.zip" in out and "results.txt" in out
 

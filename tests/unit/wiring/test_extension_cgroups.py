@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from guestagent.conf import Config
 from guestagent.errors import ExtensionError
 from guestagent.exthandler import cgroups
 from guestagent.exthandler.extensions.handler import Context, Handler
@@ -79,7 +80,7 @@ def _forced_enabled() -> cgroups.CGroupConfigurator:
     distro = SimpleNamespace(name="ubuntu", version="22.04", service_name="walinuxagent",
                              unit_dir="/lib/systemd/system")
     hierarchy = cgroupfs.Hierarchy("v2", v2_root="/sys/fs/cgroup", v2_root_controllers=("cpu", "memory"))
-    c = cgroups.CGroupConfigurator({}, distro=distro, hierarchy=hierarchy)
+    c = cgroups.CGroupConfigurator(Config(), distro=distro, hierarchy=hierarchy)
     c.initialized = c.agent_enabled = c.extensions_enabled = True
     cgroups.set_configurator(c)
     return c
@@ -99,7 +100,7 @@ def _handler(tmp_root) -> tuple:
     limits = {"cpuQuotaPercentage": 25, "services": [{"name": "test-ext.service", "cpuQuotaPercentage": 5}]}
     (base / "HandlerManifest.json").write_text(json.dumps([{"version": 1.0, "handlerManifest": manifest,
                                                             "resourceLimits": limits}]))
-    ctx = Context(LIB, "127.0.0.1", "/var/log/azure", config={"Debug.CgroupLogMetrics": False})
+    ctx = Context(LIB, "127.0.0.1", "/var/log/azure", config=Config())
     return Handler(ctx, NAME, VERSION), record
 
 

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from guestagent import events, log
+from guestagent.conf import Config
 from guestagent.exthandler.remoteaccess import COMMENT, RemoteAccessHandler, parse_expiration
 from guestagent.fabric import crypto
 from guestagent.osutil import system, users
@@ -46,8 +47,8 @@ def env(tmp_root, monkeypatch):
 
     log.add_appender("jit-test", Capture(log.VERBOSE))
     accounts = Accounts()
-    handler = RemoteAccessHandler({"Provisioning.PasswordCryptId": "5", "Provisioning.PasswordCryptSaltLength": 16},
-                                  LIB, ops=accounts, clock=lambda: NOW)
+    config = Config({"Provisioning.PasswordCryptId": "5", "Provisioning.PasswordCryptSaltLength": "16"})
+    handler = RemoteAccessHandler(config, LIB, ops=accounts, clock=lambda: NOW)
     yield SimpleNamespace(root=tmp_root, handler=handler, accounts=accounts, events=sent, log=lines)
     log.remove_appender("jit-test")
 
