@@ -142,13 +142,11 @@ def parse_args(argv: Sequence[str]) -> CliArgs:
 
 # -- version ---------------------------------------------------------------------------------------
 def _path(p: str) -> str:
-    """osutil.system.path without importing osutil (subprocess, pathlib, dataclasses: ~20 ms) on the
-    ``-version`` path. The root can only differ from $GUESTAGENT_ROOT once system is imported."""
-    system = sys.modules.get("guestagent.osutil.system")
-    if system is not None:
-        return str(system.path(p))
-    root = os.environ.get("GUESTAGENT_ROOT", "/")
-    return p if root in ("", "/") else os.path.join(root, p.lstrip("/"))
+    """osutil.system.path without importing osutil.system (subprocess, pathlib, dataclasses: ~20 ms)
+    on the ``-version`` path."""
+    from guestagent.osutil import root
+
+    return root.mapped(p)
 
 
 _EXT_HANDLER = re.compile(rb".*/WALinuxAgent-(\d+.\d+.\d+[.\d+]*).*-run-exthandlers")
@@ -184,19 +182,9 @@ def goal_state_agent_version() -> str:
 
 def distro_name_version() -> tuple[str, str]:
     """(ID, VERSION_ID) of /etc/os-release as upstream prints them (ID lower-cased, unquoted)."""
-    values: dict[str, str] = {}
-    text = ""
-    for name in ("/etc/os-release", "/usr/lib/os-release"):
-        try:
-            with open(_path(name), encoding="utf-8", errors="replace") as f:
-                text = f.read()
-            break
-        except OSError:
-            continue
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and not key.startswith("#"):
-            values[key.strip()] = value.strip().strip("\"'")
+    from guestagent.osutil.osrelease import os_release
+
+    values = os_release()
     name = values.get("ID", "unknown").lower().replace(" ", "_")
     name = {"ol": "oracle", "opensuse-leap": "opensuse"}.get(name, name)
     if os.path.exists(_path("/etc/mariner-release")):

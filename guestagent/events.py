@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from guestagent import log
-from guestagent.osutil import system
+from guestagent.osutil import atomic, system
 from guestagent.osutil.osrelease import distro
 from guestagent.version import AGENT_LONG_NAME, AGENT_NAME, AGENT_VERSION
 
@@ -333,11 +333,6 @@ def write_event_file(event: dict[str, Any], lib_dir: str, suffix: str = ".waagen
     with _lock:
         stamp = max(int(time.time() * 1_000_000), _last_name + 1)
         _last_name = stamp
-    tmp = directory / f"{stamp}.tmp"
-    final = directory / f"{stamp}{suffix}"
-    data = json.dumps(event, ensure_ascii=False).encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, final)
-    return str(final)
+    final = str(directory / f"{stamp}{suffix}")
+    atomic.write(final, json.dumps(event, ensure_ascii=False).encode("utf-8"), 0o600)
+    return final

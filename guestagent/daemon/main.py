@@ -53,7 +53,7 @@ class Daemon:
 
     # -- start sequence -------------------------------------------------------------------------
     def start(self) -> int:
-        from guestagent.osutil import distro_info
+        from guestagent.osutil.osrelease import distro_info
 
         log.info("Azure Linux Agent Version: {0}", AGENT_VERSION)
         log.info("OS: {0}", distro_info())

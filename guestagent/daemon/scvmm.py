@@ -6,7 +6,7 @@ VMM agent takes over). Not found: the medium is unmounted and the daemon goes on
 
 Upstream asks its DVD mounter for one attempt but that loop runs ``range(1, 1)`` times, so it never
 mounts anything and finds the file only if the medium happens to be mounted already; we make the one
-attempt for real.
+attempt for real, with the same mounter provisioning uses (:mod:`guestagent.osutil.dvd`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Callable, Optional
 
 from guestagent import log
 from guestagent.conf import Config
-from guestagent.errors import CommandError
-from guestagent.osutil import disks, system
+from guestagent.errors import CommandError, OSUtilError
+from guestagent.osutil import dvd, system
 
 VMM_CONF_FILE_NAME = "linuxosconfiguration.xml"
 VMM_STARTUP_SCRIPT_NAME = "install"
@@ -58,22 +58,17 @@ def detect(mount_point: str, dev_dir: str = "/dev") -> Optional[str]:
         if m is None:
             continue
         device = os.path.join(dev_dir, m.group(0))
-        if _mount_once(device, mount_point) and system.exists(os.path.join(mount_point, VMM_CONF_FILE_NAME)):
+        try:
+            dvd.mount_dvd(device, mount_point, attempts=1)
+        except OSUtilError as e:  # mount_dvd warned already; the details for a closer look
+            log.verbose("{0}", e)
+        if system.exists(os.path.join(mount_point, VMM_CONF_FILE_NAME)):
             return mount_point
-        system.run(["umount", mount_point], check=False, timeout=60)
+        try:
+            dvd.umount_dvd(mount_point)
+        except OSUtilError:
+            pass  # nothing was mounted there
     return None
-
-
-def _mount_once(device: str, mount_point: str) -> bool:
-    existing = disks.mount_point_of(device)
-    if existing is not None:
-        log.info("{0} is already mounted at {1}", device, existing)
-        return existing == mount_point
-    system.mkdir(mount_point, mode=0o755)
-    res = system.run(["mount", "-o", "ro", "-t", "udf,iso9660,vfat", device, mount_point], check=False, timeout=60)
-    if not res.ok:  # a kernel without those file systems (or another medium): let mount detect the type
-        res = system.run(["mount", "-o", "ro", device, mount_point], check=False, timeout=60)
-    return res.ok
 
 
 def try_load_ata_piix() -> None:

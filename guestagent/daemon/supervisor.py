@@ -2,11 +2,12 @@
 
 The daemon re-executes itself after Ready (same PID and command line, so the pid file, systemd's main
 PID and the child's orphan check stay valid); ``guestagent.cli`` sees the marker in the environment
-and comes here before importing anything else. This module imports only ``os``, ``select``, ``time``
-and the C signal module: all a supervisor does is launch the ext-handler child, block in the kernel
-until it exits (a pidfd, or SIGCHLD on a self-pipe where pidfds are missing: no polling), relaunch it
-with back-off, and forward SIGTERM. It writes its few log lines itself in the agent's line format;
-events are written by a short-lived fork, so the heavy event modules never stay resident here.
+and comes here before importing anything else. This module imports only ``os``, ``select``, ``time``,
+the C signal module and the atomic file writer (itself only ``os``): all a supervisor does is launch
+the ext-handler child, block in the kernel until it exits (a pidfd, or SIGCHLD on a self-pipe where
+pidfds are missing: no polling), relaunch it with back-off, and forward SIGTERM. It writes its few
+log lines itself in the agent's line format; events are written by a short-lived fork, so the heavy
+event modules never stay resident here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ try:  # the C module behind ``signal``: the same calls without the enum wrappers
 except ImportError:  # pragma: no cover - not CPython
     import signal  # type: ignore[no-redef]
 
+from guestagent.osutil import atomic
 from guestagent.version import AGENT_LONG_NAME
 
 #: Set across the lean re-exec to the daemon's PID; never inherited by the child.
@@ -236,13 +238,7 @@ class Supervisor:
                 return
             self.log.warn(f"The daemon pid file {_display(path, self.settings.root)} "
                           f"{f'holds {text!r}' if text else 'is missing'}; writing {own} again")
-            tmp = f"{path}.{own}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, own.encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            atomic.write(path, own.encode())
         except OSError as e:
             self.log.error(f"Cannot write the daemon pid file {_display(path, self.settings.root)}: {e}")
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from guestagent import events, log
 from guestagent.conf import Config
-from guestagent.osutil import system
+from guestagent.osutil import atomic, system
 from guestagent.periodic import Operation
 
 FILE_LIMIT = 30 * 1024 * 1024
@@ -221,11 +221,11 @@ class LogCollector:
         try:
             chosen, total = self.select(self.process_manifest(results), results)
             results.info("### Creating compressed archive ###")
-            tmp = self._real(self.archive + ".tmp")
             errors = 0
             import zipfile  # here: the ext-handler imports this module but collects in its own process
 
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            with atomic.Replacing(self._real(self.archive), 0o600) as f, \
+                    zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 for path in chosen:
                     try:
                         zf.writestr(self.archive_name(path), self._content(path))
@@ -240,8 +240,6 @@ class LogCollector:
                 results.info(f"Finishing log collection at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
                 results.info(f"Elapsed time: {elapsed} ms")
                 zf.write(results.path, arcname="results.txt")
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self._real(self.archive))
             return self.archive, total
         except Exception as e:
             results.error(f"Failed to collect logs: {e}")

@@ -82,7 +82,7 @@ class ExtHandler:
 
     # -- start-up ----------------------------------------------------------------------------------
     def run(self) -> int:
-        from guestagent.osutil import distro_info
+        from guestagent.osutil.osrelease import distro_info
 
         py = ".".join(str(v) for v in sys.version_info[:3])
         log.info("Azure Linux Agent (Goal State Agent version {0})", AGENT_VERSION)

@@ -1,5 +1,5 @@
-"""The only code that touches the operating system."""
+"""The only code that touches the operating system.
 
-from guestagent.osutil.osrelease import distro, distro_info, os_release
-
-__all__ = ["distro", "distro_info", "os_release"]
+Imports nothing: the lean modules here (``root``, ``osrelease``, ``atomic``) are importable by the
+supervisor and ``waagent -version`` without loading the heavier ones.
+"""

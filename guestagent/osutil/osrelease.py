@@ -1,21 +1,23 @@
-"""The distribution's identity from /etc/os-release (cheap: used by ``waagent -version``).
+"""The distribution's identity from /etc/os-release: the one reader of that file.
 
-The ext-handler asks for it in every status (each goal-state period), so the parsed file is kept and
-read again only when a ``stat`` of either file (under the current root) shows a change.
+Cheap (imports only ``os``): ``waagent -version`` uses it too. The ext-handler asks for it in every
+status (each goal-state period), so the parsed file is kept and read again only when a ``stat`` of
+either file (under the current root) shows a change.
 """
 
 from __future__ import annotations
 
 import os
 
-from guestagent.osutil import system
+from guestagent.osutil import root
 
+FILES = ("/etc/os-release", "/usr/lib/os-release")
 _cache: tuple | None = None   # (key, values); no typing import: -version and the supervisor read this
 
 
 def _stamp(name: str) -> tuple | None:
     try:
-        st = os.stat(system.path(name))
+        st = os.stat(root.mapped(name))
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
@@ -23,18 +25,30 @@ def _stamp(name: str) -> tuple | None:
 
 def os_release() -> dict[str, str]:
     global _cache
-    key = (str(system.path("/etc/os-release")), _stamp("/etc/os-release"), _stamp("/usr/lib/os-release"))
+    key = (root.mapped(FILES[0]), _stamp(FILES[0]), _stamp(FILES[1]))
     cached = _cache
     if cached is not None and cached[0] == key:
         return dict(cached[1])
-    values = _read()
+    values = parse(_read())
     _cache = (key, values)
     return dict(values)
 
 
-def _read() -> dict[str, str]:
+def _read() -> str:
+    """The first of the two files that has content ('' when neither does)."""
+    for name in FILES:
+        try:
+            with open(root.mapped(name), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if text:
+            return text
+    return ""
+
+
+def parse(text: str) -> dict[str, str]:
     values: dict[str, str] = {}
-    text = system.read_text("/etc/os-release", default="") or system.read_text("/usr/lib/os-release", default="") or ""
     for line in text.splitlines():
         line = line.strip()
         if "=" in line and not line.startswith("#"):

@@ -12,14 +12,14 @@ import os
 import select
 import shutil
 import subprocess
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from guestagent.errors import CommandError
+from guestagent.osutil import atomic
+from guestagent.osutil import root as _rootdir
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -29,29 +29,18 @@ DEFAULT_TIMEOUT = 300.0
 #: Environment marker upstream sets on every OS command it runs (cgroup process check).
 AGENT_ENV_MARKER = ("AZURE_GUEST_AGENT_PARENT_PROCESS_NAME", "AZURE_GUEST_AGENT")
 
-_root = Path(os.environ.get("GUESTAGENT_ROOT", "/"))
-_root_lock = threading.Lock()
-
-
 def set_root(root: PathLike) -> None:
     """Point every later path lookup at ``root`` (tests use a temporary directory)."""
-    global _root
-    with _root_lock:
-        _root = Path(root)
+    _rootdir.set_root(os.fspath(root))
 
 
 def get_root() -> Path:
-    return _root
+    return Path(_rootdir.get_root())
 
 
 def path(p: PathLike) -> Path:
     """Map an absolute system path under the current root."""
-    s = os.fspath(p)
-    if _root == Path("/") or not os.path.isabs(s):
-        return Path(s)
-    if s.startswith(os.fspath(_root) + "/"):
-        return Path(s)
-    return _root / s.lstrip("/")
+    return Path(_rootdir.mapped(os.fspath(p)))
 
 
 def read_text(p: PathLike, default: Optional[str] = None, errors: str = "strict") -> Optional[str]:
@@ -81,32 +70,12 @@ def mkdir(p: PathLike, mode: int = 0o755, owner: Optional[str] = None) -> Path:
     return target
 
 
-def write_file(p: PathLike, data: Union[str, bytes], mode: int = 0o644, owner: Optional[str] = None,
-               group: Optional[str] = None, fsync: bool = True) -> Path:
-    """Write a file atomically: temp file in the same directory with the final mode from the start,
-    fsync, rename, fsync the directory. A crash leaves either the old or the new content."""
+def write_file(p: PathLike, data: Union[str, bytes], mode: int = 0o644, fsync: bool = True) -> Path:
+    """Write a file atomically (:mod:`guestagent.osutil.atomic`) under the root, making its directory;
+    with ``fsync`` the content and the rename are durable before this returns."""
     target = path(p)
     target.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, mode)
-        if owner is not None or group is not None:
-            shutil.chown(tmp, user=owner, group=group)
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if fsync:
-        _fsync_dir(target.parent)
+    atomic.write(str(target), data.encode("utf-8") if isinstance(data, str) else data, mode, fsync=fsync)
     return target
 
 
@@ -126,19 +95,6 @@ def remove(p: PathLike) -> bool:
         return True
     except FileNotFoundError:
         return False
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def which(name: str) -> Optional[str]:

@@ -13,7 +13,7 @@ import time
 from typing import Optional
 
 from guestagent import log
-from guestagent.osutil import system
+from guestagent.osutil import atomic, system
 
 REDACTED = "***REDACTED***"
 MAX_ENTRIES = 50
@@ -115,7 +115,7 @@ class History:
             system.remove(old)
 
     def archive(self) -> None:
-        """Zip every history folder but the newest into <folder>.zip (written as .zip.tmp, then renamed)."""
+        """Zip every history folder but the newest into <folder>.zip (written atomically)."""
         folders = [p for p in self._entries() if os.path.isdir(p) and FOLDER_PATTERN.match(os.path.basename(p))]
         current = system.path(self.current) if self.current else None
         for index, folder in enumerate(folders):
@@ -124,11 +124,9 @@ class History:
             try:
                 import zipfile  # here: idle goal states archive nothing (zipfile: ~0.35 MB resident)
 
-                tmp = folder + ".zip.tmp"
-                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                with atomic.Replacing(folder + ".zip") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
                     for name in sorted(os.listdir(folder)):
                         zf.write(os.path.join(folder, name), arcname=name)
-                os.replace(tmp, folder + ".zip")
                 system.remove(folder)
             except OSError as e:
                 log.warn("Failed to archive {0}: {1}", folder, e)

@@ -101,8 +101,8 @@ def test_os_release_is_parsed_once_and_again_when_the_file_changes(tmp_root, mon
     release = tmp_root / "etc" / "os-release"
     release.write_text('ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n')
     reads = []
-    real_read_text = system.read_text
-    monkeypatch.setattr(system, "read_text", lambda *a, **k: reads.append(a[0]) or real_read_text(*a, **k))
+    real_read = osrelease._read
+    monkeypatch.setattr(osrelease, "_read", lambda: reads.append(1) or real_read())
     assert osrelease.distro() == ("debian", "12", "bookworm")
     osrelease.os_release()["ID"] = "mutated"            # callers get copies
     assert osrelease.distro() == ("debian", "12", "bookworm") and len(reads) == 1

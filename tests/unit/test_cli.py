@@ -151,7 +151,7 @@ def test_version_distro_and_goal_state_agent(tmp_root):
 def test_version_is_fast_and_light():
     code = ("import sys; from guestagent.cli import main; main(['-version']); "
             "print(sorted(m for m in ('dataclasses', 'inspect', 'lxml', 'cryptography', 'subprocess', 'asn1crypto', "
-            "'pyroute2', 'psutil', 'guestagent.conf', 'guestagent.log', 'guestagent.osutil') if m in sys.modules))")
+            "'pyroute2', 'psutil', 'guestagent.conf', 'guestagent.log', 'guestagent.osutil.system') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
     assert out.stdout.splitlines()[-1] == "[]"
     times = []

@@ -26,10 +26,11 @@ PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.execu
 WAAGENT = REPO / "bin" / "waagent"
 #: What the supervisor may add to a bare interpreter started the same way (a script, no -m).
 SUPERVISOR_MODULES = {"__future__", "select", "guestagent", "guestagent.version", "guestagent.cli",
-                      "guestagent.daemon", "guestagent.daemon.supervisor"}
+                      "guestagent.daemon", "guestagent.daemon.supervisor", "guestagent.osutil",
+                      "guestagent.osutil.atomic"}
 HEAVY = ["typing", "dataclasses", "subprocess", "json", "threading", "re", "enum", "signal", "collections",
          "datetime", "pathlib", "tempfile", "inspect", "platform", "guestagent.conf", "guestagent.log",
-         "guestagent.events", "guestagent.osutil", "guestagent.osutil.system", "guestagent.daemon.main",
+         "guestagent.events", "guestagent.osutil.osrelease", "guestagent.osutil.system", "guestagent.daemon.main",
          "lxml", "cryptography", "asn1crypto"]
 
 

@@ -14,6 +14,7 @@ import pytest
 from guestagent import log
 from guestagent.errors import OSUtilError
 from guestagent.osutil import dhcpclient, distros
+from guestagent.osutil.dvd import eject_dvd
 from guestagent.osutil.nethelper import Helper
 from guestagent.provisioning import dvd, handler
 
@@ -42,7 +43,7 @@ def _tool(bin_dir, name: str, script: str) -> None:
 
 def test_missing_eject_is_one_clear_line(bin_dir, captured):
     with pytest.raises(OSUtilError) as err:
-        dvd.eject_dvd("/dev/sr0")
+        eject_dvd("/dev/sr0")
     assert err.value.msg == "Cannot eject dvd /dev/sr0: eject is not installed"
     dvd._cleanup("/dev/sr0", "/mnt/cdrom/secure", mounted=False)  # what copy_ovf_env does after the copy
     warnings = [line for line in captured.getvalue().splitlines() if " WARNING " in line]
@@ -53,15 +54,15 @@ def test_missing_eject_is_one_clear_line(bin_dir, captured):
 def test_failing_eject_keeps_upstreams_report(bin_dir):
     _tool(bin_dir, "eject", "echo 'eject: unable to open /dev/sr0' >&2\nexit 1\n")
     with pytest.raises(OSUtilError) as err:
-        dvd.eject_dvd("/dev/sr0")
+        eject_dvd("/dev/sr0")
     assert err.value.msg == "Failed to eject dvd: ret=1\n[stdout]\n\n\n[stderr]\neject: unable to open /dev/sr0\n"
 
 
 def test_eject_success_and_virtio_disk_is_not_ejected(bin_dir, tmp_path):
     record = tmp_path / "ejected"
     _tool(bin_dir, "eject", f'echo "$1" >> {record}\n')
-    dvd.eject_dvd("/dev/sr0")
-    dvd.eject_dvd("/dev/vdb")  # a data disk, not a CD-ROM: left alone
+    eject_dvd("/dev/sr0")
+    eject_dvd("/dev/vdb")  # a data disk, not a CD-ROM: left alone
     assert record.read_text() == "/dev/sr0\n"
 
 
