@@ -21,7 +21,7 @@ HOSTNAME_PUBLISHING_OP = "HostnamePublishing"
 class MonitorHostNameChanges:
     """Notice a hostname change (``hostname x``, ``hostnamectl``) and publish it through DHCP."""
 
-    def __init__(self, config, lib_dir: str, distro=None, gethostname: Callable[[], str] = socket.gethostname,
+    def __init__(self, config: Config, lib_dir: str, distro=None, gethostname: Callable[[], str] = socket.gethostname,
                  publish: Optional[Callable[[str], None]] = None):
         from guestagent.osutil import distros, hostname
 

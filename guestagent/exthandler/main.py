@@ -37,7 +37,7 @@ SENTINEL = "current_version"
 READ_ONLY_PATTERNS = ("*.crt", "*.p7m", "*.pem", "*.prv", "Certificates.xml", "ovf-env.xml")
 
 
-def run_exthandlers(args, config) -> int:
+def run_exthandlers(args, config: Config) -> int:
     threading.current_thread().name = "ExtHandler"
     log.set_prefix("ExtHandler")
     child = ExtHandler(args, config)
