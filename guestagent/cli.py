@@ -57,7 +57,7 @@ COMMANDS = {
     "run-exthandlers": "guestagent.exthandler.main:run_exthandlers",
     "deprovision": "guestagent.provisioning.deprovision:run_deprovision",
     "deprovision+user": "guestagent.provisioning.deprovision:run_deprovision",
-    "provision": "guestagent.provisioning.provision:run_provision_command",
+    "provision": "guestagent.provisioning.handler:run_provision_command",
     "collect-logs": "guestagent.exthandler.logcollector:run_collect_logs",
     "setup-firewall": "guestagent.exthandler.firewall:run_setup_firewall",
     "register-service": "guestagent.osutil.service:register_service",

@@ -13,11 +13,16 @@ import platform
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from guestagent import log
 from guestagent.osutil import atomic, system
 from guestagent.osutil.osrelease import distro
+from guestagent.timestamps import utc_precise
+
+if TYPE_CHECKING:  # types only: events sit below the protocol room
+    from guestagent.protocol.goalstate import GoalState
+    from guestagent.protocol.imds import ComputeInfo
 from guestagent.version import AGENT_LONG_NAME, AGENT_NAME, AGENT_VERSION
 
 PROVIDER_ID = "69B669B9-4AF8-4C50-BDC4-6006FA76E975"
@@ -142,26 +147,22 @@ def set_lib_dir(lib_dir: str) -> None:
     _default_lib_dir = lib_dir
 
 
-def update_common_from_goal_state(goal_state: Any) -> None:
+def update_common_from_goal_state(goal_state: GoalState) -> None:
     """ContainerId, RoleInstanceName (goal state), TenantName = deployment name, RoleName (HostingEnvironmentConfig)."""
-    env = getattr(goal_state, "hosting_env", None)
-    values = {"container_id": getattr(goal_state, "container_id", None),
-              "role_instance_name": getattr(goal_state, "role_instance_id", None),
-              "tenant_name": getattr(env, "deployment_name", None),
-              "role_name": getattr(env, "role_name", None)}
-    for attr, value in values.items():
-        if value:
-            setattr(common, attr, str(value))
+    env = goal_state.hosting_env
+    common.container_id = goal_state.container_id or common.container_id
+    common.role_instance_name = goal_state.role_instance_id or common.role_instance_name
+    if env is not None:
+        common.tenant_name = env.deployment_name or common.tenant_name
+        common.role_name = env.role_name or common.role_name
 
 
-def update_common_from_imds(compute: Any) -> None:
-    for attr in ("location", "subscription_id", "resource_group_name", "vm_id"):
-        value = getattr(compute, attr, None)
-        if value:
-            setattr(common, attr, str(value))
-    origin = getattr(compute, "image_origin", None)
-    if isinstance(origin, int):
-        common.image_origin = origin
+def update_common_from_imds(compute: ComputeInfo) -> None:
+    common.location = compute.location or common.location
+    common.subscription_id = compute.subscription_id or common.subscription_id
+    common.resource_group_name = compute.resource_group_name or common.resource_group_name
+    common.vm_id = compute.vm_id or common.vm_id
+    common.image_origin = compute.image_origin
 
 
 def _os_version() -> str:
@@ -176,14 +177,15 @@ def _ram_mb() -> int:
         return 0
 
 
-def per_event_parameters(timestamp: Optional[float] = None) -> list[dict[str, Any]]:
-    """GAVersion … TaskName: the part of the common set that changes with every event."""
+def per_event_parameters(timestamp: Optional[float] = None, pid: Optional[int] = None) -> list[dict[str, Any]]:
+    """GAVersion … TaskName: the part of the common set that changes with every event. ``pid``: the process
+    the event is written for (the lean supervisor's events are written by a fork); None: this one."""
     return [
         {"name": "GAVersion", "value": AGENT_LONG_NAME},
         {"name": "ContainerId", "value": common.container_id},
-        {"name": "OpcodeName", "value": log.timestamp(timestamp)},
+        {"name": "OpcodeName", "value": utc_precise(timestamp)},
         {"name": "EventTid", "value": threading.get_ident() & 0xFFFFFFFF},
-        {"name": "EventPid", "value": os.getpid()},
+        {"name": "EventPid", "value": os.getpid() if pid is None else pid},
         {"name": "TaskName", "value": threading.current_thread().name},
     ]
 
@@ -208,9 +210,10 @@ def process_parameters() -> list[dict[str, Any]]:
 
 
 def common_parameters(timestamp: Optional[float] = None, *, event_id: int = EXTENSION_EVENT_ID,
-                      provider_id: str = PROVIDER_ID, file_type: str = "") -> list[dict[str, Any]]:
+                      provider_id: str = PROVIDER_ID, file_type: str = "",
+                      pid: Optional[int] = None) -> list[dict[str, Any]]:
     """The full common set in upstream's order; ExtensionType/IsInternal only for GuestAgentExtensionEvents."""
-    params = per_event_parameters(timestamp)
+    params = per_event_parameters(timestamp, pid)
     if event_id == EXTENSION_EVENT_ID and provider_id == PROVIDER_ID:
         params += [{"name": "ExtensionType", "value": file_type}, {"name": "IsInternal", "value": False}]
     return params + process_parameters()
@@ -226,8 +229,9 @@ def event_dir(lib_dir: Optional[str] = None) -> str:
 
 def add_event(op: str, *, is_success: bool = True, message: str = "", duration: int = 0,
               name: str = AGENT_NAME, version: str = AGENT_VERSION, log_event: bool = True,
-              lib_dir: Optional[str] = None) -> None:
-    """Write a GuestAgentExtensionEvents event (provider 69B669B9…, id 1). Never raises."""
+              lib_dir: Optional[str] = None, pid: Optional[int] = None) -> None:
+    """Write a GuestAgentExtensionEvents event (provider 69B669B9…, id 1). Never raises. ``pid``: see
+    :func:`per_event_parameters`."""
     message = log.redact(str(message))
     if not is_success and log_event:
         log.error("Event: name={0}, op={1}, message={2}, duration={3}", name, op, message, duration)
@@ -238,7 +242,7 @@ def add_event(op: str, *, is_success: bool = True, message: str = "", duration: 
         {"name": "OperationSuccess", "value": bool(is_success)},
         {"name": "Message", "value": message},
         {"name": "Duration", "value": int(duration)},
-        *common_parameters(),
+        *common_parameters(pid=pid),
     ]
     _save({"eventId": EXTENSION_EVENT_ID, "providerId": PROVIDER_ID, "parameters": params, "file_type": ""},
           lib_dir)
@@ -280,7 +284,7 @@ def add_metric(category: str, counter: str, instance: str, value: float, *, log_
 def add_log_event(level: str, message: str, *, lib_dir: Optional[str] = None) -> None:
     """A GuestAgentGenericLogs event (provider FFF0196F…, id 7), EventName ``Log``."""
     params = [{"name": "EventName", "value": WALAEventOperation.Log}, {"name": "CapabilityUsed", "value": level},
-              {"name": "Context1", "value": log.redact(str(message))}, {"name": "Context2", "value": log.timestamp()},
+              {"name": "Context1", "value": log.redact(str(message))}, {"name": "Context2", "value": utc_precise()},
               {"name": "Context3", "value": ""},
               *common_parameters(event_id=LOG_EVENT_ID, provider_id=LOG_PROVIDER_ID)]
     _save({"eventId": LOG_EVENT_ID, "providerId": LOG_PROVIDER_ID, "parameters": params, "file_type": ""}, lib_dir)

@@ -15,8 +15,9 @@ import re
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Optional
+
+from guestagent.timestamps import utc_precise
 
 VERBOSE, INFO, WARNING, ERROR = 0, 1, 2, 3
 LEVEL_NAMES = {VERBOSE: "VERBOSE", INFO: "INFO", WARNING: "WARNING", ERROR: "ERROR"}
@@ -197,18 +198,13 @@ def get_prefix() -> Optional[str]:
     return _prefix
 
 
-def timestamp(now: Optional[float] = None) -> str:
-    dt = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def format_line(level: int, message: str, prefix: Optional[str] = None, thread: Optional[str] = None,
                 now: Optional[float] = None) -> str:
     thread = thread or threading.current_thread().name
     if thread == "MainThread":
         thread = _prefix or "MainThread"
     prefix = prefix if prefix is not None else _prefix
-    head = f"{timestamp(now)} {LEVEL_NAMES[level]} {thread} "
+    head = f"{utc_precise(now)} {LEVEL_NAMES[level]} {thread} "
     if prefix:
         head += f"{prefix} "
     text = redact(message).encode("ascii", errors="backslashreplace").decode("ascii")

@@ -16,8 +16,10 @@ import sys
 import threading
 import time
 
-from guestagent import log
+from guestagent import events, log
+from guestagent.cli import CliArgs
 from guestagent.conf import Config
+from guestagent.daemon import resourcedisk, scvmm
 from guestagent.daemon.supervisor import (
     RETRY_AFTER_ERROR,
     SETTINGS_ENV,
@@ -26,26 +28,27 @@ from guestagent.daemon.supervisor import (
     Supervisor,
     encode_settings,
 )
-from guestagent.osutil import processes, system
+from guestagent.osutil import distro_info, processes, system
+from guestagent.protocol.wire import make_transport_cert
+from guestagent.provisioning.handler import provision
 from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
 
 DAEMON_VERSION_ENV = "_AZURE_GUEST_AGENT_DAEMON_VERSION_"
 
 
-def run_daemon(args, config: Config) -> int:
+def run_daemon(args: CliArgs, config: Config) -> int:
     threading.current_thread().name = "Daemon"
     log.set_prefix("Daemon")
     os.environ[DAEMON_VERSION_ENV] = AGENT_VERSION
     lib_dir = config.lib_dir
     pid_file = config.pid_file
-    from guestagent import events
 
     events.set_lib_dir(lib_dir)
     return Daemon(args, config, lib_dir, pid_file).start()
 
 
 class Daemon:
-    def __init__(self, args, config: Config, lib_dir: str, pid_file: str):
+    def __init__(self, args: CliArgs, config: Config, lib_dir: str, pid_file: str):
         self.args = args
         self.config = config
         self.lib_dir = lib_dir
@@ -53,8 +56,6 @@ class Daemon:
 
     # -- start sequence -------------------------------------------------------------------------
     def start(self) -> int:
-        from guestagent.osutil.osrelease import distro_info
-
         log.info("Azure Linux Agent Version: {0}", AGENT_VERSION)
         log.info("OS: {0}", distro_info())
         log.info("Python: {0}", ".".join(str(v) for v in sys.version_info[:3]))
@@ -74,8 +75,6 @@ class Daemon:
                 self._body()
                 return 0
             except Exception as e:
-                from guestagent import events
-
                 msg = f"The agent daemon failed: {e}"
                 log.error("{0}", msg)
                 events.add_event(events.WALAEventOperation.UnhandledError, is_success=False, message=msg,
@@ -92,9 +91,6 @@ class Daemon:
         return processes.pid_alive(pid) and "daemon" in processes.cmdline(pid)
 
     def _body(self) -> None:
-        from guestagent.daemon import resourcedisk, scvmm
-        from guestagent.provisioning.handler import provision
-
         if scvmm.detect_and_handover(self.config):
             return  # the VMM agent took over: the daemon exits 0 (05 §8)
         resourcedisk.activate(self.config)
@@ -118,14 +114,13 @@ class Daemon:
         if protocol is not None:
             protocol.finish_detection()
             return
-        from guestagent.protocol import make_transport_cert
 
         make_transport_cert(self.lib_dir, regenerate=False)
 
     def supervisor_settings(self) -> Settings:
         """What the lean supervisor needs, resolved here where the configuration is loaded."""
         appender = log.file_appender()
-        verbose = bool(getattr(self.args, "verbose", False))
+        verbose = self.args.verbose
         return Settings(pid_file=str(system.path(self.pid_file)), lib_dir=self.lib_dir, child=self.child_command(),
                         root=str(system.get_root()), log_file=appender.path if appender else "",
                         file_level=appender.level if appender else log.INFO,
@@ -134,7 +129,7 @@ class Daemon:
     def _reexec_lean(self) -> None:
         """Replace this process by a fresh interpreter that only supervises (same PID, same argv);
         guestagent.cli sees SUPERVISE_ENV and runs guestagent.daemon.supervisor before anything else."""
-        argv = list(getattr(sys, "orig_argv", []) or [])
+        argv = list(sys.orig_argv) if sys.version_info >= (3, 10) else []
         if not argv:
             argv = [sys.executable, "-u", "-m", "guestagent.cli", *sys.argv[1:]]
         settings = self.supervisor_settings()
@@ -161,9 +156,8 @@ class Daemon:
             cmd = [sys.executable, "-u", argv0, "-run-exthandlers"]
         else:
             cmd = [sys.executable, "-u", "-m", "guestagent.cli", "-run-exthandlers"]
-        conf_path = getattr(self.args, "conf_path", None)
-        if conf_path:
-            cmd.append(f"-configuration-path:{conf_path}")
+        if self.args.conf_path:
+            cmd.append(f"-configuration-path:{self.args.conf_path}")
         return cmd
 
     def supervise(self, settings: Settings | None = None) -> int:

@@ -20,7 +20,7 @@ import stat
 import time
 from typing import Callable, Optional
 
-from guestagent import log
+from guestagent import events, log
 from guestagent.conf import Config
 from guestagent.errors import CommandError, ResourceDiskError
 from guestagent.osutil import disks, system
@@ -59,8 +59,6 @@ def activate(config: Config, *, sleep: Callable[[float], None] = time.sleep) -> 
 
 
 def _report(message: str, lib_dir: str) -> None:
-    from guestagent import events
-
     log.error("{0}", message)
     events.add_event(EVENT_OP, is_success=False, message=message, log_event=False, lib_dir=lib_dir)
 

@@ -249,7 +249,7 @@ class Supervisor:
         if not self.use_pidfd:
             self._arm_sigchld()
         spawn = os.posix_spawn if os.path.isabs(cmd[0]) else os.posix_spawnp
-        sigdef = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n))
+        sigdef = (signal.SIGPIPE, signal.SIGXFSZ)
         self.child_pid = spawn(cmd[0], cmd, child_env(), setsigdef=sigdef)
         self.child_fd = None
         if self.use_pidfd:
@@ -412,9 +412,7 @@ def _write_event_here(settings: Settings, op: str, ok: bool, message: str, daemo
     if settings.log_file:
         log.add_appender("file", log.FileAppender(settings.file_level, settings.log_file))
     system.set_root(settings.root)
-    if daemon_pid != os.getpid():
-        os.getpid = lambda: daemon_pid  # this fork exits right after: the event is the daemon's
-    events.add_event(op, is_success=ok, message=message, log_event=False, lib_dir=settings.lib_dir)
+    events.add_event(op, is_success=ok, message=message, log_event=False, lib_dir=settings.lib_dir, pid=daemon_pid)
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from guestagent import events, log
 from guestagent.conf import Config
-from guestagent.osutil import cgroupfs, processes, system
+from guestagent.osutil import cgroupfs, distros, processes, system
 
 AZURE_SLICE = "azure.slice"
 VMEXTENSIONS_SLICE = "azure-vmextensions.slice"
@@ -141,10 +141,11 @@ class TrackedCgroup:
 
 
 class CGroupConfigurator:
-    """One per process (see :func:`get_configurator`); every public method is safe to call when disabled."""
+    """One per ext-handler process (the child makes it and hands it to its threads and the extensions
+    manager); every public method is safe to call when disabled or not initialised."""
 
     def __init__(self, config: Optional[Config] = None, *, systemd: Optional[Systemd] = None,
-                 hierarchy: Optional[cgroupfs.Hierarchy] = None, distro: Optional[Any] = None):
+                 hierarchy: Optional[cgroupfs.Hierarchy] = None, distro: Optional[distros.Distro] = None):
         self.config = config if config is not None else Config()
         self.systemd = systemd or Systemd()
         self.hierarchy = hierarchy
@@ -160,10 +161,8 @@ class CGroupConfigurator:
         self._lock = threading.RLock()
 
     @property
-    def distro(self) -> Any:
+    def distro(self) -> distros.Distro:
         if self._distro is None:
-            from guestagent.osutil import distros
-
             self._distro = distros.detect()
         return self._distro
 
@@ -188,7 +187,7 @@ class CGroupConfigurator:
 
     # -- start-up (06 §10.1/10.2) --
     def supported(self) -> tuple[bool, str]:
-        name, version = getattr(self.distro, "name", ""), getattr(self.distro, "version", "")
+        name, version = self.distro.name, self.distro.version
         if not distro_supported(name, version):
             return False, f"Cgroups is not currently supported on {name} {version}"
         if not Systemd.running():
@@ -500,20 +499,3 @@ class CGroupConfigurator:
             return f"The agent memory limit {limit} bytes exceeded. The current reported usage is {current} bytes."
         return None
 
-
-_instance: Optional[CGroupConfigurator] = None
-_instance_lock = threading.Lock()
-
-
-def get_configurator(config: Optional[Config] = None) -> CGroupConfigurator:
-    """The process-wide configurator (initialised on first use with ``config``)."""
-    global _instance
-    with _instance_lock:
-        if _instance is None:
-            _instance = CGroupConfigurator(config)
-    return _instance
-
-
-def set_configurator(configurator: Optional[CGroupConfigurator]) -> None:
-    global _instance
-    _instance = configurator

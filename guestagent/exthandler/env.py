@@ -9,11 +9,17 @@ written (03 §7). RDMA is the daemon's business (05 §8), not this thread's.
 from __future__ import annotations
 
 import socket
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from guestagent import log
+from guestagent import events, log
 from guestagent.conf import Config
+from guestagent.exthandler.firewall import EnableFirewall, initialize_firewall
+from guestagent.osutil import dhcpmonitor, distros, hostname, nethelper, netrules, scsi, system
 from guestagent.periodic import Operation
+from guestagent.protocol import endpoint as ep
+
+if TYPE_CHECKING:  # the context imports these modules
+    from guestagent.exthandler.context import ThreadContext
 
 HOSTNAME_PUBLISHING_OP = "HostnamePublishing"
 
@@ -23,8 +29,6 @@ class MonitorHostNameChanges:
 
     def __init__(self, config: Config, lib_dir: str, distro=None, gethostname: Callable[[], str] = socket.gethostname,
                  publish: Optional[Callable[[str], None]] = None):
-        from guestagent.osutil import distros, hostname
-
         self.config = config
         self.lib_dir = lib_dir
         self.distro = distro or distros.detect()
@@ -34,17 +38,12 @@ class MonitorHostNameChanges:
         self.changes = 0
 
     def publish(self, name: str) -> None:
-        from guestagent.osutil import hostname, nethelper
-
         if self._publish is not None:
             self._publish(name)
         else:  # netlink in a helper interpreter: the child does not keep pyroute2 for this rare action
             hostname.publish_hostname(name, self.distro, self.lib_dir, nethelper.Helper())
 
     def __call__(self) -> None:
-        from guestagent import events
-        from guestagent.osutil import hostname
-
         current = self.gethostname()
         if current == self.hostname:
             return
@@ -64,8 +63,6 @@ def rdma_report(config: Config, lib_dir: str) -> Optional[str]:
     RDMA hardware but does not configure it) instead of pretending. None when RDMA is not enabled."""
     if not config.os_enable_rdma and not config.os_update_rdma_driver:
         return None
-    from guestagent import events
-    from guestagent.osutil import system
 
     found = [p for p in ("/dev/hvnd_rdma", "/sys/class/infiniband") if system.exists(p)]
     message = (f"RDMA is enabled in the configuration; devices present: {found or 'none'}. This agent does not "
@@ -75,19 +72,14 @@ def rdma_report(config: Config, lib_dir: str) -> Optional[str]:
     return message
 
 
-def _endpoint(ctx) -> str:
-    endpoint = getattr(ctx.protocol, "endpoint", None)
-    if endpoint:
-        return endpoint
-    from guestagent.protocol import endpoint as ep
+def _endpoint(ctx: ThreadContext) -> str:
+    if ctx.protocol is not None:
+        return ctx.protocol.endpoint
 
     return ep.read_endpoint(ctx.lib_dir)
 
 
-def operations(ctx) -> list[Operation]:
-    from guestagent.exthandler.firewall import EnableFirewall, initialize_firewall
-    from guestagent.osutil import dhcpmonitor, distros, nethelper, netrules, scsi
-
+def operations(ctx: ThreadContext) -> list[Operation]:
     config = ctx.config
     distro = distros.detect()
     rdma_report(config, ctx.lib_dir)

@@ -13,9 +13,11 @@ import threading
 import time
 from typing import Callable, Optional
 
-from guestagent import log
+import guestagent
+from guestagent import events, log
+from guestagent.cli import CliArgs
 from guestagent.conf import Config
-from guestagent.osutil import system
+from guestagent.osutil import distros, system
 from guestagent.osutil.firewall import (
     FirewallCmd,
     FirewallManager,
@@ -65,8 +67,6 @@ if __name__ == '__main__':
 
 def _event(kind: str, op: str, message: str, lib_dir: str) -> None:
     """upstream's event.info/warn/error: log at that level and send the event."""
-    from guestagent import events
-
     if kind == "info":
         log.info("{0}", message)
     elif kind == "warn":
@@ -78,17 +78,17 @@ def _event(kind: str, op: str, message: str, lib_dir: str) -> None:
 
 
 # -- waagent -setup-firewall -----------------------------------------------------------------------
-def run_setup_firewall(args, config: Config) -> int:
+def run_setup_firewall(args: CliArgs, config: Config) -> int:
     """Set the rules for ``args.firewall_dst_ip`` (boot time, before the network). 1 on error."""
     log.set_prefix("Firewall")
     threading.current_thread().name = "Firewall"
     lib_dir = config.lib_dir
-    endpoint = getattr(args, "firewall_dst_ip", None)
+    endpoint = args.firewall_dst_ip
     _event("info", FIREWALL_OP, f"Setting up firewall after boot. Endpoint: {endpoint}", lib_dir)
     try:
         if not endpoint:
             raise ValueError("no WireServer address given (-setup-firewall=<IP>)")
-        manager = create(endpoint, getattr(args, "firewall_uid", None))
+        manager = create(endpoint, args.firewall_uid)
         try:
             present = manager.check()
         except FirewallStateError:
@@ -201,7 +201,6 @@ def agent_command(address: str) -> tuple[str, list[str], Optional[str]]:
     argv0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if argv0 and os.path.basename(argv0).startswith("waagent"):
         return argv0, [sys.executable, argv0, f"--setup-firewall={address}"], None
-    import guestagent
 
     package = os.path.dirname(os.path.abspath(guestagent.__file__))
     return (os.path.join(package, "cli.py"), [sys.executable, "-m", "guestagent.cli", f"--setup-firewall={address}"],
@@ -212,8 +211,6 @@ class PersistFirewallRules:
     """firewalld running → permanent direct rules; otherwise, on systemd, the network-setup unit."""
 
     def __init__(self, config: Config, address: str, distro=None):
-        from guestagent.osutil import distros
-
         self.config = config
         self.address = address
         self.lib_dir = config.lib_dir

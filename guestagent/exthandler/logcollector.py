@@ -14,13 +14,20 @@ import glob
 import heapq
 import os
 import sys
+import threading
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from guestagent import events, log
+from guestagent.cli import CliArgs
 from guestagent.conf import Config
-from guestagent.osutil import atomic, system
+from guestagent.osutil import atomic, cgroupfs, system
 from guestagent.periodic import Operation
+from guestagent.timestamps import utc_seconds
+
+if TYPE_CHECKING:  # the context imports these modules
+    from guestagent.exthandler.cgroups import CGroupConfigurator
+    from guestagent.exthandler.context import ThreadContext
 
 FILE_LIMIT = 30 * 1024 * 1024
 TOTAL_LIMIT = 150 * 1024 * 1024
@@ -82,7 +89,7 @@ class Results:
             pass
 
     def write(self, level: str, message: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = utc_seconds()
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(f"{stamp} {level} {message}\n")
 
@@ -215,7 +222,7 @@ class LogCollector:
             system.mkdir(d, mode=0o700)
         results = Results(self._real(self.results_path))
         start = time.time()
-        results.info(f"Starting log collection at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(start))}")
+        results.info(f"Starting log collection at {utc_seconds(start)}")
         results.info(f"Using log collection mode {'full' if self.full else 'normal'}")
         chosen: list[str] = []
         try:
@@ -237,7 +244,7 @@ class LogCollector:
                             raise RuntimeError(f"Too many errors, giving up. Last error: {e}") from None
                         results.warning(f"Failed to add file {path} to the archive: {e}")
                 elapsed = int((time.time() - start) * 1000)
-                results.info(f"Finishing log collection at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+                results.info(f"Finishing log collection at {utc_seconds()}")
                 results.info(f"Elapsed time: {elapsed} ms")
                 zf.write(results.path, arcname="results.txt")
             return self.archive, total
@@ -263,8 +270,6 @@ MONITOR_PERIOD = 2.0
 def own_cgroup(hierarchy: Any, proc_self_cgroup: str) -> Optional[tuple[str, str]]:
     """(cpu cgroup dir, memory cgroup dir) of this process when both controllers are usable, else None
     (upstream: "At least one required controller is missing" → exit 2)."""
-    from guestagent.osutil import cgroupfs
-
     if not hierarchy.supported:
         return None
     if hierarchy.version == cgroupfs.V2:
@@ -296,10 +301,6 @@ def memory_over_limit(usage: Any) -> Optional[str]:
 
 def _start_memory_monitor(memory_path: str, version: str) -> None:
     """Every 2 s: over a limit → event and exit 3 at once (the parent then stops periodic collection)."""
-    import threading
-
-    from guestagent.osutil import cgroupfs
-
     controller = cgroupfs.MemoryController(memory_path, version)
 
     def watch() -> None:
@@ -322,8 +323,6 @@ def _start_memory_monitor(memory_path: str, version: str) -> None:
 def _check_scope() -> int:
     """The periodic run's own checks (05 §15.3): in the collector's slice (3 tries, 5 s apart) → 4;
     cpu and memory controllers usable → else 2; then the memory monitor. 0 when all is well."""
-    from guestagent.osutil import cgroupfs
-
     for attempt in range(3):
         if _in_logcollector_scope():
             break
@@ -342,14 +341,14 @@ def _check_scope() -> int:
     return 0
 
 
-def run_collect_logs(args: Any, config: Config) -> int:
+def run_collect_logs(args: CliArgs, config: Config) -> int:
     """``waagent -collect-logs [-full]``; exit 1 on failure. Under systemd-run (the periodic run) the
     process first checks it really is in the log collector's scope (else exit 4)."""
     if os.environ.get("GUESTAGENT_LOGCOLLECTOR_SCOPE") == "1":
         code = _check_scope()
         if code:
             return code
-    collector = LogCollector(config, full=bool(getattr(args, "full", False)))
+    collector = LogCollector(config, full=args.full)
     try:
         archive, _total = collector.collect()
     except Exception as e:
@@ -363,7 +362,7 @@ def run_collect_logs(args: Any, config: Config) -> int:
 class PeriodicLogCollection:
     """CollectLogsHandler: run the collector in its scope, then PUT the archive to HGAP /vmAgentLog."""
 
-    def __init__(self, ctx: Any, configurator: Any):
+    def __init__(self, ctx: ThreadContext, configurator: CGroupConfigurator):
         self.ctx = ctx
         self.configurator = configurator
         self.stopped_reason: Optional[str] = None
@@ -444,10 +443,8 @@ def _v2_limiting(config: Config, configurator: Any) -> bool:
     return bool(configurator.using_v2 and config.debug_enable_cgroup_v2_resource_limiting)
 
 
-def operations(ctx: Any) -> list[Operation]:
-    from guestagent.exthandler import cgroups
-
-    configurator = cgroups.get_configurator(ctx.config)
+def operations(ctx: ThreadContext) -> list[Operation]:
+    configurator = ctx.cgroups
     configurator.initialize()
     allowed = is_periodic_collection_allowed(ctx.config, configurator)
     v2_limiting = _v2_limiting(ctx.config, configurator)

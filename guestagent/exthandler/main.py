@@ -11,17 +11,29 @@ import glob
 import json
 import os
 import platform
+import signal
 import sys
 import threading
 import time
+import traceback
 import uuid
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-from guestagent import log
+from guestagent import events, log
+from guestagent.cli import CliArgs
 from guestagent.conf import Config
-from guestagent.osutil import processes, system
+from guestagent.exthandler import env, logcollector, monitor, telemetry
+from guestagent.exthandler.cgroups import CGroupConfigurator
+from guestagent.exthandler.context import ThreadContext
+from guestagent.exthandler.extensions.manager import ExtensionsManager
+from guestagent.exthandler.monitor import AgentMemoryCheck
+from guestagent.exthandler.remoteaccess import RemoteAccessHandler
+from guestagent.osutil import distro_info, processes, system
 from guestagent.osutil.processes import pid_alive
 from guestagent.periodic import PeriodicThread
+from guestagent.protocol.goalstate import GoalState
+from guestagent.protocol.status import build_vm_status
+from guestagent.protocol.wire import WireProtocol, from_files
 from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
 
 HEARTBEAT_PERIOD = 30 * 60.0
@@ -37,7 +49,7 @@ SENTINEL = "current_version"
 READ_ONLY_PATTERNS = ("*.crt", "*.p7m", "*.pem", "*.prv", "Certificates.xml", "ovf-env.xml")
 
 
-def run_exthandlers(args, config: Config) -> int:
+def run_exthandlers(args: CliArgs, config: Config) -> int:
     threading.current_thread().name = "ExtHandler"
     log.set_prefix("ExtHandler")
     child = ExtHandler(args, config)
@@ -46,8 +58,6 @@ def run_exthandlers(args, config: Config) -> int:
     except SystemExit:
         raise
     except BaseException as e:  # also KeyboardInterrupt: the next child must learn it was not a clean stop
-        import traceback
-
         msg = f"Agent {AGENT_LONG_NAME} failed with exception: {_describe(e)}"
         child.write_sentinel(msg)
         log.warn("{0}", msg)
@@ -56,15 +66,21 @@ def run_exthandlers(args, config: Config) -> int:
 
 
 class ExtHandler:
-    def __init__(self, args, config: Config):
+    """The child and what it owns: the protocol, the extensions manager, the cgroup configurator it hands
+    to its threads and handlers, the JIT-user handler and the agent memory check."""
+
+    def __init__(self, args: CliArgs, config: Config):
         self.args = args
         self.config = config
         self.lib_dir: str = config.lib_dir
         self.period: float = config.extensions_goal_state_period
         if not config.extensions_enabled:
             self.period = 300.0
-        self.protocol: Any = None
-        self.extensions: Any = None
+        self.protocol: Optional[WireProtocol] = None
+        self.extensions: Optional[ExtensionsManager] = None
+        self.cgroups = CGroupConfigurator(config)
+        self.remote_access = RemoteAccessHandler(config, self.lib_dir)
+        self.memory_check = AgentMemoryCheck(config, self.cgroups, self.lib_dir)
         self.threads: dict[str, PeriodicThread] = {}
         self.thread_factories: dict[str, Callable[[], PeriodicThread]] = {}
         self.stop_event = threading.Event()
@@ -82,8 +98,6 @@ class ExtHandler:
 
     # -- start-up ----------------------------------------------------------------------------------
     def run(self) -> int:
-        from guestagent.osutil.osrelease import distro_info
-
         py = ".".join(str(v) for v in sys.version_info[:3])
         log.info("Azure Linux Agent (Goal State Agent version {0})", AGENT_VERSION)
         log.info("OS: {0}", distro_info())
@@ -91,8 +105,6 @@ class ExtHandler:
         log.info("CPU Arch: {0}", platform.machine())
         log.info("Distro: {0}; OSUtil: guestagent; AgentService: walinuxagent; Python: {1}; Arch: {2}; "
                  "systemd: {3};", distro_info(), py, platform.machine(), system.exists("/run/systemd/system"))
-        from guestagent import events
-
         events.set_lib_dir(self.lib_dir)
         self.protocol = self._get_protocol()
         if not self._initialize_goal_state():
@@ -103,7 +115,7 @@ class ExtHandler:
         self._check_sentinel()
         self._make_secrets_read_only()
         # from now on a new certificate bundle is decrypted beside the loop (waited for only where needed)
-        self.protocol.async_certificates = True
+        self.protocol.updater.async_certificates = True
         self.extensions = self._make_extensions_manager()
         self._start_threads()
         log.info("Goal State Period: {0} sec. This indicates how often the agent checks for new goal states "
@@ -116,16 +128,12 @@ class ExtHandler:
         self._remove_sentinel()
         return 0
 
-    def _get_protocol(self):
-        from guestagent.protocol import from_files
-
+    def _get_protocol(self) -> WireProtocol:
         return from_files(self.config, self.lib_dir)
 
     def _initialize_goal_state(self) -> bool:
         """Retry every period until one goal-state update succeeds (errors logged as in the loop);
         False if the daemon went away meanwhile."""
-        from guestagent import events
-
         self._info_event(events.WALAEventOperation.GoalState, "Initializing the goal state...")
         while True:
             try:
@@ -141,8 +149,6 @@ class ExtHandler:
             time.sleep(self.period)
 
     def _info_event(self, op: str, message: str) -> None:
-        from guestagent import events
-
         log.info("{0}", message)
         events.add_event(op, message=message, lib_dir=self.lib_dir)
 
@@ -162,8 +168,6 @@ class ExtHandler:
 
     def _retire_older(self, path: str) -> None:
         """Wait for an older ext-handler to end (3 s polls, 15 min), then kill it for real."""
-        import signal
-
         try:
             pid = int(open(path).read().strip())
         except (OSError, ValueError):
@@ -189,8 +193,6 @@ class ExtHandler:
         path = os.path.join(self.lib_dir, SENTINEL)
         text = system.read_text(path, default="")
         if text:
-            from guestagent import events
-
             msg = f"Agent did not terminate cleanly: {text}"
             log.info("{0}", msg)
             events.add_event(events.WALAEventOperation.Restart, is_success=False, message=msg,
@@ -216,15 +218,11 @@ class ExtHandler:
                     except OSError as e:
                         log.warn("Could not make {0} read-only: {1}", path, e)
 
-    def _make_extensions_manager(self):
-        from guestagent.exthandler.extensions.manager import ExtensionsManager
-
-        return ExtensionsManager(self.config, self.protocol)
+    def _make_extensions_manager(self) -> ExtensionsManager:
+        return ExtensionsManager(self.config, self.protocol, cgroups=self.cgroups)
 
     def _start_threads(self) -> None:
-        from guestagent.exthandler import env, logcollector, monitor, telemetry
-
-        ctx = ThreadContext(self.config, self.protocol, self.lib_dir, self.stop_event)
+        ctx = ThreadContext(self.config, self.protocol, self.lib_dir, self.stop_event, self.cgroups)
         self.thread_factories = {
             "MonitorHandler": lambda: PeriodicThread("MonitorHandler", monitor.operations(ctx), self.stop_event),
             "EnvHandler": lambda: PeriodicThread("EnvHandler", env.operations(ctx), self.stop_event),
@@ -258,12 +256,8 @@ class ExtHandler:
                 return
             self._check_threads()
             self.iterate()
-            from guestagent.exthandler.remoteaccess import RemoteAccessHandler  # JIT users (new incarnation)
-
-            RemoteAccessHandler.of(self).on_goal_state(getattr(self.protocol, "goal_state", None))
-            from guestagent.exthandler.monitor import AgentMemoryCheck  # Debug.EnableAgentMemoryUsageCheck
-
-            if AgentMemoryCheck.of(self).exceeded(self.extensions):
+            self.remote_access.on_goal_state(self.protocol.goal_state)  # JIT users (new incarnation)
+            if self.memory_check.exceeded(self.extensions):  # Debug.EnableAgentMemoryUsageCheck
                 return
             if time.monotonic() >= next_heartbeat:
                 self._heartbeat()
@@ -272,7 +266,7 @@ class ExtHandler:
 
     def iterate(self) -> None:
         """One pass: goal state → extensions → status. Every failure is contained here."""
-        goal_state = None
+        goal_state: Optional[GoalState] = None
         try:
             goal_state = self.protocol.update_goal_state()
         except Exception as e:
@@ -287,21 +281,19 @@ class ExtHandler:
                 except Exception as e:
                     log.error("Error processing extensions goal state {0}: {1}", ext_id, e)
                 self.last_extensions_id = ext_id
-                self.last_incarnation = getattr(goal_state, "incarnation", None)
+                self.last_incarnation = goal_state.incarnation
                 self.report_status(goal_state)
                 self._archive_history()
                 processes.release_free_heap()
                 return
         self.report_status(goal_state)
         if goal_state is not None:
-            self.last_incarnation = getattr(goal_state, "incarnation", None)
+            self.last_incarnation = goal_state.incarnation
 
     def _archive_history(self) -> None:
-        history = getattr(self.protocol, "history", None)
-        if history is None:
-            return
-        goal_state = getattr(self.protocol, "goal_state", None)
-        job = getattr(goal_state, "certificates_job", None)
+        history = self.protocol.history
+        goal_state = self.protocol.goal_state
+        job = goal_state.certificates_job if goal_state is not None else None
         if job is not None and not job.done() and job.history_folder != history.current:
             goal_state.wait_for_certificates()  # its Certificates.json goes to a folder archive() may zip
         try:
@@ -311,8 +303,6 @@ class ExtHandler:
 
     def _goal_state_error(self, error: Exception) -> None:
         """The first errors in a row are logged (and sent as events) at once, then one every 6 h."""
-        from guestagent import events
-
         self.gs_errors += 1
         self.gs_errors_in_a_row += 1
         now = time.monotonic()
@@ -327,19 +317,15 @@ class ExtHandler:
         events.add_event(events.WALAEventOperation.FetchGoalState, is_success=False, message=msg, log_event=False,
                          lib_dir=self.lib_dir)
 
-    def _goal_state_recovered(self, goal_state) -> None:
+    def _goal_state_recovered(self, goal_state: GoalState) -> None:
         if not self.gs_errors_in_a_row:
             return
-        from guestagent import events
-
         msg = (f"Fetching the goal state recovered from previous errors ({self.gs_errors_in_a_row} in a row). "
                f"Fetched {_extensions_id(goal_state)}")
         self.gs_errors_in_a_row = 0
         self._info_event(events.WALAEventOperation.FetchGoalState, msg)
 
-    def report_status(self, goal_state=None) -> None:
-        from guestagent.protocol.status import build_vm_status
-
+    def report_status(self, goal_state: Optional[GoalState] = None) -> None:
         try:
             statuses = self.extensions.handler_statuses()
             status = build_vm_status(self.config, goal_state or self.protocol.goal_state, statuses,
@@ -357,8 +343,6 @@ class ExtHandler:
             log.periodic(3600, log.WARNING, "Failed to report status: {0}", e)
 
     def _heartbeat(self) -> None:
-        from guestagent import events
-
         auto_update = 1 if self.config.auto_update_update_to_latest_version else 0
         msg = (f"[HEARTBEAT] Agent {AGENT_LONG_NAME} is running as the goal state agent [DEBUG HeartbeatCounter: "
                f"{self.heartbeat_counter};HeartbeatId: {self.heartbeat_id};UpdateGSErrors: {self.gs_errors};"
@@ -369,7 +353,7 @@ class ExtHandler:
         self.gs_errors = 0
 
     def _is_orphan(self) -> bool:
-        if getattr(self.args, "debug", False):
+        if self.args.debug:
             return False
         ppid = os.getppid()
         if ppid == 1:
@@ -378,24 +362,13 @@ class ExtHandler:
         return (text or "").strip() != str(ppid)
 
 
-class ThreadContext:
-    """What the worker threads share with the main thread."""
-
-    def __init__(self, config, protocol, lib_dir: str, stop_event: threading.Event):
-        self.config = config
-        self.protocol = protocol
-        self.lib_dir = lib_dir
-        self.stop_event = stop_event
-
-
 def _describe(error: BaseException) -> str:
     text = str(error)
     return text if text else type(error).__name__
 
 
-def _extensions_id(goal_state) -> Optional[str]:
-    ext = getattr(goal_state, "extensions_goal_state", None) or getattr(goal_state, "extensions", None)
-    return getattr(ext, "id", None) if ext is not None else None
+def _extensions_id(goal_state: GoalState) -> str:
+    return goal_state.extensions_goal_state.id
 
 
 def _status_key(status: dict) -> str:

@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from guestagent import events, log
 from guestagent.conf import Config
+from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.osutil import processes
 from guestagent.periodic import Operation
+from guestagent.protocol import activity
+from guestagent.protocol.http import take_io_error_counts
+from guestagent.protocol.imds import IMDS_ENDPOINT, ImdsClient
+from guestagent.version import AGENT_LONG_NAME
+
+if TYPE_CHECKING:  # the context imports these modules
+    from guestagent.exthandler.context import ThreadContext
 
 RESET_LOG_PERIOD = 12 * 3600.0
 NETWORK_ERRORS_PERIOD = 30 * 60.0
@@ -34,8 +42,6 @@ def _reset_periodic_logs() -> None:
 
 
 def report_network_errors(lib_dir: Optional[str] = None) -> Optional[str]:
-    from guestagent.protocol.http import take_io_error_counts
-
     counts = take_io_error_counts()
     if not any(counts.values()):
         return None
@@ -67,8 +73,6 @@ class HealthSignals:
                                 message=f"{name}: {description}", log_event=False, lib_dir=self.lib_dir)
 
     def hgap(self) -> bool:
-        from guestagent.protocol import activity
-
         now = self.clock()
         hp = self.protocol.host_plugin
         if activity.answered_within(hp.port, HEALTH_PERIOD):
@@ -199,8 +203,6 @@ MEMORY_ERROR_REPORT_PERIOD = 6 * 3600.0
 def imds_client() -> Any:
     """The monitor's IMDS client (its calls use ImdsClient's single-attempt mode, so an unreachable IMDS
     costs this thread 2 s a probe and never touches the main loop). GUESTAGENT_IMDS_HOST/PORT: lab hooks."""
-    from guestagent.protocol.imds import IMDS_ENDPOINT, ImdsClient
-
     host = os.environ.get("GUESTAGENT_IMDS_HOST", IMDS_ENDPOINT)
     port = os.environ.get("GUESTAGENT_IMDS_PORT", "80")
     return ImdsClient(host, int(port) if port.isdigit() else 80)
@@ -229,35 +231,19 @@ class AgentMemoryCheck:
     """06 §6.1 step 5 (Debug.EnableAgentMemoryUsageCheck): once the goal state converged, first after 5 min,
     then every Debug.CgroupCheckPeriod, ask the cgroup configurator whether the agent exceeds
     Debug.AgentMemoryQuota; if so write an AgentMemory event and tell the main loop to exit (code 0: the
-    daemon starts a fresh child). Kept on the ExtHandler object (:meth:`of`); the loop calls :meth:`exceeded`."""
+    daemon starts a fresh child). The child owns one; its loop calls :meth:`exceeded`."""
 
-    def __init__(self, config: Config, configurator: Any = None, lib_dir: Optional[str] = None,
+    def __init__(self, config: Config, configurator: CGroupConfigurator, lib_dir: str,
                  clock: Callable[[], float] = time.monotonic):
         self.enabled = config.debug_enable_agent_memory_usage_check
         self.period = config.debug_cgroup_check_period
         self.config = config
-        self._configurator = configurator
+        self.configurator = configurator
         self.lib_dir = lib_dir
         self.clock = clock
         self.next_check = clock() + MEMORY_CHECK_FIRST_DELAY
         self.checks = 0
         self._last_error_report: Optional[float] = None
-
-    @classmethod
-    def of(cls, child: Any) -> AgentMemoryCheck:
-        check = getattr(child, "_agent_memory_check", None)
-        if check is None:
-            check = cls(child.config, lib_dir=getattr(child, "lib_dir", None))
-            child._agent_memory_check = check
-        return check
-
-    @property
-    def configurator(self) -> Any:
-        if self._configurator is None:
-            from guestagent.exthandler import cgroups
-
-            self._configurator = cgroups.get_configurator(self.config)
-        return self._configurator
 
     def exceeded(self, extensions: Any) -> bool:
         """True: the limit is exceeded (event written) and the child must exit now."""
@@ -287,15 +273,12 @@ class AgentMemoryCheck:
         log.info("{0}", msg)
         events.add_event(events.WALAEventOperation.AgentMemory, is_success=True, message=msg, log_event=False,
                          lib_dir=self.lib_dir)
-        from guestagent.version import AGENT_LONG_NAME
 
         log.info("Agent {0} is reached memory limit -- exiting", AGENT_LONG_NAME)
         return True
 
 
-def operations(ctx) -> list[Operation]:
-    from guestagent.exthandler import cgroups
-
+def operations(ctx: ThreadContext) -> list[Operation]:
     config = ctx.config
     log_metrics = config.debug_cgroup_log_metrics
     ops = [Operation("ResetPeriodicLogMessages", _reset_periodic_logs, RESET_LOG_PERIOD,
@@ -304,7 +287,7 @@ def operations(ctx) -> list[Operation]:
                      initial_delay=NETWORK_ERRORS_PERIOD),
            Operation("PollSystemWideResourceUsage", lambda: poll_system_memory(log_metrics, ctx.lib_dir),
                      SYSTEM_MEMORY_PERIOD)]
-    configurator = cgroups.get_configurator(config)
+    configurator = ctx.cgroups
     configurator.initialize()
     if config.cgroups_enabled and configurator.enabled:
         usage = ResourceUsage(configurator, log_metrics, ctx.lib_dir)

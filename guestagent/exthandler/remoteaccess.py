@@ -16,6 +16,9 @@ from typing import Any, Callable, Optional
 
 from guestagent import events, log
 from guestagent.conf import Config
+from guestagent.osutil import users
+from guestagent.protocol.certificates import decrypt_jit_password
+from guestagent.protocol.goalstate import GoalState, RemoteAccess
 
 COMMENT = "JIT_Account"
 EXPIRATION_FORMAT = "%a, %d %b %Y %H:%M:%S %Z"
@@ -37,43 +40,30 @@ class RemoteAccessHandler:
 
     def __init__(self, config: Config, lib_dir: str, *, ops: Any = None, decrypt: Optional[Callable] = None,
                  clock: Callable[[], datetime] = _utcnow, sudoers_dir: str = "/etc/sudoers.d"):
-        if ops is None:
-            from guestagent.osutil import users as ops
-        if decrypt is None:
-            from guestagent.protocol.certificates import decrypt_jit_password as decrypt
         self.config = config
         self.lib_dir = lib_dir
-        self.ops = ops
-        self.decrypt = decrypt
+        self.ops = users if ops is None else ops
+        self.decrypt = decrypt_jit_password if decrypt is None else decrypt
         self.clock = clock
         self.sudoers_dir = sudoers_dir
         self.check_existing = True
         self.last_incarnation: Optional[str] = None
         self.errors: list[str] = []
 
-    @classmethod
-    def of(cls, child: Any) -> RemoteAccessHandler:
-        """The handler kept on the ext-handler object (created on first use)."""
-        handler = getattr(child, "_remote_access_handler", None)
-        if handler is None:
-            handler = cls(child.config, child.lib_dir)
-            child._remote_access_handler = handler
-        return handler
 
     # -- entry points ------------------------------------------------------------------------------
-    def on_goal_state(self, goal_state: Any) -> bool:
+    def on_goal_state(self, goal_state: Optional[GoalState]) -> bool:
         """Process the goal state's RemoteAccess document if its incarnation is new; never raises.
         Returns whether it was processed."""
         if goal_state is None:
             return False
-        incarnation = getattr(goal_state, "incarnation", None)
-        if incarnation == self.last_incarnation:
+        if goal_state.incarnation == self.last_incarnation:
             return False
-        self.last_incarnation = incarnation
-        self.run(getattr(goal_state, "remote_access", None))
+        self.last_incarnation = goal_state.incarnation
+        self.run(goal_state.remote_access)
         return True
 
-    def run(self, remote_access: Any) -> None:
+    def run(self, remote_access: Optional[RemoteAccess]) -> None:
         self.errors = []
         try:
             if remote_access is not None:

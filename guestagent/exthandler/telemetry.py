@@ -22,11 +22,18 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from guestagent import events, log
+from guestagent.errors import XmlError
+from guestagent.exthandler import extevents
+from guestagent.osutil import system
 from guestagent.periodic import Operation
+from guestagent.protocol import xml
 from guestagent.version import AGENT_NAME
+
+if TYPE_CHECKING:  # the context imports these modules
+    from guestagent.exthandler.context import ThreadContext
 
 EVENT_FILE = re.compile(r"(?P<agent_event>\.waagent)?\.tld$")
 COLLECT_PERIOD = 60.0
@@ -134,9 +141,6 @@ def parse_event(text: str) -> TelemetryEvent:
 
 
 def _parse_xml_event(text: str) -> TelemetryEvent:
-    from guestagent.errors import XmlError
-    from guestagent.protocol import xml
-
     try:
         root = xml.parse(text, max_size=1024 * 1024, what="event")
         event_id = xml.attr(xml.find(root, "Event"), "id")
@@ -280,8 +284,6 @@ class TelemetryPipeline:
 
     @property
     def directory(self) -> str:
-        from guestagent.osutil import system
-
         return str(system.path(events.event_dir(self.lib_dir)))
 
     # -- collection --
@@ -427,19 +429,15 @@ def _remove(path: str) -> None:
         log.periodic(3600, log.WARNING, "Could not remove event file {0}: {1}", path, e)
 
 
-def get_pipeline(ctx: Any) -> TelemetryPipeline:
+def get_pipeline(ctx: ThreadContext) -> TelemetryPipeline:
     """One pipeline per ThreadContext (the two telemetry threads share it)."""
-    pipeline = getattr(ctx, "telemetry_pipeline", None)
-    if pipeline is None:
-        pipeline = TelemetryPipeline(ctx.lib_dir, ctx.protocol)
-        ctx.telemetry_pipeline = pipeline
-    return pipeline
+    if ctx.telemetry is None:
+        ctx.telemetry = TelemetryPipeline(ctx.lib_dir, ctx.protocol)
+    return ctx.telemetry
 
 
-def collect_operations(ctx) -> list[Operation]:
+def collect_operations(ctx: ThreadContext) -> list[Operation]:
     """TelemetryEventsCollector: agent events every minute, extension (ETP) events every EtpCollectionPeriod."""
-    from guestagent.exthandler import extevents
-
     pipeline = get_pipeline(ctx)
     ext_log_dir = ctx.config.extension_log_dir
     etp_period = ctx.config.debug_etp_collection_period
@@ -447,7 +445,7 @@ def collect_operations(ctx) -> list[Operation]:
             Operation("ProcessExtensionEvents", lambda: extevents.collect(ext_log_dir, ctx.lib_dir), etp_period)]
 
 
-def send_operations(ctx) -> list[Operation]:
+def send_operations(ctx: ThreadContext) -> list[Operation]:
     """SendTelemetryHandler: block up to 5 s for an event, gather ≤ 30 events or 5 s, post."""
     pipeline = get_pipeline(ctx)
     return [Operation("SendTelemetryEvents", pipeline.send_pending, 0.5)]

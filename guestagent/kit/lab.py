@@ -20,10 +20,10 @@ from guestagent.exthandler.extensions.manager import ExtensionsManager
 from guestagent.exthandler.extensions.runner import CommandResult
 from guestagent.fabric.scenario import ExtensionSpec, HandlerPackage, Scenario, Step
 from guestagent.fabric.server import Fabric
-from guestagent.protocol import WireProtocol
 from guestagent.protocol.certificates import ensure_transport_cert
 from guestagent.protocol.goalstate import GoalState
 from guestagent.protocol.status import build_vm_status
+from guestagent.protocol.wire import WireProtocol
 
 
 class ExtensionLab:

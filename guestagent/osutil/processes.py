@@ -14,6 +14,8 @@ from typing import Iterator, Optional
 
 import psutil
 
+from guestagent.version import AGENT_ENV_MARKER
+
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -60,8 +62,6 @@ def started_by_agent(pid: int, systemd_run: set[int]) -> bool:
     """May ``pid`` be in the agent's cgroup (06 §10.4)? This process and its parent (the daemon), our
     descendants, processes carrying the agent's environment marker, systemd-run helpers, zombies and
     processes that are gone."""
-    from guestagent.osutil.system import AGENT_ENV_MARKER  # system imports this module on a timeout
-
     me = os.getpid()
     if pid in (me, os.getppid()) or pid in systemd_run:
         return True

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
+from guestagent import log as agent_log
 from guestagent.errors import CommandError
 from guestagent.osutil import atomic
 from guestagent.osutil import root as _rootdir
+from guestagent.version import AGENT_ENV_MARKER
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Output kept per stream of a command (bytes); the rest is dropped with a marker.
 OUTPUT_CAP = 64 * 1024
 DEFAULT_TIMEOUT = 300.0
-#: Environment marker upstream sets on every OS command it runs (cgroup process check).
-AGENT_ENV_MARKER = ("AZURE_GUEST_AGENT_PARENT_PROCESS_NAME", "AZURE_GUEST_AGENT")
 
 def set_root(root: PathLike) -> None:
     """Point every later path lookup at ``root`` (tests use a temporary directory)."""
@@ -134,8 +134,6 @@ def run(argv: Sequence[str], *, timeout: Optional[float] = DEFAULT_TIMEOUT, inpu
         cwd: Optional[PathLike] = None, output_cap: int = OUTPUT_CAP, log: bool = True) -> CommandResult:
     """Run a command without a shell. ``secrets`` (e.g. a password passed on stdin or argv) are
     replaced in every captured/logged text. On timeout the whole process tree is killed."""
-    from guestagent import log as agent_log  # local: log imports nothing from osutil
-
     argv = [os.fspath(a) for a in argv]
     secrets = [s for s in secrets if s]
     shown = redact(" ".join(argv), secrets)
@@ -170,7 +168,7 @@ def run(argv: Sequence[str], *, timeout: Optional[float] = DEFAULT_TIMEOUT, inpu
 
 def _kill_tree(proc: subprocess.Popen) -> None:
     """A timed-out command: its whole process tree goes, also what left its process group."""
-    from guestagent.osutil import processes  # a cycle (processes reads AGENT_ENV_MARKER); psutil on demand
+    from guestagent.osutil import processes  # psutil only when a command times out
 
     processes.kill_tree(proc.pid)
 

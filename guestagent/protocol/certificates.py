@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.errors import CryptError
 from guestagent.osutil import system
+from guestagent.protocol import xml
 
 TRANSPORT_PRV_FILE = "TransportPrivate.pem"
 TRANSPORT_CERT_FILE = "TransportCert.pem"
@@ -76,8 +81,6 @@ class CertificatesDocument:
 
 
 def parse_certificates_xml(xml_text: str) -> CertificatesDocument:
-    from guestagent.protocol import xml
-
     root = xml.parse(xml_text, what="Certificates document")
     return CertificatesDocument(incarnation=xml.findtext(root, "Incarnation"), format=xml.findtext(root, "Format"),
                                 data=xml.findtext(root, "Data"))
@@ -126,8 +129,6 @@ def _transport_pair_usable(lib_dir: str) -> bool:
 
 def generate_transport_pair() -> tuple[bytes, bytes]:
     """A fresh (private key PEM PKCS#8, certificate PEM) pair shaped like ``openssl req -x509``'s."""
-    import datetime
-
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -362,9 +363,6 @@ def process_certificates_isolated(xml_text: str, lib_dir: str) -> CertificateLis
     """:func:`process_certificates` in a child interpreter (same files, same log lines).
 
     Falls back to in-process work when the child cannot run; never raises."""
-    import sys
-    import threading
-
     if os.environ.get(ISOLATE_ENV) == "1" or "cryptography" in sys.modules:
         return process_certificates(xml_text, lib_dir)
     file_appender = log.file_appender()
@@ -396,8 +394,6 @@ class CertificatesJob:
 
     def __init__(self, work: Callable[[], list], on_done: Optional[Callable[[list], None]] = None,
                  thread_name: Optional[str] = None):
-        import threading
-
         self.result: list = []
         self.finished_at: Optional[float] = None
         self.history_folder: Optional[str] = None  # where its Certificates.json goes (set by the caller)
@@ -412,10 +408,6 @@ class CertificatesJob:
         return self
 
     def _run(self) -> None:
-        import time
-
-        from guestagent import log
-
         try:
             self.result = self._work()
             if self._on_done is not None:
@@ -435,9 +427,6 @@ class CertificatesJob:
 
 
 def _child_main(argv: list[str]) -> int:
-    import sys
-    import threading
-
     lib_dir, thread, prefix, log_file, level, root = argv
     threading.current_thread().name = thread
     log.set_prefix(prefix or None)

@@ -207,8 +207,7 @@ def pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int, size
                hash_name: str = "sha1") -> bytes:
     """RFC 7292 appendix B.2 key derivation (purpose 1 = key, 2 = IV, 3 = MAC key).
     ``password`` is already BMPString-encoded with its two-byte terminator (or empty)."""
-    new = getattr(hashlib, hash_name)
-    v = new().block_size
+    v = hashlib.new(hash_name).block_size
 
     def stretch(data: bytes) -> bytes:
         if not data:
@@ -220,9 +219,9 @@ def pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int, size
     i = bytearray(stretch(salt) + stretch(password))
     out = b""
     while len(out) < size:
-        a = new(d + bytes(i)).digest()
+        a = hashlib.new(hash_name, d + bytes(i)).digest()
         for _ in range(iterations - 1):
-            a = new(a).digest()
+            a = hashlib.new(hash_name, a).digest()
         out += a
         b = int.from_bytes(stretch(a), "big") + 1
         for j in range(0, len(i), v):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from guestagent.errors import ExtensionsConfigError, VmSettingsParseError
+from guestagent.protocol import xml
+from guestagent.timestamps import MIN_TIMESTAMP, ticks_to_timestamp
 
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
-MIN_TIMESTAMP = "0001-01-01T00:00:00.000000Z"
 REQUESTED_STATES = ("enabled", "disabled", "uninstall")
 BLOB_TYPES = ("BlockBlob", "PageBlob")
 #: HGAP version from which vmSettings carries a usable encodedSignature (03 §1).
@@ -111,16 +111,6 @@ def empty_goal_state(incarnation: str) -> ExtensionsGoalState:
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
-def ticks_to_timestamp(ticks: Any) -> str:
-    """.NET ticks → ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` through a float number of seconds, as upstream does,
-    so timestamps written by upstream (fast_track.json) compare equal."""
-    try:
-        value = datetime.min + timedelta(seconds=float(int(ticks)) / 10 ** 7)
-    except (TypeError, ValueError, OverflowError):
-        return MIN_TIMESTAMP
-    return f"{value.year:04d}-" + value.strftime("%m-%dT%H:%M:%S.%fZ")  # %Y gives "1", not "0001", on glibc
-
-
 def _to_id(value: Any) -> str:
     return value if isinstance(value, str) and value else ZERO_GUID
 
@@ -157,8 +147,6 @@ def _blob_type(value: Any, warnings: list) -> str:
 # --- ExtensionsConfig XML (03 §2) ----------------------------------------------------------------------------
 def parse_extensions_config(xml_text: str, incarnation: str = "") -> ExtensionsGoalState:
     """Parse the WireServer ExtensionsConfig document; raise ExtensionsConfigError for a broken document."""
-    from guestagent.protocol import xml
-
     try:
         root = xml.parse(xml_text, what="ExtensionsConfig")
         return _from_extensions_config(root, incarnation)
@@ -169,8 +157,6 @@ def parse_extensions_config(xml_text: str, incarnation: str = "") -> ExtensionsG
 
 
 def _from_extensions_config(root: Any, incarnation: str) -> ExtensionsGoalState:
-    from guestagent.protocol import xml
-
     warnings: list = []
     meta = xml.find(root, "InVMGoalStateMetaData")
     ticks = _to_int(xml.attr(meta, "createdOnTicks"), 0)
@@ -204,8 +190,8 @@ def _from_extensions_config(root: Any, incarnation: str) -> ExtensionsGoalState:
         ext = Extension(name=xml.attr(plugin, "name", "") or "", version=xml.attr(plugin, "version", "") or "",
                         state=xml.attr(plugin, "state", "") or "",
                         encoded_signature=xml.attr(plugin, "encodedSignature", "") or "")
-        for what in ("name", "version"):
-            if not getattr(ext, what):
+        for what, value in (("name", ext.name), ("version", ext.version)):
+            if not value:
                 warnings.append(f"Extensions.Plugins.Plugin.{what} is None for ExtensionConfig, logging error")
         try:
             _parse_plugin(ext, plugin)
@@ -217,8 +203,6 @@ def _from_extensions_config(root: Any, incarnation: str) -> ExtensionsGoalState:
 
 
 def _parse_plugin(ext: Extension, plugin: Any) -> None:
-    from guestagent.protocol import xml
-
     if not ext.state:
         raise ExtensionsConfigError("Received empty Extensions.Plugins.Plugin.state, failing Handler")
     for name in ("location", "failoverlocation"):
@@ -232,8 +216,6 @@ def _parse_plugin(ext: Extension, plugin: Any) -> None:
 
 
 def _parse_plugin_settings(ext: Extension, plugin_settings: list, warnings: list) -> None:
-    from guestagent.protocol import xml
-
     mine = [p for p in plugin_settings if (xml.attr(p, "name") or "").lower() == ext.name.lower()]
     if not mine:
         return
@@ -282,8 +264,6 @@ def _parse_plugin_settings(ext: Extension, plugin_settings: list, warnings: list
 
 
 def _level(node: Any, name: str, warnings: list) -> int:
-    from guestagent.protocol import xml
-
     if node is None:
         return 0
     try:
@@ -294,8 +274,6 @@ def _level(node: Any, name: str, warnings: list) -> int:
 
 
 def _add_settings(ext: Extension, node: Any, name: str, level: int, state: str, warnings: list) -> None:
-    from guestagent.protocol import xml
-
     seq_no = xml.attr(node, "seqNo")
     if seq_no in (None, ""):
         raise ExtensionsConfigError(f"SeqNo not specified for the Extension: {name}")

@@ -1,7 +1,7 @@
 """Goal-state models (spec 01 §4-§8) and the parsers that build them from WireServer XML.
 
 Raw XML stops here: downstream code sees these dataclasses plus the extensions goal state built by
-extconfig.py. ``EmptyExtensionsGoalState`` stands in when the goal state has no ExtensionsConfig.
+extconfig.py (``extconfig.empty_goal_state`` when the goal state has no ExtensionsConfig).
 Fetching and polling them is goalstate_updater.py's job.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from guestagent.errors import ProtocolError, XmlError
+from guestagent.osutil import system
 from guestagent.protocol import xml
-
-ZERO_GUID = "00000000-0000-0000-0000-000000000000"
-MIN_TIMESTAMP = "0001-01-01T00:00:00.000000Z"
+from guestagent.protocol.certificates import CertificatesJob, CertSummary
+from guestagent.protocol.extconfig import ExtensionsGoalState
 
 
 @dataclass
@@ -162,33 +162,6 @@ def parse_certificates_document(text: str) -> CertificatesDocument:
     return CertificatesDocument(format=_optional(root, "Format"), data=_optional(root, "Data"))
 
 
-@dataclass
-class EmptyExtensionsGoalState:
-    """The extensions goal state of a goal state without ExtensionsConfig (03 §1 "Empty")."""
-
-    incarnation: str
-    id: str = ""
-    source: str = "Empty"
-    channel: str = "Empty"
-    svd_sequence_number: str = ""
-    status_upload_blob: Optional[str] = None
-    status_upload_blob_type: str = "BlockBlob"
-    extensions: list = field(default_factory=list)
-    agent_families: list = field(default_factory=list)
-    required_features: list = field(default_factory=list)
-    on_hold: bool = False
-    artifacts_profile_blob: Optional[str] = None
-    created_on_ticks: int = 0
-    created_on_timestamp: str = MIN_TIMESTAMP
-    activity_id: str = ZERO_GUID
-    correlation_id: str = ZERO_GUID
-    is_outdated: bool = False
-
-    def __post_init__(self) -> None:
-        self.id = self.id or f"incarnation_{self.incarnation}"
-        self.svd_sequence_number = self.svd_sequence_number or self.incarnation
-
-
 def parse_on_hold(text: Optional[str]) -> bool:
     """InVMArtifactsProfileBlob body → on hold (03 §2.6): anything unexpected means "not on hold"."""
     if not text or not text.strip():
@@ -212,16 +185,16 @@ class GoalState:
     """Everything one goal-state update produced. ``extensions_goal_state`` is what extensions act on."""
 
     document: GoalStateDocument
+    extensions_goal_state: ExtensionsGoalState
     hosting_env: Optional[HostingEnvironment] = None
     shared_config: Optional[SharedConfig] = None
-    certs: list = field(default_factory=list)
+    certs: list[CertSummary] = field(default_factory=list)
     remote_access: Optional[RemoteAccess] = None
-    extensions_goal_state: Any = None
     history_folder: Optional[str] = None
     fast_track_supported: bool = False
-    certificates_job: Any = field(default=None, repr=False, compare=False)
+    certificates_job: Optional[CertificatesJob] = field(default=None, repr=False, compare=False)
 
-    def wait_for_certificates(self, timeout: Optional[float] = None) -> list:
+    def wait_for_certificates(self, timeout: Optional[float] = None) -> list[CertSummary]:
         """The certificate summary, once the helper that decrypts this goal state's bundle has finished.
 
         Only code that reads the tenant certificates calls this (a handler command whose protected settings
@@ -232,13 +205,11 @@ class GoalState:
             self.certificates_job = None
         return self.certs
 
-    def wait_for_certificates_named(self, thumbprints: Any, lib_dir: str) -> None:
+    def wait_for_certificates_named(self, thumbprints: Iterable[str], lib_dir: str) -> None:
         """Wait for the helper only when one of ``thumbprints`` has no ``<thumbprint>.prv`` on disk yet: a
         disable, or an update whose certificates are already there, goes on at once."""
         if not self.certificates_pending:
             return
-        from guestagent.osutil import system
-
         if any(not system.exists(f"{lib_dir}/{str(t).upper()}.prv") for t in thumbprints):
             self.wait_for_certificates()
 
@@ -263,6 +234,3 @@ class GoalState:
     def role_config_name(self) -> str:
         return self.document.role_config_name
 
-    @property
-    def extensions(self) -> Any:
-        return self.extensions_goal_state

@@ -7,11 +7,31 @@ not carry the polling state machine; both stay on the ext-handler child's lean i
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import os
+import time
+from typing import Callable, Optional
 
-from guestagent.errors import ProtocolError
+from guestagent import log
+from guestagent.errors import (
+    ProtocolError,
+    VmSettingsNotSupported,
+    VmSettingsParseError,
+    VmSettingsSupportStopped,
+)
+from guestagent.osutil import system
+from guestagent.protocol.certificates import (
+    CertificateList,
+    CertificatesJob,
+    CertSummary,
+    process_certificates_isolated,
+)
+from guestagent.protocol.extconfig import (
+    ExtensionsGoalState,
+    empty_goal_state,
+    parse_extensions_config,
+    parse_vm_settings,
+)
 from guestagent.protocol.goalstate import (
-    MIN_TIMESTAMP,
     GoalState,
     GoalStateDocument,
     parse_certificates_document,
@@ -21,43 +41,28 @@ from guestagent.protocol.goalstate import (
     parse_remote_access,
     parse_shared_config,
 )
+from guestagent.protocol.history import History
+from guestagent.protocol.hostplugin import HostPluginClient, VmSettingsResponse
+from guestagent.protocol.wireserver import CIPHER_3DES, CIPHER_AES, WireClient
+from guestagent.timestamps import MIN_TIMESTAMP
 
 #: While vmSettings answers, the longest a change that reaches only the WireServer (new certificates, JIT
 #: users: vmSettings does not move) goes unseen, in seconds (docs/benchmarks.md; upstream: one period).
 WIRE_SERVER_POLL = 30.0
 
 
-def _timestamp_of(egs: Any) -> str:
-    if egs is None:
-        return MIN_TIMESTAMP
-    stamp = getattr(egs, "created_on_timestamp", None)
-    if isinstance(stamp, str) and stamp:
-        return stamp
-    from guestagent.protocol.hostplugin import ticks_to_timestamp
-
-    return ticks_to_timestamp(getattr(egs, "created_on_ticks", 0) or 0)
-
-
-def _parse_extensions_config(text: str, incarnation: str) -> Any:
-    from guestagent.protocol.extconfig import parse_extensions_config
-
-    return parse_extensions_config(text, incarnation=incarnation)
-
-
-def _settings_thumbprints(egs: Any) -> set[str]:
+def _settings_thumbprints(egs: ExtensionsGoalState) -> set[str]:
     """Thumbprints named by settings that carry protected settings (02 §4.3)."""
-    needed: set[str] = set()
-    for ext in getattr(egs, "extensions", None) or []:
-        for s in getattr(ext, "settings", None) or []:
-            protected = getattr(s, "protected_settings", None) or getattr(s, "protectedSettings", None)
-            thumb = getattr(s, "certificate_thumbprint", None) or getattr(s, "certificateThumbprint", None)
-            if protected and thumb:
-                needed.add(str(thumb).upper())
-    return needed
+    return {s.certificate_thumbprint.upper() for ext in egs.extensions for s in ext.settings
+            if s.protected_settings and s.certificate_thumbprint}
+
+
+def _thumbprints(certs: list[CertSummary]) -> set[str]:
+    return {c.thumbprint.upper() for c in certs}
 
 
 class GoalStateUpdater:
-    """Owns the "what changed" state between updates of one :class:`~guestagent.protocol.WireProtocol`.
+    """Owns the "what changed" state between updates of one :class:`~guestagent.protocol.wire.WireProtocol`.
 
     Polling (issue 3 item 10): while the HostGAPlugin serves vmSettings, each update asks it first
     (``If-None-Match`` → 304) and fetches ``?comp=goalstate`` only when the vmSettings ETag moved (any
@@ -66,38 +71,48 @@ class GoalStateUpdater:
     WireServer (tenant certificate rotation, JIT users) do not move vmSettings. Without vmSettings, or
     when the request fails, the WireServer is polled every update as upstream does.
 
-    ``async_certificates`` (the ext-handler child sets it on the protocol): a new bundle is decrypted by a
-    ``certificates.CertificatesJob``; only :meth:`GoalState.wait_for_certificates` waits for it.
+    Collaborators: the WireServer and HostGAPlugin clients, the history, ``fetch_vm_settings(force)`` (one
+    /vmSettings request with the facade's 410 → refresh) and ``download_text(uri)`` (an artifact through
+    the facade's channels: the InVMArtifactsProfileBlob). ``async_certificates`` (the ext-handler child sets
+    it once its first goal state is in): a new bundle is decrypted by a ``certificates.CertificatesJob``;
+    only :meth:`GoalState.wait_for_certificates` waits for it.
     """
 
-    def __init__(self, protocol: Any, clock: Optional[Callable[[], float]] = None):
-        import time
+    __slots__ = ("_certificates_job", "_last_ws_fetch", "_parse_error_etags", "_vm_egs", "_vm_etag_seen",
+                 "_vm_etag_used", "async_certificates", "clock", "download_text", "fast_track_enabled",
+                 "fetch_vm_settings", "gs", "history", "host_plugin", "lib_dir", "wire")
 
-        self.p = protocol
-        self.clock = clock or time.monotonic
+    def __init__(self, wire: WireClient, host_plugin: HostPluginClient, history: History, lib_dir: str, *,
+                 fetch_vm_settings: Callable[[bool], VmSettingsResponse], download_text: Callable[[str], bytes],
+                 fast_track_enabled: bool, async_certificates: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        self.wire = wire
+        self.host_plugin = host_plugin
+        self.history = history
+        self.lib_dir = lib_dir
+        self.fetch_vm_settings = fetch_vm_settings
+        self.download_text = download_text
+        self.fast_track_enabled = fast_track_enabled
+        self.async_certificates = async_certificates
+        self.clock = clock
         self.gs: Optional[GoalState] = None
-        self._vm_egs: Any = None
+        self._vm_egs: Optional[ExtensionsGoalState] = None
         self._vm_etag_used: Optional[str] = None
         self._vm_etag_seen: Optional[str] = None
         self._parse_error_etags: set[str] = set()
         self._last_ws_fetch: Optional[float] = None
-        self._certificates_job: Any = None
-
-    @property
-    def async_certificates(self) -> bool:
-        return bool(getattr(self.p, "async_certificates", False))
+        self._certificates_job: Optional[CertificatesJob] = None
 
     def _fetch_ws(self) -> tuple[str, GoalStateDocument]:
-        text = self.p.wire.fetch_goal_state_xml()
+        text = self.wire.fetch_goal_state_xml()
         doc = parse_goal_state(text)
-        self.p.host_plugin.update_headers(doc.container_id, doc.role_config_name)
+        self.host_plugin.update_headers(doc.container_id, doc.role_config_name)
         self._last_ws_fetch = self.clock()
         return text, doc
 
     def _vm_settings_first(self, force: bool) -> bool:
-        p = self.p
-        return (not force and self.gs is not None and self._last_ws_fetch is not None and p.fast_track_enabled
-                and p.host_plugin.supports_vm_settings and self._vm_etag_seen is not None
+        return (not force and self.gs is not None and self._last_ws_fetch is not None and self.fast_track_enabled
+                and self.host_plugin.supports_vm_settings and self._vm_etag_seen is not None
                 and self.clock() - self._last_ws_fetch < WIRE_SERVER_POLL)
 
     def update(self, force: bool = False) -> GoalState:
@@ -108,9 +123,6 @@ class GoalStateUpdater:
             raise
 
     def _update(self, force: bool) -> GoalState:
-        from guestagent.errors import VmSettingsSupportStopped
-
-        p = self.p
         if self._vm_settings_first(force):
             try:
                 vm, vm_changed, vm_moved = self._vm_settings(False)
@@ -120,14 +132,14 @@ class GoalStateUpdater:
             except Exception:
                 self._fetch_ws()  # as before: the WireServer is polled, then the update fails this cycle
                 raise
-            if not vm_moved and p.host_plugin.supports_vm_settings and self.gs is not None:
+            if not vm_moved and self.host_plugin.supports_vm_settings and self.gs is not None:
                 self.gs.fast_track_supported = True
                 return self.gs
             text, doc = self._fetch_ws()
         else:
             text, doc = self._fetch_ws()
             vm, vm_changed = None, False
-            if p.fast_track_enabled:
+            if self.fast_track_enabled:
                 try:
                     vm, vm_changed, _ = self._vm_settings(force)
                 except VmSettingsSupportStopped as e:
@@ -135,39 +147,42 @@ class GoalStateUpdater:
         ws_changed = force or self.gs is None or doc.incarnation != self.gs.incarnation
         if not ws_changed and not vm_changed and self.gs is not None:
             self.gs.document = doc
-            self.gs.fast_track_supported = p.host_plugin.supports_vm_settings
+            self.gs.fast_track_supported = self.host_plugin.supports_vm_settings
             return self.gs
         tag = doc.incarnation if vm is None else f"{doc.incarnation}-{self._vm_etag_used}"
-        new = GoalState(document=doc, history_folder=p.history.start(tag))
+        current = self.gs.extensions_goal_state if self.gs is not None else None
+        new = GoalState(document=doc, extensions_goal_state=current or empty_goal_state(doc.incarnation),
+                        history_folder=self.history.start(tag))
         if ws_changed:
-            p.history.save_goal_state(text)
+            self.history.save_goal_state(text)
         if vm_changed:
-            p.history.save_vm_settings(p.host_plugin._vm_settings_cache.text)
+            vm_settings = self.host_plugin.last_vm_settings()
+            if vm_settings is not None:
+                self.history.save_vm_settings(vm_settings.text)
         ws_egs = self._fetch_full(new) if ws_changed else None
         if not ws_changed and self.gs is not None:
             new.hosting_env, new.shared_config = self.gs.hosting_env, self.gs.shared_config
             new.certs, new.remote_access = self.gs.certs, self.gs.remote_access
             new.certificates_job = self.gs.certificates_job
         if ws_egs is not None and vm is not None:
-            candidate = vm if _timestamp_of(vm) > _timestamp_of(ws_egs) else ws_egs
+            candidate = vm if vm.created_on_timestamp > ws_egs.created_on_timestamp else ws_egs
         else:
             candidate = ws_egs if ws_egs is not None else vm
-        current = self.gs.extensions_goal_state if self.gs is not None else None
-        if candidate is None or (current is not None and _timestamp_of(candidate) < _timestamp_of(current)):
+        if candidate is None or (current is not None
+                                 and candidate.created_on_timestamp < current.created_on_timestamp):
             candidate = current
-        new.extensions_goal_state = candidate
-        new.fast_track_supported = p.host_plugin.supports_vm_settings
-        if getattr(candidate, "source", None) == "FastTrack" and candidate is not current:
+        if candidate is not None:
+            new.extensions_goal_state = candidate
+        new.fast_track_supported = self.host_plugin.supports_vm_settings
+        if candidate is not None and candidate.source == "FastTrack" and candidate is not current:
             self._check_fast_track_certs(new)
         self.gs = new
         return new
 
-    def _vm_settings(self, force: bool) -> tuple[Any, bool, bool]:
+    def _vm_settings(self, force: bool) -> tuple[Optional[ExtensionsGoalState], bool, bool]:
         """(FastTrack extensions goal state or None, it changed, the vmSettings ETag moved — any source)."""
-        from guestagent.errors import VmSettingsNotSupported, VmSettingsParseError, VmSettingsSupportStopped
-
         try:
-            resp = self.p.fetch_vm_settings(force)
+            resp = self.fetch_vm_settings(force)
         except VmSettingsSupportStopped:
             self._vm_etag_seen = None
             raise
@@ -180,15 +195,13 @@ class GoalStateUpdater:
             return None, False, moved
         if self._vm_egs is None or resp.etag != self._vm_etag_used or (resp.updated and force):
             try:
-                from guestagent.protocol.extconfig import parse_vm_settings
-
                 egs = parse_vm_settings(resp.text, resp.etag)
             except Exception as e:
                 self._vm_etag_seen = None  # not understood: the next update polls the WireServer too
                 if resp.etag not in self._parse_error_etags:
                     self._parse_error_etags.add(resp.etag)
-                    self.p.history.start(resp.etag)
-                    self.p.history.save_vm_settings(resp.text)
+                    self.history.start(resp.etag)
+                    self.history.save_vm_settings(resp.text)
                 if isinstance(e, VmSettingsParseError):
                     raise
                 raise VmSettingsParseError(f"Error parsing vmSettings [etag {resp.etag}]", e) from None
@@ -198,103 +211,77 @@ class GoalStateUpdater:
         return self._vm_egs, False, moved
 
     def _support_stopped(self, doc: GoalStateDocument, text: str, fast_track_timestamp: str) -> GoalState:
-        from guestagent import log
-
         log.info("HostGAPlugin stopped supporting vmSettings; using the WireServer goal state")
-        new = GoalState(document=doc, history_folder=self.p.history.start(doc.incarnation))
-        self.p.history.save_goal_state(text)
+        new = GoalState(document=doc, extensions_goal_state=empty_goal_state(doc.incarnation),
+                        history_folder=self.history.start(doc.incarnation))
+        self.history.save_goal_state(text)
         egs = self._fetch_full(new)
-        if _timestamp_of(egs) < (fast_track_timestamp or MIN_TIMESTAMP):
-            try:
-                egs.is_outdated = True
-            except AttributeError:
-                pass
+        if egs.created_on_timestamp < (fast_track_timestamp or MIN_TIMESTAMP):
+            egs.is_outdated = True
         new.extensions_goal_state = egs
         self._vm_egs, self._vm_etag_used = None, None
         self.gs = new
         return new
 
     # --- the full WireServer goal state ------------------------------------------------------------------
-    def _fetch_full(self, gs: GoalState) -> Any:
+    def _fetch_full(self, gs: GoalState) -> ExtensionsGoalState:
         """ExtensionsConfig (+ profile blob), HostingEnvironmentConfig, SharedConfig, Certificates,
         RemoteAccessInfo, in upstream's order; any failure but Certificates fails the update."""
-        import os
-
-        from guestagent.osutil import system
-
-        p, doc = self.p, gs.document
+        doc = gs.document
         try:
             egs = self._fetch_extensions_config(doc)
             if doc.hosting_env_uri:
-                gs.hosting_env = parse_hosting_env(p.wire.fetch(doc.hosting_env_uri))
-                p.history.save("HostingEnvironmentConfig.xml", gs.hosting_env.xml_text)
+                gs.hosting_env = parse_hosting_env(self.wire.fetch(doc.hosting_env_uri))
+                self.history.save("HostingEnvironmentConfig.xml", gs.hosting_env.xml_text)
             if doc.shared_config_uri:
-                gs.shared_config = parse_shared_config(p.wire.fetch(doc.shared_config_uri))
-                system.write_file(os.path.join(p.lib_dir, "SharedConfig.xml"), gs.shared_config.xml_text,
+                gs.shared_config = parse_shared_config(self.wire.fetch(doc.shared_config_uri))
+                system.write_file(os.path.join(self.lib_dir, "SharedConfig.xml"), gs.shared_config.xml_text,
                                   fsync=False)
-                p.history.save("SharedConfig.xml", gs.shared_config.xml_text)
+                self.history.save("SharedConfig.xml", gs.shared_config.xml_text)
             self._certificates(gs)
             if doc.remote_access_uri:
-                from guestagent.protocol.wireserver import CIPHER_AES
-
-                gs.remote_access = parse_remote_access(p.wire.fetch(doc.remote_access_uri,
-                                                                    p.wire.encrypted_headers(CIPHER_AES)))
-                p.history.save("RemoteAccess.xml", gs.remote_access.xml_text)
+                gs.remote_access = parse_remote_access(self.wire.fetch(doc.remote_access_uri,
+                                                                       self.wire.encrypted_headers(CIPHER_AES)))
+                self.history.save("RemoteAccess.xml", gs.remote_access.xml_text)
         except Exception as e:
             raise ProtocolError("Error fetching goal state", e) from None
         return egs
 
-    def _fetch_extensions_config(self, doc: GoalStateDocument) -> Any:
-        p = self.p
+    def _fetch_extensions_config(self, doc: GoalStateDocument) -> ExtensionsGoalState:
         if not doc.extensions_config_uri:
-            from guestagent.protocol.extconfig import empty_goal_state
-
             return empty_goal_state(doc.incarnation)
-        text = p.wire.fetch(doc.extensions_config_uri)
-        egs = _parse_extensions_config(text, doc.incarnation)
-        p.history.save_extensions_config(text)
-        blob = getattr(egs, "artifacts_profile_blob", None)
-        if blob:
+        text = self.wire.fetch(doc.extensions_config_uri)
+        egs = parse_extensions_config(text, incarnation=doc.incarnation)
+        self.history.save_extensions_config(text)
+        if egs.artifacts_profile_blob:
             try:
-                body = p.download_artifact([blob], is_text=True, verify=False, what="artifacts profile blob")
-                on_hold = parse_on_hold(body.decode("utf-8-sig", errors="replace"))
+                body = self.download_text(egs.artifacts_profile_blob)
+                egs.on_hold = parse_on_hold(body.decode("utf-8-sig", errors="replace"))
             except Exception as e:
-                from guestagent import log
-
                 log.warn("Failed to fetch the InVMArtifactsProfileBlob (not on hold): {0}", e)
-                on_hold = False
-            try:
-                egs.on_hold = on_hold
-            except AttributeError:
-                pass
+                egs.on_hold = False
         return egs
 
     def _certificates(self, gs: GoalState) -> None:
         """Certificates (01 §7.2): fetched now; decrypted now, or by a CertificatesJob (async_certificates)."""
-        from guestagent.protocol.wireserver import CIPHER_AES
-
         if self._certificates_job is not None:
             self._certificates_job.wait()  # one bundle at a time: both would write the same files
             self._certificates_job = None
         doc = gs.document
         if not self.async_certificates or not doc.certificates_uri:
             gs.certs = self._fetch_certificates(doc)
-            self.p.history.save_certificates(gs.certs)
+            self.history.save_certificates(gs.certs)
             return
+        first: tuple[str, str | Exception]
         try:  # the request stays on this thread, in upstream's order; only the decryption moves
-            first: tuple = (CIPHER_AES, self.p.wire.fetch(doc.certificates_uri, self.p.wire.encrypted_headers(
-                CIPHER_AES)))
+            first = (CIPHER_AES, self.wire.fetch(doc.certificates_uri, self.wire.encrypted_headers(CIPHER_AES)))
         except Exception as e:
             first = (CIPHER_AES, e)
-        from guestagent.protocol.certificates import CertificatesJob
-
-        history = self.p.history
+        history = self.history
         folder = gs.history_folder
 
-        def save(certs: list) -> None:
+        def save(certs: list[CertSummary]) -> None:
             if history.enabled and folder:
-                from guestagent.protocol.history import History
-
                 copy = History(history.lib_dir, enabled=True)
                 copy.current = folder
                 copy.save_certificates(certs)
@@ -303,12 +290,10 @@ class GoalStateUpdater:
         job.history_folder = folder
         gs.certificates_job = self._certificates_job = job.start()
 
-    def _fetch_certificates(self, doc: GoalStateDocument, first: Optional[tuple] = None) -> list:
+    def _fetch_certificates(self, doc: GoalStateDocument,
+                            first: Optional[tuple[str, str | Exception]] = None) -> list[CertSummary]:
         """The first cipher that decrypts (AES128_CBC, then DES_EDE3_CBC); ``first``: (cipher, text or the
         error) already fetched for the first cipher."""
-        from guestagent import log
-        from guestagent.protocol.wireserver import CIPHER_3DES, CIPHER_AES
-
         if not doc.certificates_uri:
             return []
         for cipher in (CIPHER_AES, CIPHER_3DES):
@@ -318,34 +303,26 @@ class GoalStateUpdater:
                         raise first[1]
                     text = first[1]
                 else:
-                    text = self.p.wire.fetch(doc.certificates_uri, self.p.wire.encrypted_headers(cipher))
-                envelope = parse_certificates_document(text)
-                from guestagent.protocol.certificates import process_certificates_isolated
-
-                summary = process_certificates_isolated(text, self.p.lib_dir)
+                    text = self.wire.fetch(doc.certificates_uri, self.wire.encrypted_headers(cipher))
+                parse_certificates_document(text)  # not a Certificates document: fails this cipher
+                summary: CertificateList = process_certificates_isolated(text, self.lib_dir)
             except Exception as e:
                 log.warn("Error fetching certificates with cipher {0}: {1}", cipher, e)
                 continue
-            if getattr(summary, "decrypt_failed", False) is False and (summary or not envelope.usable
-                                                                       or hasattr(summary, "decrypt_failed")):
+            if not summary.decrypt_failed:
                 return summary
             log.warn("Certificates requested with cipher {0} could not be decrypted", cipher)
         return []
 
     def _check_fast_track_certs(self, gs: GoalState) -> None:
         """02 §4.1 step 9 and §4.3: a FastTrack goal state needs its tenant certificates on disk."""
-        import os
-
-        from guestagent import log
-        from guestagent.osutil import system
-
         needed = _settings_thumbprints(gs.extensions_goal_state)
         if gs.certificates_pending:
-            gs.wait_for_certificates_named(needed, self.p.lib_dir)
+            gs.wait_for_certificates_named(needed, self.lib_dir)
             if gs.certificates_pending:
                 return  # every needed .prv is on disk; the running job rewrites the bundle anyway
-        have = {str(getattr(c, "thumbprint", "") or "").upper() for c in gs.certs}
-        missing_files = [t for t in have if t and not system.exists(os.path.join(self.p.lib_dir, f"{t}.crt"))]
+        have = _thumbprints(gs.certs)
+        missing_files = [t for t in have if t and not system.exists(os.path.join(self.lib_dir, f"{t}.crt"))]
         missing = needed - have
         if not missing_files and not missing:
             return
@@ -354,6 +331,5 @@ class GoalStateUpdater:
         if self._certificates_job is not None:
             self._certificates_job.wait()
         gs.certs = self._fetch_certificates(gs.document)
-        have = {str(getattr(c, "thumbprint", "") or "").upper() for c in gs.certs}
-        if needed - have:
+        if needed - _thumbprints(gs.certs):
             log.warn("Some extensions' protected settings use certificates the goal state does not have")

@@ -14,6 +14,7 @@ from typing import Optional
 
 from guestagent import log
 from guestagent.osutil import atomic, system
+from guestagent.protocol.certificates import CertSummary
 
 REDACTED = "***REDACTED***"
 MAX_ENTRIES = 50
@@ -90,11 +91,8 @@ class History:
     def save_vm_settings(self, text: str) -> None:
         self.save("VmSettings.json", redact_vm_settings(text))
 
-    def save_certificates(self, summary: list) -> None:
-        rows = [{"thumbprint": getattr(c, "thumbprint", None) if not isinstance(c, dict) else c.get("thumbprint"),
-                 "hasPrivateKey": getattr(c, "has_private_key", False) if not isinstance(c, dict)
-                 else c.get("hasPrivateKey", False)} for c in summary]
-        self.save("Certificates.json", json.dumps(rows, indent=4))
+    def save_certificates(self, summary: list[CertSummary]) -> None:
+        self.save("Certificates.json", json.dumps([c.to_json() for c in summary], indent=4))
 
     def save_status(self, status_json: str) -> None:
         self.save("waagent_status.json", status_json)

@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Callable, Optional
 
 from guestagent import log
@@ -25,6 +25,7 @@ from guestagent.errors import (
 )
 from guestagent.osutil import system
 from guestagent.protocol.http import LOG_UPLOAD_TIMEOUT, RETRY_CODES, HttpClient, Response
+from guestagent.timestamps import MIN_TIMESTAMP, format_timestamp, ticks_to_timestamp, utc_seconds
 from guestagent.version import AGENT_NAME, AGENT_VERSION
 
 API_VERSION = "2015-09-01"
@@ -32,23 +33,8 @@ STORAGE_VERSION = "2014-02-14"
 MIN_VM_SETTINGS_VERSION = (1, 0, 8, 133)
 NOT_SUPPORTED_RECHECK = 6 * 3600.0
 FAST_TRACK_FILE = "fast_track.json"
-MIN_TIMESTAMP = "0001-01-01T00:00:00.000000Z"
 PAGE_SIZE = 512
 MAX_PAGE = 4 * 1024 * 1024
-
-
-def ticks_to_timestamp(ticks: Optional[int]) -> str:
-    """.NET ticks → ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` through a float, as upstream (03 §1)."""
-    try:
-        value = datetime.min + timedelta(seconds=float(int(ticks or 0)) / 10 ** 7)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return MIN_TIMESTAMP
-    return format_timestamp(value)
-
-
-def format_timestamp(value: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` with a 4-digit year (strftime drops leading zeros of year 1)."""
-    return f"{value.year:04d}-{value:%m-%dT%H:%M:%S.%f}Z"
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -56,10 +42,6 @@ def _version_tuple(text: str) -> tuple[int, ...]:
         return tuple(int(p) for p in text.split("."))
     except (AttributeError, ValueError):
         return ()
-
-
-def utc_date(now: Optional[float] = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
 
 
 @dataclass
@@ -87,7 +69,7 @@ def page_uri(sas_url: str) -> str:
 def blob_requests(sas_url: str, data: bytes, blob_type: str, pad: bytes = b"\0",
                   now: Optional[float] = None) -> list[BlobRequest]:
     """The storage requests that write ``data`` as a BlockBlob, or a PageBlob (create + 512-aligned pages)."""
-    date = utc_date(now)
+    date = utc_seconds(now)
     if blob_type != "PageBlob":
         return [BlobRequest(sas_url, [("Content-Length", str(len(data))), ("x-ms-blob-type", "BlockBlob"),
                                       ("x-ms-date", date), ("x-ms-version", STORAGE_VERSION)], data)]
@@ -235,6 +217,10 @@ class HostPluginClient:
     @property
     def supports_vm_settings(self) -> bool:
         return self._supports_vm_settings
+
+    def last_vm_settings(self) -> Optional[VmSettingsResponse]:
+        """The last 200 answer to /vmSettings (what a 304 stands for); None when there is none."""
+        return self._vm_settings_cache
 
     # --- /extensionArtifact (02 §5.3) -------------------------------------------------------------------
     def fetch_artifact(self, uri: str, manifest_location: Optional[str] = None, verify: bool = False,

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from typing import Any, Optional
 
+from guestagent import log
 from guestagent.conf import Config
 from guestagent.errors import HttpError, ProtocolError, ResourceGoneError
+from guestagent.osutil.osrelease import distro
+from guestagent.protocol.goalstate import GoalState
 from guestagent.protocol.hostplugin import blob_requests
 from guestagent.protocol.http import HttpClient
+from guestagent.timestamps import utc_seconds
 from guestagent.version import AGENT_VERSION
 
 SAS_TOKEN = re.compile(r"(https://\S+\?)((sv|st|se|sr|sp|sip|spr|sig)=\S+)+", re.IGNORECASE)
@@ -49,49 +52,42 @@ def _formatted(message: str) -> dict[str, str]:
     return {"lang": "en-US", "message": message}
 
 
-def _timestamp(now: Optional[float]) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
 
 
 def goal_state_aggregate_status(in_svd_seq_no: Any, status: str = "Success", code: int = 0,
                                 message: str = "GoalState executed successfully",
                                 now: Optional[float] = None) -> dict[str, Any]:
     """The vmArtifactsAggregateStatus.goalStateAggregateStatus entry."""
-    return {"formattedMessage": _formatted(message), "timestampUTC": _timestamp(now),
+    return {"formattedMessage": _formatted(message), "timestampUTC": utc_seconds(now),
             "inSvdSeqNo": in_svd_seq_no, "status": status, "code": code}
 
 
-def build_vm_status(config: Config, goal_state: Any, handler_statuses: Optional[list[dict]] = None, *,
+def build_vm_status(config: Config, goal_state: Optional[GoalState], handler_statuses: Optional[list[dict]] = None, *,
                     goal_state_status: Optional[dict] = None, update_status: Optional[dict] = None,
                     fast_track: Optional[bool] = None, computer_name: Optional[str] = None,
                     os_name: Optional[str] = None, os_version: Optional[str] = None,
                     now: Optional[float] = None) -> dict[str, Any]:
     """Assemble the status document. ``goal_state_status`` defaults to "executed successfully" for the
     goal state's extensions (when there is one); ``update_status`` is only given in RSM update mode."""
-    stamp = _timestamp(now)
+    stamp = utc_seconds(now)
     agent: dict[str, Any] = {"version": AGENT_VERSION, "status": "Ready",
                              "formattedMessage": _formatted("Guest Agent is running")}
     if update_status is not None:
         agent["updateStatus"] = update_status
     aggregate: dict[str, Any] = {"guestAgentStatus": agent,
                                  "handlerAggregateStatus": [_redact_messages(h) for h in handler_statuses or []]}
-    egs = getattr(goal_state, "extensions_goal_state", None) if goal_state is not None else None
-    if goal_state_status is None and egs is not None:
-        seq = getattr(egs, "svd_sequence_number", None)
-        if seq in (None, ""):
-            seq = getattr(goal_state, "incarnation", "")
+    if goal_state_status is None and goal_state is not None:
+        seq = goal_state.extensions_goal_state.svd_sequence_number or goal_state.incarnation
         goal_state_status = goal_state_aggregate_status(seq, now=now)
     if goal_state_status is not None:
         aggregate["vmArtifactsAggregateStatus"] = {"goalStateAggregateStatus": _redact_messages(goal_state_status)}
     if os_name is None or os_version is None:
-        from guestagent.osutil.osrelease import distro
-
         d_name, d_version, _ = distro()
         os_name = d_name if os_name is None else os_name
         os_version = d_version if os_version is None else os_version
     if fast_track is None:
         fast_track = config.debug_enable_fast_track and bool(
-            getattr(goal_state, "fast_track_supported", False))
+            goal_state is not None and goal_state.fast_track_supported)
     features = [{"Key": "MultipleExtensionsPerHandler", "Value": "1.0"},
                 {"Key": "VersioningGovernance", "Value": "1.0"}]
     if fast_track:
@@ -122,8 +118,6 @@ def upload_status(http: HttpClient, host_plugin: Any, sas_url: str, status_json:
                   blob_type: str = "BlockBlob", on_gone: Any = None) -> str:
     """HGAP first; 410 → ``on_gone()`` (refresh headers) and skip this cycle; other HGAP errors fall back to
     the direct PUT. Returns the channel used ("HostGAPlugin", "Direct" or "Skipped")."""
-    from guestagent import log
-
     blob_type = blob_type if blob_type in ("BlockBlob", "PageBlob") else "BlockBlob"
     hgap_error: Optional[BaseException] = None
     if host_plugin is not None:

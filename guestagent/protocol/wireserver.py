@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Optional
 from guestagent import log
 from guestagent.errors import HttpError, ProtocolError, ProtocolNotFoundError, ResourceGoneError, XmlError
 from guestagent.protocol import xml
+from guestagent.protocol.certificates import transport_cert_header
 from guestagent.protocol.http import HttpClient, Response
 from guestagent.version import AGENT_NAME, PROTOCOL_VERSION
 
@@ -82,8 +83,6 @@ class WireClient:
         return {"x-ms-agent-name": AGENT_NAME, "x-ms-version": PROTOCOL_VERSION}
 
     def encrypted_headers(self, cipher: str = CIPHER_AES) -> dict[str, str]:
-        from guestagent.protocol.certificates import transport_cert_header
-
         headers = self.standard_headers()
         headers["x-ms-guest-agent-public-x509-cert"] = transport_cert_header(self.lib_dir)
         headers["x-ms-cipher-name"] = cipher

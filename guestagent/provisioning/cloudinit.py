@@ -8,7 +8,7 @@ from typing import Callable, Optional, TypeVar
 
 from guestagent import log
 from guestagent.errors import CommandError, ProtocolError, ProvisionError
-from guestagent.osutil import system
+from guestagent.osutil import ssh, system
 from guestagent.provisioning.ovfenv import OvfEnv, parse_ovf_env
 
 WAIT_SECONDS = 1800
@@ -89,8 +89,6 @@ def wait_for_ovf_env(lib_dir: str, max_retry: int = WAIT_SECONDS, sleep_time: fl
 def wait_for_host_key(ssh_dir: str, key_type: str, max_retry: int = WAIT_SECONDS, sleep_time: float = 1.0,
                       sleep: Callable[[float], None] = time.sleep) -> str:
     """Poll for ``ssh_host_<type>_key.pub`` (cloud-init generates it) and return its thumbprint."""
-    from guestagent.osutil import ssh
-
     key_type = "rsa" if key_type == "auto" else key_type
     path = os.path.join(ssh_dir, f"ssh_host_{key_type}_key.pub")
 

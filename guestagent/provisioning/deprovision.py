@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from guestagent import log
+from guestagent.cli import CliArgs
 from guestagent.conf import Config
 from guestagent.errors import AgentError, CommandError, ProtocolError
 from guestagent.osutil import dhcpclient, distros, hostname, system, users
@@ -225,17 +226,17 @@ def confirm(force: bool, read: Callable[[str], str] = input) -> bool:
     return answer.lower().startswith("y")
 
 
-def run_deprovision(args: Any, config: Config, read: Callable[[str], str] = input,
+def run_deprovision(args: CliArgs, config: Config, read: Callable[[str], str] = input,
                     distro: Optional[distros.Distro] = None) -> int:
     """``-deprovision`` / ``-deprovision+user``; ``args.force`` skips the question."""
     handler = Deprovisioner(config, distro)
     previous = signal.signal(signal.SIGINT, handler.handle_interrupt)
     try:
-        plan = handler.setup(deluser=getattr(args, "command", "") == "deprovision+user")
+        plan = handler.setup(deluser=args.command == "deprovision+user")
         for warning in plan.warnings:
             print(warning)
         sys.stdout.flush()
-        if confirm(bool(getattr(args, "force", False)), read):
+        if confirm(args.force, read):
             handler.do_actions(plan.actions)
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -13,15 +13,21 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from guestagent import events, log
+from guestagent.cli import CliArgs
 from guestagent.conf import Config
 from guestagent.errors import AgentError, ProtocolError, ProvisionError
 from guestagent.osutil import distros, system
+from guestagent.protocol import wire
 from guestagent.provisioning import cloudinit, marker
+from guestagent.provisioning.deprovision import run_changed_unique_id
 
-#: ``detect(conf, lib_dir, certificates=...)`` (guestagent.protocol.detect, or a test's stand-in).
+if TYPE_CHECKING:  # ovfenv loads minidom: only a daemon that provisions imports it
+    from guestagent.provisioning.ovfenv import OvfEnv
+
+#: ``detect(conf, lib_dir, certificates=...)`` (guestagent.protocol.wire.detect, or a test's stand-in).
 Detect = Callable[..., Any]
 
 
@@ -76,9 +82,7 @@ class _Flow:
         if self.result.protocol is None:
             if self._detect_error is not None:
                 raise self._detect_error
-            detect = self._detect
-            if detect is None:
-                from guestagent.protocol import detect
+            detect = self._detect if self._detect is not None else wire.detect
             try:
                 self.result.protocol = detect(self.conf, self.lib_dir, certificates=self.certificates)
             except AgentError as e:
@@ -120,7 +124,6 @@ class _Flow:
                        "result in unexpected behavior from the guest agent -- clearing cached state")
                 log.warn("{0}", msg)
                 self.event(msg)
-                from guestagent.provisioning.deprovision import run_changed_unique_id
 
                 run_changed_unique_id(self.conf, self.distro or distros.detect())
             self.write_provisioned()
@@ -134,11 +137,10 @@ class _Flow:
             system.write_file(os.path.join(self.lib_dir, "disable_agent"), "", mode=0o644)
 
 
-def needs_certificates(ovf: Any) -> bool:
+def needs_certificates(ovf: OvfEnv) -> bool:
     """Provisioning reads ``<thumbprint>.crt``/``.prv`` for an SSH key given without its value and
     for every key pair; everything else it does needs no certificate."""
-    return any(getattr(k, "value", None) is None for k in getattr(ovf, "ssh_pubkeys", ()) or ()) or bool(
-        getattr(ovf, "ssh_keypairs", None))
+    return any(k.value is None for k in ovf.ssh_pubkeys) or bool(ovf.ssh_keypairs)
 
 
 class AgentFlow(_Flow):
@@ -233,7 +235,7 @@ def run_handler(conf: Config, detect: Optional[Detect] = None, distro: Optional[
 
 
 def provision(conf: Config, detect: Optional[Detect] = None, distro: Optional[distros.Distro] = None,
-              sleep: Callable[[float], None] = time.sleep):  # -> guestagent.protocol.WireProtocol
+              sleep: Callable[[float], None] = time.sleep):  # -> guestagent.protocol.wire.WireProtocol
     """The daemon's provisioning step. Returns the detected WireProtocol (detected now if the
     handler had no reason to, e.g. already provisioned); None only when detection itself failed
     during a failed provisioning (the daemon goes on, as upstream's does)."""
@@ -241,3 +243,14 @@ def provision(conf: Config, detect: Optional[Detect] = None, distro: Optional[di
     if result.protocol is None and result.ok:
         result.protocol = _Flow(conf, detect, distro, sleep).protocol()
     return result.protocol
+
+
+def run_provision_command(args: CliArgs, config: Any) -> int:
+    """``waagent -provision`` (an extension: upstream 2.15 has the command but no pattern for it):
+    run the provisioning handler once, in the foreground. 0 = provisioned (or already), 1 = failed."""
+    result = run_handler(config)
+    if result.ok:
+        print("Provisioning succeeded" if not result.skipped else "Provisioning already completed")
+        return 0
+    print(f"Provisioning failed: {result.error}")
+    return 1

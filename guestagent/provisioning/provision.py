@@ -8,7 +8,7 @@ errors become :class:`ProvisionError` so the handler reports ``ProvisioningFaile
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from guestagent import log
 from guestagent.conf import Config
@@ -76,16 +76,3 @@ class Provisioner:
 
     def restart_ssh_service(self) -> None:
         ssh.restart_ssh_service(self.distro.restart_ssh)
-
-
-def run_provision_command(args: Any, config: Config) -> int:
-    """``waagent -provision`` (an extension: upstream 2.15 has the command but no pattern for it):
-    run the provisioning handler once, in the foreground. 0 = provisioned (or already), 1 = failed."""
-    from guestagent.provisioning.handler import run_handler
-
-    result = run_handler(config)
-    if result.ok:
-        print("Provisioning succeeded" if not result.skipped else "Provisioning already completed")
-        return 0
-    print(f"Provisioning failed: {result.error}")
-    return 1

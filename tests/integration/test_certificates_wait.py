@@ -19,12 +19,13 @@ from types import SimpleNamespace
 
 import pytest
 
-import guestagent.protocol
+import guestagent.protocol.wire
 from guestagent import conf, log
 from guestagent.exthandler import main as child_main
 from guestagent.exthandler.extensions.manager import ExtensionsManager
-from guestagent.protocol import WireProtocol, certificates
+from guestagent.protocol import certificates, goalstate_updater
 from guestagent.protocol.certificates import ensure_transport_cert
+from guestagent.protocol.wire import WireProtocol
 
 HANDLER = Path(__file__).resolve().parents[1] / "data" / "exthandler" / "certwait"
 NAME = "GuestAgent.Test.CertWait"
@@ -51,7 +52,7 @@ def _scenario(lib: str):
 def setup(tmp_path, monkeypatch, log_lines):
     from guestagent.fabric.server import Fabric
 
-    monkeypatch.setattr(guestagent.protocol, "_direct_is_primary", True)
+    monkeypatch.setattr(guestagent.protocol.wire, "_direct_is_primary", True)
     lib = str(tmp_path / "lib")
     os.makedirs(lib)
     ensure_transport_cert(lib)
@@ -69,7 +70,7 @@ def setup(tmp_path, monkeypatch, log_lines):
         finally:
             helper_done.append(time.monotonic())
 
-    monkeypatch.setattr(certificates, "process_certificates_isolated", slower)
+    monkeypatch.setattr(goalstate_updater, "process_certificates_isolated", slower)
     lines = log_lines
     with Fabric(_scenario(lib), state_dir=tmp_path / "fabric") as fab:
         config = conf.parse(f"Lib.Dir={lib}\nExtensions.GoalStatePeriod=1\nPid.File={tmp_path}/waagent.pid\n")
@@ -79,7 +80,7 @@ def setup(tmp_path, monkeypatch, log_lines):
         child.extensions = ExtensionsManager(config, child.protocol, log_root=str(tmp_path / "log"),
                                              event=lambda *a, **k: None)
         child.protocol.update_goal_state()  # start-up: synchronous, as run() does before the loop
-        child.protocol.async_certificates = True
+        child.protocol.updater.async_certificates = True
         yield SimpleNamespace(fab=fab, child=child, lib=lib, helper_done=helper_done, lines=lines, delay=delay,
                               gate=gate)
     log.remove_appender("certwait")

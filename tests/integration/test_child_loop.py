@@ -15,20 +15,20 @@ from types import SimpleNamespace
 
 import pytest
 
-import guestagent.protocol
+import guestagent.protocol.wire
 from guestagent import conf
 from guestagent.exthandler import main as child_main
 from guestagent.exthandler.extensions.manager import ExtensionsManager
 from guestagent.periodic import Operation, PeriodicThread
-from guestagent.protocol import WireProtocol
 from guestagent.protocol.certificates import ensure_transport_cert
+from guestagent.protocol.wire import WireProtocol
 
 
 @pytest.fixture
 def fabric(tmp_path, monkeypatch):
     from guestagent.fabric.server import Fabric
 
-    monkeypatch.setattr(guestagent.protocol, "_direct_is_primary", True)
+    monkeypatch.setattr(guestagent.protocol.wire, "_direct_is_primary", True)
     with Fabric(state_dir=tmp_path / "fabric") as fab:
         yield fab
 

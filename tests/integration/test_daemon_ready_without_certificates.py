@@ -18,7 +18,7 @@ import pytest
 server = pytest.importorskip("guestagent.fabric.server")
 
 from guestagent.conf import Config  # noqa: E402
-from guestagent.protocol import from_files  # noqa: E402
+from guestagent.protocol.wire import from_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = "/var/lib/waagent"
@@ -26,7 +26,7 @@ DAEMON = textwrap.dedent("""
     import json, sys, time
     t0 = time.monotonic()
     from guestagent import conf
-    from guestagent.protocol import detect
+    from guestagent.protocol.wire import detect
     from guestagent.provisioning.handler import provision
 
     def on_loopback(c, lib, **kw):
@@ -85,7 +85,7 @@ def test_disabled_provisioning_reports_ready_without_certificates_and_the_child_
 
 def test_provisioning_that_needs_certificates_still_detects_with_them(tmp_root, fabric):
     """The health report paths of a flow that sets ``certificates`` use the full detection (unchanged)."""
-    from guestagent.protocol import detect
+    from guestagent.protocol.wire import detect
 
     proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fabric.wire_port, hgap_port=fabric.hgap_port,
                    sleep=lambda s: None, certificates=True)

@@ -10,18 +10,18 @@ import time
 
 import pytest
 
-import guestagent.protocol
+import guestagent.protocol.wire
 from guestagent.conf import Config
 from guestagent.exthandler.extensions.manager import ExtensionsManager
-from guestagent.protocol import WireProtocol
 from guestagent.protocol.status import build_vm_status
+from guestagent.protocol.wire import WireProtocol
 
 
 @pytest.fixture
 def fabric(tmp_path, monkeypatch):
     from guestagent.fabric.server import Fabric
 
-    monkeypatch.setattr(guestagent.protocol, "_direct_is_primary", True)
+    monkeypatch.setattr(guestagent.protocol.wire, "_direct_is_primary", True)
     with Fabric(state_dir=tmp_path / "fabric") as fab:
         yield fab
 

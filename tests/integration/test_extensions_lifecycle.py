@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import guestagent.protocol
+import guestagent.protocol.wire
 from guestagent.fabric.scenario import ExtensionSpec, SettingsSpec
 from guestagent.kit.lab import ExtensionLab
 
@@ -41,7 +41,7 @@ class Calls:
 
 
 def make_lab(tmp_path, monkeypatch, config: str = "") -> ExtensionLab:
-    monkeypatch.setattr(guestagent.protocol, "_direct_is_primary", True)
+    monkeypatch.setattr(guestagent.protocol.wire, "_direct_is_primary", True)
     ctrl = tmp_path / "ctrl"
     ctrl.mkdir()
     monkeypatch.setenv("EXT_TEST_CALLS", str(tmp_path / "calls.log"))

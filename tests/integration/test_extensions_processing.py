@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_extensions_lifecycle import NAME, REC, make_lab, publish, spec, status_of
 
-import guestagent.protocol
+import guestagent.protocol.wire
 from guestagent.fabric.scenario import ExtensionSpec, SettingsSpec
 
 
@@ -44,7 +44,7 @@ def test_package_falls_back_to_host_plugin_and_remembers_the_channel(lab):
     assert [r["status"] for r in lab.fabric.requests_of("package")] == [404]
     assert [r["status"] for r in lab.fabric.requests_of("extension_artifact")] == [200]
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0"]
-    assert guestagent.protocol._direct_is_primary is False
+    assert guestagent.protocol.wire._direct_is_primary is False
 
 
 def test_corrupt_package_is_downloaded_again(lab):
@@ -188,7 +188,7 @@ CHILD = """
 import sys
 from guestagent import conf
 from guestagent.exthandler.extensions.manager import ExtensionsManager
-from guestagent.protocol import WireProtocol
+from guestagent.protocol.wire import WireProtocol
 lib, log_root, wire_port, hgap_port = sys.argv[1:5]
 config = conf.parse(f"Lib.Dir={lib}\\n")
 p = WireProtocol("127.0.0.1", lib, config, wire_port=int(wire_port), hgap_port=int(hgap_port), sleep=lambda s: None,

@@ -11,10 +11,10 @@ import os
 
 import pytest
 
-import guestagent.protocol
+import guestagent.protocol.wire
 from guestagent.errors import ProtocolError
-from guestagent.protocol import WireProtocol
-from guestagent.protocol.goalstate_updater import WIRE_SERVER_POLL, GoalStateUpdater
+from guestagent.protocol.goalstate_updater import WIRE_SERVER_POLL
+from guestagent.protocol.wire import WireProtocol
 
 PERIOD = 6.0
 
@@ -41,7 +41,7 @@ def _scenario(vm_settings: str = "supported"):
 def make(tmp_path, monkeypatch):
     from guestagent.fabric.server import Fabric
 
-    monkeypatch.setattr(guestagent.protocol, "_direct_is_primary", True)
+    monkeypatch.setattr(guestagent.protocol.wire, "_direct_is_primary", True)
     started = []
 
     def make(vm_settings: str = "supported"):
@@ -55,7 +55,7 @@ def make(tmp_path, monkeypatch):
         proto = WireProtocol("127.0.0.1", lib, wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                              sleep=lambda s: None)
         clock = Clock()
-        proto._updater = GoalStateUpdater(proto, clock=clock)
+        proto.updater.clock = clock
         proto.update_goal_state()
         return fab, proto, clock
 
@@ -183,7 +183,7 @@ def test_the_child_loop_idle_minute(make, tmp_path):
     config = conf.parse(f"Lib.Dir={proto.lib_dir}\nPid.File={tmp_path}/waagent.pid\n")
     child = child_main.ExtHandler(SimpleNamespace(debug=False), config)
     child.protocol = proto
-    child.protocol.async_certificates = True
+    child.protocol.updater.async_certificates = True
     child.extensions = ExtensionsManager(config, proto, log_root=str(tmp_path / "log"), event=lambda *a, **k: None)
     child.iterate()  # processes the goal state, uploads the first status
     assert child.period == PERIOD and len(fab.status_uploads) == 1

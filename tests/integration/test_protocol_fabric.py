@@ -13,8 +13,8 @@ server = pytest.importorskip("guestagent.fabric.server")
 
 from guestagent.conf import Config  # noqa: E402
 from guestagent.errors import ProtocolError, ResourceGoneError  # noqa: E402
-from guestagent.protocol import detect, from_files  # noqa: E402
 from guestagent.protocol.status import build_vm_status  # noqa: E402
+from guestagent.protocol.wire import detect, from_files  # noqa: E402
 
 LIB = "/var/lib/waagent"
 

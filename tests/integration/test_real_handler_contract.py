@@ -35,7 +35,7 @@ from typing import Optional
 
 import pytest
 
-import guestagent.protocol
+import guestagent.protocol.wire
 from guestagent import log
 from guestagent.exthandler.extensions.state import HandlerFiles
 from guestagent.fabric.crypto import TENANT_CERT_NAME
@@ -193,7 +193,7 @@ def make_handler(root: Path) -> str:
 
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
-    monkeypatch.setattr(guestagent.protocol, "_direct_is_primary", True)
+    monkeypatch.setattr(guestagent.protocol.wire, "_direct_is_primary", True)
     monkeypatch.setenv("CONTRACT_PYTHON", sys.executable)
     agent_log = tmp_path / "waagent.log"
     log.add_appender("contract-file", log.FileAppender(log.INFO, str(agent_log)))

@@ -16,9 +16,10 @@ server = pytest.importorskip("guestagent.fabric.server")
 from guestagent import events  # noqa: E402
 from guestagent.conf import Config  # noqa: E402
 from guestagent.exthandler import extevents, monitor, telemetry  # noqa: E402
-from guestagent.protocol import activity, detect  # noqa: E402
+from guestagent.protocol import activity  # noqa: E402
 from guestagent.protocol.http import HttpClient  # noqa: E402
 from guestagent.protocol.imds import ImdsClient  # noqa: E402
+from guestagent.protocol.wire import detect  # noqa: E402
 
 LIB = "/var/lib/waagent"
 

@@ -23,7 +23,7 @@ from guestagent.exthandler.remoteaccess import COMMENT, RemoteAccessHandler
 from guestagent.fabric import server
 from guestagent.fabric.scenario import RemoteUser, Scenario, Step
 from guestagent.osutil import cgroupfs, users
-from guestagent.protocol import detect
+from guestagent.protocol.wire import detect
 from tests.unit.wiring.accounts import Accounts
 
 LIB = "/var/lib/waagent"
@@ -67,7 +67,7 @@ def test_main_loop_creates_and_removes_jit_users(tmp_root):
     with server.Fabric(sc) as fab:
         child = _child(tmp_root, fab)
         accounts = Accounts()
-        child._remote_access_handler = RemoteAccessHandler(child.config, LIB, ops=accounts)
+        child.remote_access = RemoteAccessHandler(child.config, LIB, ops=accounts)
         _loop(child)
         assert _jit() == {"alice"} and accounts.passwords == {"alice": "Fabric-Pa55!"}
         assert fab.status_blob is not None  # status was reported in that pass
@@ -112,7 +112,7 @@ def test_memory_check_ends_the_loop_when_the_agent_exceeds_its_quota(tmp_root, a
         now = [1000.0]
         check = monitor.AgentMemoryCheck(child.config, _memory_configurator(tmp_root, anon), LIB,
                                          clock=lambda: now[0])
-        child._agent_memory_check = check
+        child.memory_check = check
         assert _loop(child, 2) == 2 and check.checks == 0  # not in the first 5 minutes
         now[0] += monitor.MEMORY_CHECK_FIRST_DELAY
         passes = _loop(child, 3)
@@ -129,7 +129,7 @@ def test_memory_check_ends_the_loop_when_the_agent_exceeds_its_quota(tmp_root, a
 def test_memory_check_waits_for_convergence_and_is_off_by_default(tmp_root):
     with server.Fabric(Scenario(steps=[Step(incarnation="1")])) as fab:
         child = _child(tmp_root, fab)
-        assert not monitor.AgentMemoryCheck.of(child).enabled
+        assert not child.memory_check.enabled
         config = conf.parse("Debug.EnableAgentMemoryUsageCheck=y\n")
         now = [10_000.0]
         check = monitor.AgentMemoryCheck(config, _memory_configurator(tmp_root, 64 * 1024 * 1024), LIB,

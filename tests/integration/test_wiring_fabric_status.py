@@ -13,8 +13,8 @@ from guestagent.exthandler import telemetry
 from guestagent.exthandler.main import ExtHandler
 from guestagent.fabric import cli
 from guestagent.fabric.server import Fabric
-from guestagent.protocol import detect
 from guestagent.protocol.status import build_vm_status
+from guestagent.protocol.wire import detect
 
 LIB = "/var/lib/waagent"
 

@@ -8,7 +8,6 @@ import dataclasses
 import socket
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -16,10 +15,12 @@ from guestagent import conf, events
 from guestagent.conf import Config
 from guestagent.errors import HttpError
 from guestagent.exthandler import cgroups, monitor, telemetry
+from guestagent.exthandler.context import ThreadContext
 from guestagent.fabric.server import Fabric
-from guestagent.protocol import activity, detect
+from guestagent.protocol import activity
 from guestagent.protocol.http import HttpClient
 from guestagent.protocol.imds import QUICK_TIMEOUT, ImdsClient
+from guestagent.protocol.wire import detect
 
 LIB = "/var/lib/waagent"
 
@@ -38,13 +39,10 @@ def proto(tmp_root, fab):
 
 @pytest.fixture
 def clean_state():
-    """The process-wide pieces these tests touch: activity table, telemetry common fields, cgroup configurator."""
+    """The process-wide pieces these tests touch: activity table, telemetry common fields."""
     activity.reset()
     saved = dataclasses.replace(events.common)
-    old = cgroups._instance
-    cgroups.set_configurator(None)
     yield
-    cgroups.set_configurator(old)
     events.common = saved
     activity.reset()
 
@@ -75,7 +73,8 @@ class BlackHole:
 
 
 def _ctx(tmp_root, protocol=None):
-    return SimpleNamespace(config=conf.parse(""), protocol=protocol, lib_dir=LIB, stop_event=threading.Event())
+    config = conf.parse("")
+    return ThreadContext(config, protocol, LIB, threading.Event(), cgroups.CGroupConfigurator(config))
 
 
 def test_every_answer_is_recorded_by_the_http_client(tmp_root, fab, clean_state):

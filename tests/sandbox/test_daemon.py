@@ -187,7 +187,7 @@ class Agent:
 #: import some): it imports os, select, time and _signal only.
 LEAN_ABSENT = ["typing", "dataclasses", "subprocess", "json", "threading", "re", "signal", "datetime", "pathlib",
                "guestagent.conf", "guestagent.log", "guestagent.events", "guestagent.osutil.system",
-               "guestagent.daemon.main", "guestagent.protocol", "lxml", "cryptography", "asn1crypto"]
+               "guestagent.daemon.main", "guestagent.protocol", "guestagent.protocol.wire", "lxml", "cryptography", "asn1crypto"]
 
 
 def switches(agent: Agent, pid: int) -> int:

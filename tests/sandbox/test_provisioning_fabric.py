@@ -18,7 +18,7 @@ DRIVER = rf"""
 import json, time
 from guestagent import conf, log
 from guestagent.osutil import distros
-from guestagent.protocol import detect
+from guestagent.protocol.wire import detect
 from guestagent.provisioning.handler import run_handler
 log.setup(log_file="/var/log/waagent.log", file_verbose=True)
 config = conf.load("/etc/waagent.conf")

@@ -40,14 +40,14 @@ CHILD = r"""
 import json, sys
 from types import SimpleNamespace
 
-import guestagent.protocol
+import guestagent.protocol.wire
 from guestagent import conf
 from guestagent.exthandler import main as child_main
 from guestagent.exthandler.extensions.manager import ExtensionsManager
-from guestagent.protocol import WireProtocol
+from guestagent.protocol.wire import WireProtocol
 
 lib, log_root, wire, hgap = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-guestagent.protocol._direct_is_primary = True
+guestagent.protocol.wire._direct_is_primary = True
 config = conf.parse(f"Lib.Dir={lib}\nExtensions.GoalStatePeriod=1\n")
 child = child_main.ExtHandler(SimpleNamespace(debug=False), config)
 child.protocol = WireProtocol("127.0.0.1", lib, config, wire_port=wire, hgap_port=hgap, sleep=lambda s: None)

@@ -21,7 +21,7 @@ _spec.loader.exec_module(vectors)
 CHILD_MODULES = ["guestagent.exthandler.main", "guestagent.exthandler.extensions.manager",
                  "guestagent.exthandler.monitor", "guestagent.exthandler.env", "guestagent.exthandler.telemetry",
                  "guestagent.exthandler.cgroups", "guestagent.exthandler.logcollector",
-                 "guestagent.exthandler.remoteaccess", "guestagent.protocol", "guestagent.protocol.goalstate",
+                 "guestagent.exthandler.remoteaccess", "guestagent.protocol.wire", "guestagent.protocol.goalstate",
                  "guestagent.protocol.goalstate_updater", "guestagent.protocol.endpoint",
                  # the env thread's network actions: netlink runs in a helper interpreter (osutil.nethelper)
                  "guestagent.osutil.nethelper", "guestagent.osutil.hostname", "guestagent.osutil.dhcpclient",

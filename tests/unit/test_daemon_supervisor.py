@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
 from guestagent import conf, log
+from guestagent.cli import CliArgs
 from guestagent.daemon import main as daemon_main
 from guestagent.daemon import supervisor
 from guestagent.daemon.main import Daemon
@@ -51,7 +51,7 @@ def test_one_clean_quick_exit_relaunches_at_once_repeated_ones_back_off():
 @pytest.fixture
 def daemon(tmp_root):
     config = conf.parse("")
-    return Daemon(SimpleNamespace(conf_path=None), config, "/var/lib/waagent", "/var/run/waagent.pid")
+    return Daemon(CliArgs(), config, "/var/lib/waagent", "/var/run/waagent.pid")
 
 
 def test_already_running_only_for_a_live_daemon_process(daemon, tmp_root):
@@ -86,7 +86,7 @@ def test_already_running_only_for_a_live_daemon_process(daemon, tmp_root):
 def test_child_command_passes_the_configuration_path(daemon, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/usr/sbin/waagent", "-daemon"])
     assert daemon.child_command() == [sys.executable, "-u", "/usr/sbin/waagent", "-run-exthandlers"]
-    daemon.args.conf_path = "/etc/other.conf"
+    daemon.args = daemon.args._replace(conf_path="/etc/other.conf")
     monkeypatch.setattr(sys, "argv", ["/x/guestagent/cli.py", "-daemon"])
     assert daemon.child_command() == [sys.executable, "-u", "-m", "guestagent.cli", "-run-exthandlers",
                                       "-configuration-path:/etc/other.conf"]

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from guestagent import log
-from guestagent.conf import Config
 from guestagent.errors import ExtensionError
+from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.exthandler.extensions import runner
-from guestagent.exthandler.extensions.manifest import HandlerManifest, compare_versions, load_handler_manifest
+from guestagent.exthandler.extensions.manifest import HandlerManifest, load_handler_manifest
+from guestagent.exthandler.extensions.package import zip_path
 from guestagent.exthandler.extensions.state import ENABLED, FAILED_UPGRADE, INSTALLED, HandlerFiles
+from guestagent.exthandler.extensions.versions import compare_versions
 from guestagent.osutil import system
 
 CODE_UPDATE = 1008
@@ -38,7 +40,7 @@ class Context:
     timeouts: dict = field(default_factory=dict)
     sink: Optional[Callable[[Any], None]] = None
     event: Optional[Callable[..., None]] = None
-    config: Optional[Config] = None  # the agent's configuration (reaches the cgroup configurator)
+    cgroups: CGroupConfigurator = field(default_factory=CGroupConfigurator)  # the child's configurator
 
 
 class Handler:
@@ -86,7 +88,7 @@ class Handler:
             result = runner.run_command(op, self.files.base_dir, self.manifest.command(op), env,
                                         handler_name=self.name, log_dir=self.files.log_dir, ext_name=ext_name,
                                         timeout=self.ctx.timeouts.get(op), sink=self.ctx.sink,
-                                        config=self.ctx.config)
+                                        cgroups=self.ctx.cgroups)
         except runner.CommandFailed as e:
             self._event(op, False, e.msg)
             raise
@@ -102,10 +104,8 @@ class Handler:
                 self.log.warn("Event failed: {0}", e)
 
     # --- resource limits (06 §10.3) -----------------------------------------------------------------------
-    def _cgroups(self) -> Any:
-        from guestagent.exthandler import cgroups
-
-        return cgroups.get_configurator(self.ctx.config)
+    def _cgroups(self) -> CGroupConfigurator:
+        return self.ctx.cgroups
 
     def _resource_limits(self) -> dict:
         try:
@@ -159,8 +159,6 @@ class Handler:
     def remove(self) -> None:
         """Delete the zip and base dir without running anything (tolerating files vanishing); the
         extension slice's quota is reset (as upstream, also for the old version of an update)."""
-        from guestagent.exthandler.extensions.package import zip_path
-
         system.remove(zip_path(self.ctx.lib_dir, self.name, self.version))
         shutil.rmtree(system.path(self.files.base_dir), ignore_errors=True)
         try:
@@ -178,8 +176,9 @@ class Handler:
         return list(settings_list)
 
 
-def _exit_code(error: BaseException) -> str:
-    return str(getattr(error, "exit_code", None) or getattr(error, "code", -1))
+def _exit_code(error: ExtensionError) -> str:
+    """A failed command's exit code (its error code when it had none, or failed before running)."""
+    return str(error.exit_code if isinstance(error, runner.CommandFailed) and error.exit_code else error.code)
 
 
 def run_update(old: Handler, new: Handler, settings_list: list, old_settings: list) -> str:

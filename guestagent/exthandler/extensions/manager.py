@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from guestagent import log
+from guestagent import events, log
 from guestagent.conf import Config
-from guestagent.errors import ExtensionError
+from guestagent.errors import AgentError, ExtensionError
+from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.exthandler.extensions import status as ext_status
 from guestagent.exthandler.extensions.handler import NOT_RUN, Context, Handler, run_update
-from guestagent.exthandler.extensions.manifest import parse_plugin_manifest, select_package, version_key
+from guestagent.exthandler.extensions.manifest import (
+    load_handler_manifest,
+    parse_plugin_manifest,
+    select_package,
+)
 from guestagent.exthandler.extensions.package import initialize_layout, install_package
 from guestagent.exthandler.extensions.state import (
     ENABLED,
@@ -28,10 +33,15 @@ from guestagent.exthandler.extensions.state import (
     installed_versions,
     read_optional,
 )
+from guestagent.exthandler.extensions.versions import version_key
 from guestagent.osutil import system
-from guestagent.protocol.extconfig import Extension, ExtensionSettings
+from guestagent.protocol.extconfig import Extension, ExtensionSettings, ExtensionsGoalState
 from guestagent.protocol.goalstate import GoalState
+from guestagent.protocol.status import goal_state_aggregate_status
+from guestagent.protocol.wire import WireProtocol
 
+#: The goal state's wait for the certificate helper (GoalState.wait_for_certificates_named).
+CertificatesWait = Callable[[Iterable[str], str], None]
 SUPPORTED_FEATURES = ("MultipleExtensionsPerHandler", "VersioningGovernance")
 CODE_UNSUPPORTED_FEATURES = 2001
 DEPENDENCY_POLL = 5.0
@@ -59,24 +69,28 @@ def ordered_pairs(extensions: list) -> list:
 
 
 class ExtensionsManager:
-    def __init__(self, conf: Config, protocol: Any, *, log_root: str = "/var/log/azure",
+    def __init__(self, conf: Config, protocol: WireProtocol, *, log_root: str = "/var/log/azure",
                  timeouts: Optional[dict] = None, sink: Optional[Callable[[Any], None]] = None,
                  dependency_poll: float = DEPENDENCY_POLL, dependency_deadline: float = DEPENDENCY_DEADLINE,
-                 skip_unchanged_after_restart: bool = True, event: Optional[Callable[..., None]] = None):
+                 skip_unchanged_after_restart: bool = True, event: Optional[Callable[..., None]] = None,
+                 cgroups: Optional[CGroupConfigurator] = None):
+        """``cgroups``: the child's configurator (extension slices and scopes); a tool that runs handlers
+        outside the child (the extension kit, tests) gets one that is not initialised: commands run directly."""
         self.conf = conf
         self.protocol = protocol
         self.lib_dir = conf.lib_dir
-        self.ctx = Context(self.lib_dir, getattr(protocol, "endpoint", "") or "", log_root, dict(timeouts or {}),
-                           sink, event if event is not None else self._default_event, config=conf)
+        self.ctx = Context(self.lib_dir, protocol.endpoint, log_root, dict(timeouts or {}),
+                           sink, event if event is not None else self._default_event,
+                           cgroups if cgroups is not None else CGroupConfigurator(conf))
         self.dependency_poll = dependency_poll
         self.dependency_deadline = dependency_deadline
         self.skip_unchanged_after_restart = skip_unchanged_after_restart
-        self.egs: Any = None
+        self.egs: Optional[ExtensionsGoalState] = None
         self.versions: dict = {}
         self.gs_status: Optional[dict] = None
         self.unsupported = False
         self.processed_goal_states = 0
-        self._wait_for_certificates: Optional[Callable[..., None]] = None
+        self._wait_for_certificates: Optional[CertificatesWait] = None
         self._manifests: dict = {}
         self._uninstall_exit: dict = {}
         self._done: set = set()
@@ -85,8 +99,6 @@ class ExtensionsManager:
     # --- seams ---------------------------------------------------------------------------------------------
     def _default_event(self, op: str, **kw: Any) -> None:
         """Extension telemetry seam (issue 5 item 7): one event per command, via guestagent.events."""
-        from guestagent import events
-
         events.add_event(op, lib_dir=self.lib_dir, log_event=False, **kw)
 
     def _startup(self) -> None:
@@ -108,8 +120,6 @@ class ExtensionsManager:
     # --- the interface of the main loop --------------------------------------------------------------------
     def process(self, goal_state: GoalState) -> None:
         """Run the lifecycle for a new extensions goal state; never raises."""
-        from guestagent.protocol.status import goal_state_aggregate_status
-
         egs = goal_state.extensions_goal_state
         seq = egs.svd_sequence_number or goal_state.incarnation
         self._wait_for_certificates = goal_state.wait_for_certificates_named
@@ -118,7 +128,7 @@ class ExtensionsManager:
             if not self.unsupported:
                 self.gs_status = goal_state_aggregate_status(seq)
         except Exception as e:
-            log.error("Error processing the extensions goal state {0}: {1}", getattr(egs, "id", "?"), e)
+            log.error("Error processing the extensions goal state {0}: {1}", egs.id, e)
             self.gs_status = goal_state_aggregate_status(seq, "Failed", -1, log.redact(str(e))[:1024])
         finally:
             self.processed_goal_states += 1
@@ -138,19 +148,17 @@ class ExtensionsManager:
         return True
 
     # --- processing --------------------------------------------------------------------------------------------
-    def _process(self, egs: Any) -> None:
+    def _process(self, egs: ExtensionsGoalState) -> None:
         self._manifests, self._uninstall_exit, self._done = {}, {}, set()
-        if getattr(egs, "on_hold", False) and self.conf.enable_over_provisioning:
+        if egs.on_hold and self.conf.enable_over_provisioning:
             log.info("Extension handling is on hold")
             return
-        unsupported = [f for f in getattr(egs, "required_features", []) if f not in SUPPORTED_FEATURES]
+        unsupported = [f for f in egs.required_features if f not in SUPPORTED_FEATURES]
         if unsupported:
-            from guestagent.protocol.status import goal_state_aggregate_status
-
             msg = f"Failing GS {egs.id} as Unsupported features found: {', '.join(unsupported)}"
             log.error("{0}", msg)
             self.unsupported = True
-            self.gs_status = goal_state_aggregate_status(getattr(egs, "svd_sequence_number", ""), "Failed",
+            self.gs_status = goal_state_aggregate_status(egs.svd_sequence_number, "Failed",
                                                          CODE_UNSUPPORTED_FEATURES, msg)
             return
         self.unsupported = False
@@ -232,11 +240,10 @@ class ExtensionsManager:
                 text = self.protocol.download_manifest(list(ext.manifest_uris))
                 packages = parse_plugin_manifest(text)
             except Exception as e:
-                raise ExtensionError(f"Failed to get ext handler pkgs: {getattr(e, 'msg', e)}", code=-1) from None
-            history = getattr(self.protocol, "history", None)
-            if history is not None:
-                history.save(f"{ext.name}.manifest.xml", text)
-            self._manifests[ext.name] = (packages, getattr(self.protocol, "manifest_location", None))
+                raise ExtensionError(f"Failed to get ext handler pkgs: {e.msg if isinstance(e, AgentError) else e}",
+                                     code=-1) from None
+            self.protocol.history.save(f"{ext.name}.manifest.xml", text)
+            self._manifests[ext.name] = (packages, self.protocol.manifest_location)
         return self._manifests[ext.name]
 
     def _enable(self, ext: Extension, settings: Optional[ExtensionSettings], first_after_restart: bool) -> None:
@@ -435,8 +442,6 @@ class ExtensionsManager:
 
     def _heartbeat(self, files: HandlerFiles, base: dict, message: Optional[str]) -> Optional[str]:
         try:
-            from guestagent.exthandler.extensions.manifest import load_handler_manifest
-
             if not load_handler_manifest(files.manifest_file).report_heartbeat:
                 return message
         except ExtensionError:

@@ -7,60 +7,22 @@ component-wise prefix match, which is how a goal state asking for ``2.1`` picks 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from guestagent.errors import ExtensionError
+from guestagent.exthandler.extensions.state import read_optional
+from guestagent.exthandler.extensions.versions import (
+    compare_versions,
+    is_version,
+    version_key,
+    version_matches,
+)
+from guestagent.protocol import xml
 
 CODE_MANIFEST_NOT_FOUND = 1002
 CODE_MANIFEST_INVALID = 1003
 COMMANDS = ("install", "enable", "disable", "uninstall", "update")
-
-_COMPONENT = re.compile(r"^(\d+)(?:[-.]?(alpha|beta|rc)\d*)?$", re.IGNORECASE)
-
-
-# --- versions -------------------------------------------------------------------------------------------------
-def version_parts(text: str) -> tuple:
-    """``"1.2.3"`` → ``(1, 2, 3)``; a pre-release suffix (``1.0rc1``) is dropped from the number."""
-    parts = []
-    for piece in str(text).strip().split("."):
-        m = _COMPONENT.match(piece)
-        if not m:
-            raise ValueError(f"Invalid version: {text!r}")
-        parts.append(int(m.group(1)))
-    return tuple(parts)
-
-
-def version_key(text: str) -> tuple:
-    """Sort/compare key: trailing zeros removed so ``1.2 == 1.2.0.0``."""
-    parts = list(version_parts(text))
-    while parts and parts[-1] == 0:
-        parts.pop()
-    return tuple(parts)
-
-
-def compare_versions(a: str, b: str) -> int:
-    ka, kb = version_key(a), version_key(b)
-    return (ka > kb) - (ka < kb)
-
-
-def version_matches(requested: str, candidate: str) -> bool:
-    """Prefix match: ``1.0`` matches ``1.0.0`` and ``1.0.5.3``; ``2.1.6`` does not match ``2.1.7``."""
-    try:
-        r, c = version_parts(requested), version_parts(candidate)
-    except ValueError:
-        return False
-    return len(r) <= len(c) and c[:len(r)] == r
-
-
-def is_version(text: str) -> bool:
-    try:
-        version_parts(text)
-        return True
-    except ValueError:
-        return False
-
 
 # --- the extension's package manifest (XML) --------------------------------------------------------------
 @dataclass
@@ -73,8 +35,6 @@ class PackageEntry:
 
 def parse_plugin_manifest(xml_text: str) -> list:
     """PluginVersionManifest → packages, Plugins and InternalPlugins merged, ascending by version."""
-    from guestagent.protocol import xml
-
     root = xml.parse(xml_text, what="extension manifest")
     packages = []
     for section, internal in (("Plugins", False), ("InternalPlugins", True)):
@@ -166,8 +126,6 @@ def parse_handler_manifest(text: str) -> HandlerManifest:
 
 
 def load_handler_manifest(path: str) -> HandlerManifest:
-    from guestagent.exthandler.extensions.state import read_optional
-
     try:
         text = read_optional(path)
     except OSError as e:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from guestagent import log
-from guestagent.conf import Config
 from guestagent.errors import ExtensionError
+from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.osutil import system
 
 TIMEOUTS = {"install": 900, "enable": 300, "disable": 900, "update": 900, "uninstall": 300}
@@ -94,11 +94,11 @@ def _scope_of(argv: list) -> str:
 
 def run_command(op: str, base_dir: str, command: str, env: dict, *, handler_name: str,
                 log_dir: Optional[str] = None, ext_name: Optional[str] = None,
-                timeout: Optional[float] = None, sink: Any = None, config: Optional[Config] = None) -> CommandResult:
+                timeout: Optional[float] = None, sink: Any = None,
+                cgroups: Optional[CGroupConfigurator] = None) -> CommandResult:
     """Run ``command`` (relative to ``base_dir``); raise CommandFailed on non-zero exit or timeout.
-    ``sink``, when given, is called with every CommandResult (the extension kit prints them). ``config``
-    reaches the process-wide cgroup configurator, which decides whether the command runs in a scope."""
-    from guestagent.exthandler import cgroups
+    ``sink``, when given, is called with every CommandResult (the extension kit prints them). ``cgroups``
+    (the child's configurator) decides whether the command runs in a scope; None: it runs directly."""
 
     timeout = TIMEOUTS[op] if timeout is None else timeout
     full = os.path.join(base_dir, command.lstrip("/"))
@@ -110,11 +110,10 @@ def run_command(op: str, base_dir: str, command: str, env: dict, *, handler_name
     # Under a test root the command must run from the mapped directory too.
     shown_cmd = os.path.join(os.fspath(real_base), command.lstrip("/"))
     argv = ["/bin/sh", "-c", shown_cmd]
-    configurator = cgroups.get_configurator(config)
-    wrapped = configurator.wrap_extension_command(argv, handler_name, ext_name, op=op)
+    wrapped = argv if cgroups is None else cgroups.wrap_extension_command(argv, handler_name, ext_name, op=op)
     res, output, stderr = _execute(wrapped, real_base, timeout, child_env)
-    if wrapped != argv and not res.timed_out and res.returncode != 0 and \
-            configurator.extension_command_failed(handler_name, stderr, _scope_of(wrapped)):
+    if cgroups is not None and wrapped != argv and not res.timed_out and res.returncode != 0 and \
+            cgroups.extension_command_failed(handler_name, stderr, _scope_of(wrapped)):
         plog.info("Failed to start {0} using systemd-run, invoking the extension directly", handler_name)
         res, output, stderr = _execute(argv, real_base, timeout, child_env)
     exit_code = CODE_TIMEOUT if res.timed_out else res.returncode

@@ -12,7 +12,9 @@ import os
 import re
 from typing import Any, Optional
 
+from guestagent.exthandler.extensions.versions import version_key
 from guestagent.osutil import system
+from guestagent.protocol.status import redact_sas
 
 NOT_INSTALLED, INSTALLED, ENABLED, FAILED_UPGRADE = "NotInstalled", "Installed", "Enabled", "FailedUpgrade"
 _DIR = re.compile(r"^(?P<name>.+)-(?P<version>\d+(?:\.\d+)*)$")
@@ -113,8 +115,6 @@ class HandlerFiles:
         return value if isinstance(value, dict) else None
 
     def set_status(self, status: str, code: int, message: Optional[str], supports_mc: bool = False) -> None:
-        from guestagent.protocol.status import redact_sas
-
         doc = {"name": self.name, "version": self.version, "status": status, "code": code,
                "message": redact_sas(message), "supports_multi_config": supports_mc, "extension_status": None}
         system.mkdir(self.config_dir, mode=0o700)
@@ -192,8 +192,6 @@ class HandlerFiles:
 
 def installed_versions(lib_dir: str, name: str) -> list:
     """Versions of ``name`` on disk whose HandlerState counts as installed, ascending (03 §5.3 step 2)."""
-    from guestagent.exthandler.extensions.manifest import version_key
-
     out = []
     for n, v, _ in handler_dirs(lib_dir):
         if n == name and HandlerFiles(lib_dir, n, v).state() not in (NOT_INSTALLED, FAILED_UPGRADE):

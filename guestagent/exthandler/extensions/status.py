@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from guestagent import log
 from guestagent.osutil import system
+from guestagent.timestamps import utc_seconds
 
 VALID = ("transitioning", "warning", "error", "success")
 TERMINAL = ("success", "error")
@@ -28,10 +29,6 @@ RECENT_WRITE = 2.0
 
 class Malformed(ValueError):
     pass
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _message(fm: Any, where: str) -> Optional[str]:
@@ -99,13 +96,13 @@ def parse_status(text: str, name: str) -> Optional[dict]:
                     "formattedMessage": {"lang": "en-US", "message": message if message is not None else ""}}
     if substatus:
         status["substatus"] = substatus
-    return {"status": status, "version": 1.0, "timestampUTC": utc_now()}
+    return {"status": status, "version": 1.0, "timestampUTC": utc_seconds()}
 
 
 def _simple(name: str, status: str, code: int, message: str, operation: Optional[str] = None) -> dict:
     return {"status": {"name": name, "configurationAppliedTime": None, "operation": operation, "status": status,
                        "code": code, "formattedMessage": {"lang": "en-US", "message": message}},
-            "version": 1.0, "timestampUTC": utc_now()}
+            "version": 1.0, "timestampUTC": utc_seconds()}
 
 
 def read_status(path: str, name: str, retry: bool = True) -> Optional[dict]:
@@ -153,7 +150,7 @@ def write_placeholder(path: str, name: str, operation: str, code: int, message: 
     """The error status the agent writes on the extension's behalf (04 §5.4)."""
     if not overwrite and system.exists(path):
         return
-    doc = [{"version": 1.0, "timestampUTC": utc_now(),
+    doc = [{"version": 1.0, "timestampUTC": utc_seconds(),
             "status": {"name": name, "operation": operation, "status": "error", "code": code,
                        "formattedMessage": {"lang": "en-US", "message": message}}}]
     system.mkdir(os.path.dirname(path), mode=0o700)

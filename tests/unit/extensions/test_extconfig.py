@@ -12,13 +12,12 @@ from guestagent.fabric import wireserver
 from guestagent.fabric.scenario import ExtensionSpec, Scenario, SettingsSpec, Step
 from guestagent.fabric.server import Fabric
 from guestagent.protocol.extconfig import (
-    MIN_TIMESTAMP,
     ZERO_GUID,
     ExtensionSettings,
     parse_extensions_config,
     parse_vm_settings,
-    ticks_to_timestamp,
 )
+from guestagent.timestamps import MIN_TIMESTAMP, ticks_to_timestamp
 
 HOST = "127.0.0.1"
 

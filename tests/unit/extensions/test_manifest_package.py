@@ -11,13 +11,12 @@ import pytest
 
 from guestagent.errors import ExtensionError
 from guestagent.exthandler.extensions.manifest import (
-    compare_versions,
     parse_handler_manifest,
     parse_plugin_manifest,
     select_package,
-    version_matches,
 )
 from guestagent.exthandler.extensions.package import PackageError, unpack
+from guestagent.exthandler.extensions.versions import compare_versions, version_matches
 
 
 def test_version_rules():

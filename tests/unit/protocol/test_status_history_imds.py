@@ -5,18 +5,21 @@ import os
 import time
 import zipfile
 
+from guestagent import timestamps
 from guestagent.conf import Config
 from guestagent.protocol import history, hostplugin, imds, status
-from guestagent.protocol.goalstate import EmptyExtensionsGoalState, GoalState, parse_goal_state, parse_on_hold
+from guestagent.protocol.extconfig import empty_goal_state
+from guestagent.protocol.goalstate import GoalState, parse_goal_state, parse_on_hold
+
+GOAL_STATE = ("<GoalState><Incarnation>{0}</Incarnation><Container><ContainerId>c</ContainerId>"
+              "<RoleInstanceList><RoleInstance><InstanceId>i</InstanceId><Configuration>"
+              "<ConfigName>d1.2.x.xml</ConfigName></Configuration></RoleInstance></RoleInstanceList>"
+              "</Container></GoalState>")
 
 
 def test_vm_status_shape_and_wire_form():
-    class GS:
-        incarnation = "7"
-        extensions_goal_state = EmptyExtensionsGoalState(incarnation="7")
-        fast_track_supported = True
-
-    doc = status.build_vm_status(Config(), GS(), [], computer_name="vm", os_name="debian",
+    gs = GoalState(parse_goal_state(GOAL_STATE.format("7")), empty_goal_state("7"), fast_track_supported=True)
+    doc = status.build_vm_status(Config(), gs, [], computer_name="vm", os_name="debian",
                                  os_version="12", now=0)
     assert list(doc) == ["version", "timestampUTC", "aggregateStatus", "guestOSInfo", "supportedFeatures"]
     assert doc["timestampUTC"] == "1970-01-01T00:00:00Z"
@@ -53,9 +56,9 @@ def test_block_and_page_blob_requests():
 
 
 def test_ticks_to_timestamp_float_path():
-    assert hostplugin.ticks_to_timestamp(637726657706205217) == "2021-11-16T13:22:50.620522Z"
-    assert hostplugin.ticks_to_timestamp(0) == "0001-01-01T00:00:00.000000Z"
-    assert hostplugin.ticks_to_timestamp("junk") == "0001-01-01T00:00:00.000000Z"
+    assert timestamps.ticks_to_timestamp(637726657706205217) == "2021-11-16T13:22:50.620522Z"
+    assert timestamps.ticks_to_timestamp(0) == "0001-01-01T00:00:00.000000Z"
+    assert timestamps.ticks_to_timestamp("junk") == "0001-01-01T00:00:00.000000Z"
 
 
 def test_on_hold_values():
@@ -65,11 +68,8 @@ def test_on_hold_values():
 
 
 def test_goal_state_model_properties():
-    doc = parse_goal_state("<GoalState><Incarnation>3</Incarnation><Container><ContainerId>c</ContainerId>"
-                           "<RoleInstanceList><RoleInstance><InstanceId>i</InstanceId><Configuration>"
-                           "<ConfigName>d1.2.x.xml</ConfigName></Configuration></RoleInstance></RoleInstanceList>"
-                           "</Container></GoalState>")
-    gs = GoalState(document=doc)
+    doc = parse_goal_state(GOAL_STATE.format("3"))
+    gs = GoalState(document=doc, extensions_goal_state=empty_goal_state("3"))
     assert (gs.incarnation, gs.container_id, gs.role_instance_id, doc.deployment_id) == ("3", "c", "i", "d1")
     assert doc.extensions_config_uri is None and doc.certificates_uri is None
 

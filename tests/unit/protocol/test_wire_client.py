@@ -17,8 +17,8 @@ from guestagent.errors import (
     VmSettingsNotSupported,
     VmSettingsSupportStopped,
 )
-from guestagent.protocol import WireProtocol, detect, from_files
 from guestagent.protocol.status import build_vm_status
+from guestagent.protocol.wire import WireProtocol, detect, from_files
 from guestagent.protocol.wireserver import health_report_body
 
 LIB = "/var/lib/waagent"
@@ -373,7 +373,7 @@ def test_vm_settings_parse_error_saved_once(proto, fab, tmp_root):
 
 # --- artifacts --------------------------------------------------------------------------------------------
 def test_artifact_direct_then_hgap_flips_channel(proto, fab):
-    import guestagent.protocol as facade
+    import guestagent.protocol.wire as facade
 
     facade._direct_is_primary = True
     fab.artifacts["/storage/pkg.zip"] = b"PK\x03\x04zip"
@@ -397,7 +397,7 @@ def test_artifact_all_fail(proto, fab):
 
 
 def test_manifest_location_header(proto, fab):
-    import guestagent.protocol as facade
+    import guestagent.protocol.wire as facade
 
     fab.artifacts["/storage/m.xml"] = b"<PluginVersionManifest/>"
     fab.artifacts["/storage/p.zip"] = b"zip"

@@ -1,4 +1,4 @@
-"""Extensions ↔ cgroups wiring (06 §10.3): handler commands start through the process-wide configurator.
+"""Extensions ↔ cgroups wiring (06 §10.3): handler commands start through the child's configurator.
 
 Disabled (this host: no systemd) the command line is unchanged. Enabled, the boundary is systemd itself,
 which cannot run here: ``systemctl`` and ``systemd-run`` are small recording stand-ins on PATH in a tmp dir
@@ -67,26 +67,16 @@ def stand_ins(tmp_path, monkeypatch):
                            calls=lambda: log.read_text().splitlines() if log.exists() else [])
 
 
-@pytest.fixture
-def configurator():
-    """A fresh process-wide configurator per test (restored afterwards)."""
-    old = cgroups._instance
-    cgroups.set_configurator(None)
-    yield
-    cgroups.set_configurator(old)
-
-
 def _forced_enabled() -> cgroups.CGroupConfigurator:
     distro = SimpleNamespace(name="ubuntu", version="22.04", service_name="walinuxagent",
                              unit_dir="/lib/systemd/system")
     hierarchy = cgroupfs.Hierarchy("v2", v2_root="/sys/fs/cgroup", v2_root_controllers=("cpu", "memory"))
     c = cgroups.CGroupConfigurator(Config(), distro=distro, hierarchy=hierarchy)
     c.initialized = c.agent_enabled = c.extensions_enabled = True
-    cgroups.set_configurator(c)
     return c
 
 
-def _handler(tmp_root) -> tuple:
+def _handler(tmp_root, configurator: cgroups.CGroupConfigurator) -> tuple:
     base = tmp_root / LIB.lstrip("/") / f"{NAME}-{VERSION}"
     (base / "bin").mkdir(parents=True)
     (base / "config").mkdir()
@@ -100,22 +90,22 @@ def _handler(tmp_root) -> tuple:
     limits = {"cpuQuotaPercentage": 25, "services": [{"name": "test-ext.service", "cpuQuotaPercentage": 5}]}
     (base / "HandlerManifest.json").write_text(json.dumps([{"version": 1.0, "handlerManifest": manifest,
                                                             "resourceLimits": limits}]))
-    ctx = Context(LIB, "127.0.0.1", "/var/log/azure", config=Config())
+    ctx = Context(LIB, "127.0.0.1", "/var/log/azure", cgroups=configurator)
     return Handler(ctx, NAME, VERSION), record
 
 
-def test_disabled_cgroups_run_the_command_directly(tmp_root, stand_ins, configurator):
-    handler, record = _handler(tmp_root)
+def test_disabled_cgroups_run_the_command_directly(tmp_root, stand_ins):
+    c = cgroups.CGroupConfigurator({"Debug.CgroupLogMetrics": False})
+    handler, record = _handler(tmp_root, c)
     handler.install()
     handler.enable(None)
     assert record.read_text().split() == ["install", "enable"]
     assert stand_ins.calls() == []  # neither systemd-run nor systemctl was asked
-    assert not cgroups.get_configurator().extensions_enabled
+    assert not c.extensions_enabled
 
 
-def test_enabled_cgroups_start_commands_in_a_scope_of_the_extension_slice(tmp_root, stand_ins, configurator):
-    _forced_enabled()
-    handler, record = _handler(tmp_root)
+def test_enabled_cgroups_start_commands_in_a_scope_of_the_extension_slice(tmp_root, stand_ins):
+    handler, record = _handler(tmp_root, _forced_enabled())
     handler.install()
     calls = stand_ins.calls()
     # install: the slice gets accounting + the manifest's quota, the service its quota, then the scope
@@ -144,9 +134,9 @@ def test_enabled_cgroups_start_commands_in_a_scope_of_the_extension_slice(tmp_ro
     assert record.read_text().split() == ["install", "enable", "uninstall"]
 
 
-def test_a_failing_extension_is_not_retried(tmp_root, stand_ins, configurator):
+def test_a_failing_extension_is_not_retried(tmp_root, stand_ins):
     c = _forced_enabled()
-    handler, record = _handler(tmp_root)
+    handler, record = _handler(tmp_root, c)
     (tmp_root / "record.fail-enable").write_text("")
     with pytest.raises(ExtensionError) as info:
         handler.enable(None)
@@ -155,9 +145,9 @@ def test_a_failing_extension_is_not_retried(tmp_root, stand_ins, configurator):
     assert c.extensions_enabled
 
 
-def test_systemd_run_failure_disables_cgroups_and_runs_directly(tmp_root, stand_ins, configurator):
+def test_systemd_run_failure_disables_cgroups_and_runs_directly(tmp_root, stand_ins):
     c = _forced_enabled()
-    handler, record = _handler(tmp_root)
+    handler, record = _handler(tmp_root, c)
     stand_ins.fail.write_text("")
     handler.enable(None)  # succeeds: the second, direct run
     assert record.read_text().split() == ["enable"]
