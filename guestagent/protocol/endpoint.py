@@ -18,6 +18,7 @@ from guestagent import log
 from guestagent.conf import Config
 from guestagent.errors import AgentError, DhcpError, NetworkError, ProtocolNotFoundError
 from guestagent.osutil import dhcpprobe, system
+from guestagent.osutil.osrelease import distro as os_distro
 from guestagent.protocol.dhcp import (
     DhcpReply,
     build_discover,
@@ -104,8 +105,6 @@ class DhcpHelper:
         self.endpoint: Optional[str] = None
         self.reply: Optional[DhcpReply] = None
         if distro is None:
-            from guestagent.osutil.osrelease import distro as os_distro
-
             d = os_distro()
             distro = (d[0], d[1])
         self.distro = distro

@@ -68,8 +68,13 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("guestagent/protocol/cms.py", "cryptography.hazmat.primitives.serialization"): CRYPTO,
     ("guestagent/protocol/cms.py", "cryptography.hazmat.decrepit.ciphers.algorithms"): CRYPTO,
     ("guestagent/protocol/cms.py", "asn1crypto"): CRYPTO,
-    ("guestagent/protocol/endpoint.py", "guestagent.protocol.dhcp"): "DHCP only when the endpoint is not known "
-                                                                     "(the ext-handler child reads it from a file)",
+    ("guestagent/protocol/endpoint.py", "guestagent.osutil.network"): "pyroute2 only in the daemon's discovery "
+                                                                      "(netlink in short-lived steps, issue 12)",
+    ("guestagent/protocol/xml.py", "lxml"): "libxml2 mapped at the first parse: the certificates helper imports "
+                                            "this module and parses nothing",
+    ("guestagent/osutil/system.py", "guestagent.osutil.processes"): "psutil only when a command times out",
+    ("guestagent/protocol/http.py", "guestagent.osutil.processes"): "psutil only when the first request names "
+                                                                    "the goal-state agent",
     ("guestagent/protocol/http.py", "http.client"): "TLS only for an https URL (never the fabric): ssl and "
                                                     "http.client stay out of the child",
     ("guestagent/protocol/http.py", "ssl"): "see http.client",
