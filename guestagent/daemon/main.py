@@ -28,7 +28,8 @@ from guestagent.daemon.supervisor import (
     Supervisor,
     encode_settings,
 )
-from guestagent.osutil import distro_info, processes, system
+from guestagent.osutil import processes, system
+from guestagent.osutil.osrelease import distro_info
 from guestagent.protocol.wire import make_transport_cert
 from guestagent.provisioning.handler import provision
 from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION

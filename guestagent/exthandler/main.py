@@ -28,7 +28,8 @@ from guestagent.exthandler.context import ThreadContext
 from guestagent.exthandler.extensions.manager import ExtensionsManager
 from guestagent.exthandler.monitor import AgentMemoryCheck
 from guestagent.exthandler.remoteaccess import RemoteAccessHandler
-from guestagent.osutil import distro_info, processes, system
+from guestagent.osutil import processes, system
+from guestagent.osutil.osrelease import distro_info
 from guestagent.osutil.processes import pid_alive
 from guestagent.periodic import PeriodicThread
 from guestagent.protocol.goalstate import GoalState

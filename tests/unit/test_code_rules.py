@@ -32,6 +32,8 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("guestagent/cli.py", "guestagent.conf"): CLI,
     ("guestagent/cli.py", "guestagent.log"): CLI,
     ("guestagent/cli.py", "guestagent.osutil.system"): CLI,
+    ("guestagent/cli.py", "guestagent.osutil.root"): CLI,
+    ("guestagent/cli.py", "guestagent.osutil.osrelease"): CLI,
     ("guestagent/cli.py", "importlib"): CLI,
     ("guestagent/cli.py", "importlib.util"): CLI,
     ("guestagent/cli.py", "traceback"): CLI,

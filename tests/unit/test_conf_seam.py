@@ -5,13 +5,13 @@ and no module restates a default or reads an option by its key."""
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 from guestagent import conf
 from guestagent.exthandler import cgroups, logcollector, monitor, telemetry
+from guestagent.exthandler.context import ThreadContext
 from guestagent.exthandler.main import ExtHandler
 
 PACKAGE = Path(__file__).resolve().parents[2] / "guestagent"
@@ -25,29 +25,25 @@ def _operation(ops, name):
 def test_configured_zero_goal_state_and_memory_check_periods_are_honoured():
     config = conf.parse("Extensions.GoalStatePeriod=0\nDebug.CgroupCheckPeriod=0\n")
     assert ExtHandler(None, config).period == 0
-    assert monitor.AgentMemoryCheck(config).period == 0
+    assert monitor.AgentMemoryCheck(config, cgroups.CGroupConfigurator(config), "/var/lib/waagent").period == 0
 
 
 def test_configured_zero_etp_collection_period_is_honoured(tmp_root):
-    ctx = SimpleNamespace(lib_dir="/var/lib/waagent", protocol=None, config=conf.parse("Debug.EtpCollectionPeriod=0\n"))
+    config = conf.parse("Debug.EtpCollectionPeriod=0\n")
+    ctx = ThreadContext(config, None, "/var/lib/waagent", threading.Event(), cgroups.CGroupConfigurator(config))
     assert _operation(telemetry.collect_operations(ctx), "ProcessExtensionEvents").period == 0
 
 
-@pytest.fixture
-def enabled_cgroups():
-    fake = SimpleNamespace(enabled=True, using_v2=True, initialize=lambda: None)
-    cgroups.set_configurator(fake)  # type: ignore[arg-type]
-    yield fake
-    cgroups.set_configurator(None)
+def _log_ctx(config: conf.Config) -> ThreadContext:
+    enabled = SimpleNamespace(enabled=True, using_v2=True, initialize=lambda: None)
+    return ThreadContext(config, None, "/var/lib/waagent", threading.Event(), enabled)  # type: ignore[arg-type]
 
 
-def test_configured_zero_log_collector_delay_and_period_are_honoured(tmp_root, enabled_cgroups):
-    ctx = SimpleNamespace(lib_dir="/var/lib/waagent", protocol=None,
-                          config=conf.parse("Logs.CollectPeriod=0\nDebug.LogCollectorInitialDelay=0\n"))
+def test_configured_zero_log_collector_delay_and_period_are_honoured(tmp_root):
+    ctx = _log_ctx(conf.parse("Logs.CollectPeriod=0\nDebug.LogCollectorInitialDelay=0\n"))
     op = _operation(logcollector.operations(ctx), "CollectLogs")
     assert (op.period, op.initial_delay) == (0, 0)
-    defaults = _operation(logcollector.operations(SimpleNamespace(**{**vars(ctx), "config": conf.Config()})),
-                          "CollectLogs")
+    defaults = _operation(logcollector.operations(_log_ctx(conf.Config())), "CollectLogs")
     assert (defaults.period, defaults.initial_delay) == (3600, 300)  # the option table's defaults
 
 
