@@ -63,6 +63,8 @@ class WALAEventOperation:
     GoalState = "GoalState"
     GoalStateCertificates = "GoalStateCertificates"
     GoalStateUnsupportedFeatures = "GoalStateUnsupportedFeatures"
+    #: Not upstream's (it does not watch the GPA): the monitor's Guest Proxy Agent health changes.
+    GuestProxyAgentHealth = "GuestProxyAgentHealth"
     HealthCheck = "HealthCheck"
     HealthObservation = "HealthObservation"
     HeartBeat = "HeartBeat"

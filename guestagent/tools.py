@@ -12,6 +12,7 @@ COMMANDS = {
     "fabric": ("guestagent.fabric.cli", "Run the fabric emulator (WireServer, HostGAPlugin, IMDS) or show what it saw"),
     "lab": ("guestagent.lab.main", "Run the real daemon against the fabric in a throwaway sandbox (root)"),
     "ext-test": ("guestagent.kit.main", "Run an extension handler folder through its whole lifecycle"),
+    "doctor": ("guestagent.doctor.main", "Diagnose this VM like support would (read-only; --json for tools)"),
 }
 
 USAGE = "usage: guestagent {" + ",".join(COMMANDS) + ",version} [args...]\n\n" + "\n".join(

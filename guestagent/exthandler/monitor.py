@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from guestagent import events, log
 from guestagent.conf import Config
 from guestagent.exthandler.cgroups import CGroupConfigurator
-from guestagent.osutil import processes
+from guestagent.osutil import gpa, processes
 from guestagent.periodic import Operation
 from guestagent.protocol import activity
 from guestagent.protocol.http import take_io_error_counts
@@ -194,6 +194,37 @@ class NetworkConfiguration:
             self.nics = nics
 
 
+class GpaHealth:
+    """The Guest Proxy Agent's health from its status.json: logged and sent as an event when it changes
+    (the first reading counts as a change only when the GPA is there), never otherwise. An absent file
+    is "not installed", not an error."""
+
+    def __init__(self, lib_dir: Optional[str] = None, path: str = gpa.STATUS_FILE):
+        self.lib_dir = lib_dir
+        self.path = path
+        #: The last state reported: None before the first reading, "" while the GPA is absent.
+        self.last: Optional[str] = None
+        self.changes = 0
+
+    def run(self) -> None:
+        status = gpa.read_status(self.path)
+        state = "" if status is None else status.summary()
+        if state == self.last or (self.last is None and status is None):
+            self.last = state
+            return
+        self.last = state
+        self.changes += 1
+        if status is None:
+            message = f"Guest Proxy Agent status is gone ({self.path} removed)"
+            healthy = False
+        else:
+            healthy = status.healthy
+            message = f"Guest Proxy Agent is {'healthy' if healthy else 'unhealthy'}: {state}"
+        (log.info if healthy else log.warn)("{0}", message)
+        events.add_event(events.WALAEventOperation.GuestProxyAgentHealth, is_success=healthy, message=message,
+                         log_event=False, lib_dir=self.lib_dir)
+
+
 IMDS_FIELDS_RETRY_MIN = 15.0
 IMDS_FIELDS_RETRY_MAX = 3600.0
 MEMORY_CHECK_FIRST_DELAY = 5 * 60.0
@@ -301,6 +332,7 @@ def operations(ctx: ThreadContext) -> list[Operation]:
         health = HealthSignals(ctx.protocol, imds, ctx.lib_dir)
         ctx.health_signals = health
         ops.append(Operation("SendHealthSignals", health.run, HEALTH_PERIOD, initial_delay=HEALTH_PERIOD))
+    ops.append(Operation("ReportGuestProxyAgentHealth", GpaHealth(ctx.lib_dir).run, HEALTH_PERIOD))
     network = NetworkConfiguration()
     if config.monitor_network_configuration_changes:
         ops.append(Operation("ReportNetworkConfigurationChanges", network.run, NETWORK_CONFIG_PERIOD))

@@ -19,10 +19,11 @@ from guestagent import events, log
 from guestagent.cli import CliArgs
 from guestagent.conf import Config
 from guestagent.errors import AgentError, ProtocolError, ProvisionError
-from guestagent.osutil import distros, system
+from guestagent.osutil import distros, kvp, system
 from guestagent.protocol import wire
 from guestagent.provisioning import cloudinit, marker
 from guestagent.provisioning.deprovision import run_changed_unique_id
+from guestagent.version import AGENT_NAME, AGENT_VERSION
 
 if TYPE_CHECKING:  # ovfenv loads minidom: only a daemon that provisions imports it
     from guestagent.provisioning.ovfenv import OvfEnv
@@ -130,6 +131,15 @@ class _Flow:
             self.report_ready()
         return True
 
+    def report_to_host(self, reason: Optional[str] = None) -> None:
+        """The KVP provisioning report (an extension; best effort: never fails provisioning)."""
+        try:
+            vm_id = marker.get_instance_id()
+        except (AgentError, OSError, ValueError, IndexError) as e:
+            log.info("KVP: no VM id for the provisioning report: {0}", e)
+            vm_id = ""
+        kvp.report_provisioning(f"{AGENT_NAME}/{AGENT_VERSION}", vm_id, reason)
+
     def handle_provision_guest_agent(self, value: str) -> None:
         self.event(value, is_success=True, op="ProvisionGuestAgent")
         if value and value.lower() == "false":
@@ -179,6 +189,7 @@ class AgentFlow(_Flow):
             self.write_provisioned()
             self.event(f"Provisioning succeeded ({_uptime()}s)", is_success=True, duration=_elapsed_ms(start))
             self.handle_provision_guest_agent(ovf.provision_guest_agent)
+            self.report_to_host()
             self.report_ready()
             log.info("Provisioning complete")
             self.result.ok = True
@@ -186,6 +197,7 @@ class AgentFlow(_Flow):
             msg = f"Provisioning failed: {e} ({_uptime()}s)"
             log.error("{0}", msg)
             self.result.error = str(e)
+            self.report_to_host(str(e))
             self.report_not_ready("ProvisioningFailed", str(e))
             self.event(msg)
         return self.result

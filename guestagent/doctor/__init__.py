@@ -1,0 +1,1 @@
+"""``guestagent doctor``: support's first questions about this VM, answered by one read-only command."""
