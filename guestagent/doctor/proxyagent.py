@@ -48,6 +48,11 @@ def check_status(ctx: DoctorContext) -> list[Finding]:
     if status.error:
         return [Finding("gpa.status", FAIL, f"{gpa.STATUS_FILE}: {status.error}", "the GPA's state is unknown",
                         f"systemctl status {gpa.SERVICE}; read {gpa.LOG_DIR}/")]
+    age = ctx.now - system.path(gpa.STATUS_FILE).stat().st_mtime
+    if age > max(ctx.stale_after, 5 * gpa.REWRITE_PERIOD):
+        return [Finding("gpa.status", FAIL, f"{gpa.STATUS_FILE} not rewritten for {int(age)} s "
+                        f"(last: {status.summary()})", "the GPA rewrites it every minute: it is hung or stopped",
+                        f"systemctl status {gpa.SERVICE}; read {gpa.LOG_DIR}/")]
     if status.healthy:
         return [Finding("gpa.status", OK, status.summary())]
     out = []

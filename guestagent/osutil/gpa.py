@@ -5,8 +5,11 @@ Facts (the GPA troubleshooting guide): the service is ``azure-proxy-agent.servic
 status to ``/var/log/azure-proxy-agent/status.json``: healthy is ``proxyAgentStatus`` "SUCCESS" and
 ``keyLatchStatus``, ``ebpfProgramStatus``, ``proxyListenerStatus`` "RUNNING" (each a ``status`` and a
 ``message``). It needs Linux ≥ 5.15 (eBPF) and cgroup v2 listed in /proc/filesystems and mounted (it
-hooks ``cgroup/connect4``). Where the overall status sits in the file is not in the guide: the reader
-accepts it at the top level or under ``proxyAgentStatus``'s own object, as a string or a ``status``.
+hooks ``cgroup/connect4``). The file's layout (Azure/GuestProxyAgent's source): ``{"timestamp",
+"proxyAgentStatus": {"version", "status": "SUCCESS"|"ERROR", "monitorStatus", "keyLatchStatus",
+"ebpfProgramStatus", "proxyListenerStatus", "telemetryLoggerStatus", "proxyConnectionsCount"},
+"proxyConnectionSummary", "failedAuthenticateSummary"}``, rewritten every minute. The reader also
+accepts the fields at the top level (the guide shows them without their nesting).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ OVERALL_HEALTHY = "SUCCESS"
 COMPONENTS = ("keyLatchStatus", "ebpfProgramStatus", "proxyListenerStatus")
 COMPONENT_HEALTHY = "RUNNING"
 MIN_KERNEL = (5, 15)
+#: The GPA rewrites status.json every minute.
+REWRITE_PERIOD = 60.0
 #: Messages are the GPA's own text (verifier dumps run to kilobytes): logs and events keep this much.
 MESSAGE_CHARS = 300
 

@@ -76,9 +76,12 @@ def provisioning_report(agent: str, vm_id: str, reason: Optional[str] = None,
                           f"timestamp={stamp}", f"documentation_url={DOCUMENTATION_URL}"])
 
 
-def _boot_time() -> float:
-    uptime = (system.read_text("/proc/uptime", default="0") or "0").split()[0]
-    return time.time() - float(uptime)
+def _boot_time() -> Optional[float]:
+    """None when the uptime is unknown: then nothing is truncated (losing records is worse)."""
+    try:
+        return time.time() - float((system.read_text("/proc/uptime", default="") or "").split()[0])
+    except (IndexError, ValueError):
+        return None
 
 
 class KvpPool:
@@ -93,8 +96,9 @@ class KvpPool:
             return
         self._checked = True
         target = system.path(self.path)
+        boot = _boot_time()
         try:
-            if target.stat().st_mtime < _boot_time():
+            if boot is not None and target.stat().st_mtime < boot:
                 with open(target, "wb"):
                     pass
         except FileNotFoundError:

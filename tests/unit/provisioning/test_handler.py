@@ -13,7 +13,7 @@ import pytest
 
 from guestagent import conf as confmod
 from guestagent.errors import ProvisionError
-from guestagent.osutil import distros
+from guestagent.osutil import distros, kvp
 from guestagent.provisioning import handler, marker
 from tests.conftest import TESTDATA
 
@@ -209,3 +209,23 @@ def test_only_keys_by_thumbprint_make_provisioning_need_certificates():
     assert not handler.needs_certificates(OvfEnv("1.0", "h", "u", ssh_pubkeys=[by_value]))
     assert handler.needs_certificates(OvfEnv("1.0", "h", "u", ssh_pubkeys=[by_value, by_thumbprint]))
     assert handler.needs_certificates(OvfEnv("1.0", "h", "u", ssh_keypairs=[KeyPair("/home/u/.ssh/id_rsa", "AB")]))
+
+
+def test_a_failure_is_reported_to_the_host_over_kvp(env):
+    root, rec, detect, _ = env
+    (root / "proc").mkdir()
+    (root / "proc/uptime").write_text("100.0 1.0\n")
+    (root / "var/lib/hyperv").mkdir(parents=True)
+    result = handler.run_handler(cfg("Provisioning.Agent=waagent\n"), detect=detect)
+    assert not result.ok
+    (key, value), = kvp.read_pool(kvp.POOL_FILE)
+    assert key == "PROVISIONING_REPORT"
+    assert value.startswith("result=error|") and "reason=[ProtocolError] [CopyOvfEnv] Error mounting dvd" in value
+    assert "|agent=WALinuxAgent/2.15.0.1|" in value and f"|vm_id={VMID}|" in value
+
+
+def test_an_unwritable_kvp_pool_never_fails_provisioning_reports(env):
+    root, rec, detect, _ = env
+    (root / "var/lib/hyperv/.kvp_pool_1").mkdir(parents=True)  # writing it fails
+    result = handler.run_handler(cfg("Provisioning.Agent=waagent\n"), detect=detect)
+    assert not result.ok and rec.reports[-1][1] == "ProvisioningFailed"
