@@ -159,7 +159,7 @@ def test_no_recorded_endpoint_sends_nothing_and_says_so(root):
 
 def test_render_and_exit_codes():
     good = [Finding("a", OK, "fine")]
-    bad = good + [Finding("b", FAIL, "broken", "it matters", "fix it")]
+    bad = [*good, Finding("b", FAIL, "broken", "it matters", "fix it")]
     assert exit_code(good) == 0 and exit_code(bad) == 1
     text = render_text(bad)
     assert "[FAIL] b: broken\n       why: it matters\n       do:  fix it" in text and "1 problem(s) found" in text

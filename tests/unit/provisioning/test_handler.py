@@ -212,7 +212,7 @@ def test_only_keys_by_thumbprint_make_provisioning_need_certificates():
 
 
 def test_a_failure_is_reported_to_the_host_over_kvp(env):
-    root, rec, detect, _ = env
+    root, _rec, detect, _ = env
     (root / "proc").mkdir()
     (root / "proc/uptime").write_text("100.0 1.0\n")
     (root / "var/lib/hyperv").mkdir(parents=True)
