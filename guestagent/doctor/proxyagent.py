@@ -18,6 +18,7 @@ CLOUD_INIT_GPA_AWARE = (24, 3)
 KEY_RESET = ("reset the key: apply a new, strictly increasing ProxyAgentSettings.KeyIncarnationId to the VM "
              "model (PUT); the GPA then acquires a new key by itself")
 OPT_OUT_UPGRADE = "opt out of MSP, move to a newer image (kernel >= 5.15), then enable MSP again"
+OPT_OUT_UPDATE = "opt out of MSP, update to the latest OS version, then enable MSP again"
 CGROUP2_MOUNT = ("mount cgroup v2 by default: grubby --update-kernel=ALL "
                  "--args=\"systemd.unified_cgroup_hierarchy=1\", then reboot")
 
@@ -28,7 +29,7 @@ def _remedy(comp: gpa.Component) -> tuple[str, str]:
     if comp.name == "ebpfProgramStatus":
         if "bpf_link_create" in msg or "attach" in msg.lower():
             return ("the GPA cannot attach its cgroup/connect4 program: cgroup v2 is not mounted",
-                    CGROUP2_MOUNT + " (if 'nodev cgroup2' is missing from /proc/filesystems: " + OPT_OUT_UPGRADE + ")")
+                    CGROUP2_MOUNT + " (if 'nodev cgroup2' is missing from /proc/filesystems: " + OPT_OUT_UPDATE + ")")
         return ("the kernel rejected the GPA's eBPF program (it needs Linux >= 5.15)", OPT_OUT_UPGRADE)
     if comp.name == "keyLatchStatus":
         return ("the GPA could not acquire its key: the platform no longer offers it (disk moved to another VM, "
@@ -96,7 +97,7 @@ def check_prerequisites(ctx: DoctorContext) -> list[Finding]:
     mounts = gpa.cgroup2_mounts(system.read_text("/proc/self/mountinfo", default="") or "")
     if not listed:
         out.append(Finding("gpa.cgroup2", need, "'nodev cgroup2' not in /proc/filesystems",
-                           "the GPA hooks cgroup/connect4, which needs cgroup v2", OPT_OUT_UPGRADE))
+                           "the GPA hooks cgroup/connect4, which needs cgroup v2", OPT_OUT_UPDATE))
     elif not mounts:
         out.append(Finding("gpa.cgroup2", need, "cgroup v2 supported but not mounted",
                            "the GPA cannot attach its program (bpf_link_create fails)", CGROUP2_MOUNT))

@@ -9,10 +9,14 @@ the table; the sandbox tests assert it).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from guestagent.osutil import gpa
+
+if TYPE_CHECKING:  # the sandbox is only ever passed in
+    from guestagent.lab.sandbox import Sandbox
 
 RUNNING = {"status": "RUNNING", "message": "running"}
 #: The verifier dump the guide shows for an old kernel, shortened.
@@ -65,4 +69,65 @@ def shape(name: str) -> GpaShape:
     raise KeyError(f"unknown GPA shape {name!r}; known: {', '.join(s.name for s in GPA_SHAPES)}")
 
 
-STATUS_FILE = gpa.STATUS_FILE
+#: Faults beyond the GPA shapes, with the doctor's check and line fragment.
+OTHER_FAULTS = {
+    "firewall-rule": ("firewall", "WireServer rules"),
+    "stale-status": ("status", "stale after"),
+    "unreachable": ("endpoint", "unreachable"),
+}
+FAULTS = tuple(s.name for s in GPA_SHAPES) + tuple(OTHER_FAULTS)
+#: The stale-status fault freezes the ext-handler this long and runs the doctor with a shorter threshold.
+STALE_SECONDS = 3
+FABRIC_FAULT = ("import sys, urllib.request as u\n"
+                "r = u.Request('http://' + sys.argv[1] + '/fabric/faults', data=sys.argv[2].encode(), method='POST')\n"
+                "u.urlopen(r, timeout=10).read()\n")
+
+
+def child_pid(sb: Sandbox) -> Optional[int]:
+    pids = [p for p, cmd in sb.processes() if "-run-exthandlers" in cmd]
+    return pids[-1] if pids else None
+
+
+def expected(name: str) -> tuple[str, str]:
+    """(check, line fragment) the doctor must report for fault ``name``."""
+    if name in OTHER_FAULTS:
+        return OTHER_FAULTS[name]
+    s = shape(name)
+    return s.check, s.expect
+
+
+def run_doctor(sb: Sandbox, interpreter: str, fault: Optional[str], wire_host: str, firewall_tool: Optional[str],
+               json_output: bool = False) -> tuple[int, str]:
+    """Inject ``fault`` (None: none) into the sandbox, run ``guestagent doctor`` inside, undo what must be
+    undone (a frozen ext-handler is thawed); returns (exit code, output)."""
+    argv = [interpreter, "-m", "guestagent.tools", "doctor", *(["--json"] if json_output else [])]
+    frozen = None
+    if fault is None:
+        pass
+    elif fault in {s.name for s in GPA_SHAPES}:
+        sb.write_file(gpa.STATUS_FILE, shape(fault).text)
+    elif fault == "firewall-rule":
+        if firewall_tool == "iptables":
+            sb.run(["iptables", "-w", "-t", "security", "-D", "OUTPUT", "-d", f"{wire_host}/32", "-p", "tcp", "-m",
+                    "conntrack", "--ctstate", "INVALID,NEW", "-j", "DROP"])
+        elif firewall_tool == "nft":
+            sb.run(["nft", "delete", "table", "ip", "walinuxagent"])
+        else:
+            raise ValueError("no firewall tool on this host: no rule to remove")
+    elif fault == "stale-status":
+        frozen = child_pid(sb)
+        if frozen is None:
+            raise ValueError("no ext-handler to freeze")
+        sb.run(["kill", "-STOP", str(frozen)])
+        time.sleep(STALE_SECONDS)
+        argv += ["--stale-after", str(STALE_SECONDS - 1)]
+    elif fault == "unreachable":
+        sb.run([interpreter, "-c", FABRIC_FAULT, wire_host, json.dumps({"kind": "versions", "reset": True, "count": 0})])
+    else:
+        raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+    try:
+        res = sb.run(argv, check=False, timeout=120)
+    finally:
+        if frozen is not None:
+            sb.run(["kill", "-CONT", str(frozen)], check=False)
+    return res.returncode, res.stdout + res.stderr

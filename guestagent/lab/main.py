@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from guestagent.lab import resourcedisk
+from guestagent.lab import doctorfaults, resourcedisk
 from guestagent.lab import summary as summ
 from guestagent.lab.image import (
     IMDS_HOST,
@@ -65,8 +65,11 @@ class LabFailure(Exception):
 class Lab:
     def __init__(self, scenario: str, *, keep: bool = False, timeout: float = 300.0, until: str = "extensions",
                  verbose: bool = False, out: Any = None, resource_disk_mb: Optional[int] = None,
-                 swap_mb: Optional[int] = None):
+                 swap_mb: Optional[int] = None, doctor: bool = False, fault: Optional[str] = None):
         self.scenario_arg = scenario
+        #: Run `guestagent doctor` inside once the run succeeded, after injecting ``fault`` (if any).
+        self.doctor = doctor or fault is not None
+        self.fault = fault
         self.resource_disk_mb = resource_disk_mb   # None: the scenario's "lab" object, else the default
         self.swap_mb = swap_mb
         self.keep = keep
@@ -296,6 +299,8 @@ class Lab:
                 if self._done(sb, scenario):
                     ok = True
                     self.result = f"success: {self.until} reached"
+                    if self.doctor:
+                        self._run_doctor(sb)
                     break
                 if self.daemon.poll() is not None:
                     raise LabFailure(f"the daemon exited with code {self.daemon.returncode}")
@@ -326,6 +331,13 @@ class Lab:
                 self.sb.close()
             shutil.rmtree(workdir, ignore_errors=True)
         return 0 if ok else 1
+
+    def _run_doctor(self, sb: Sandbox) -> None:
+        """`guestagent doctor` inside the sandbox (after the fault, if one was asked for); its report printed."""
+        code, output = doctorfaults.run_doctor(sb, interpreter(), self.fault, WIRE_HOST, self.firewall)
+        what = f"after fault {self.fault!r}" if self.fault else "on the healthy sandbox"
+        print(f"\nguestagent doctor {what} (exit {code}):\n{output}", file=self.out, flush=True)
+        self.result += f"; doctor exit {code}"
 
     def _summarise(self, sb: Sandbox, passwd_before: str) -> None:
         changes = summ.agent_changes(sb.change_set())
@@ -405,6 +417,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--swap-mb", type=int, default=None, metavar="N",
                    help="ResourceDisk.EnableSwap=y with SwapSizeMB=N on the resource disk; 0: no swap (default: the "
                         "scenario's lab.swap_mb, else 0)")
+    p.add_argument("--doctor", action="store_true", help="run `guestagent doctor` inside once the run succeeded")
+    p.add_argument("--fault", choices=doctorfaults.FAULTS, metavar="NAME",
+                   help="inject a fault the doctor must name, then run it: " + ", ".join(doctorfaults.FAULTS))
     args = p.parse_args(list(argv) if argv is not None else None)
     if os.geteuid() != 0:
         print("guestagent lab needs root: it builds a namespace sandbox (mounts, loop devices, its own network); "
@@ -412,7 +427,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return Lab(args.scenario, keep=args.keep, timeout=args.timeout, until=args.until, verbose=args.verbose,
-                   resource_disk_mb=args.resource_disk_mb, swap_mb=args.swap_mb).run()
+                   resource_disk_mb=args.resource_disk_mb, swap_mb=args.swap_mb, doctor=args.doctor,
+                   fault=args.fault).run()
     except SandboxUnavailable as e:
         print(f"guestagent lab: {e}", file=sys.stderr)
         return 2

@@ -8,26 +8,42 @@ monitor's GPA health line and event. One sandbox, one daemon, the faults in turn
 from __future__ import annotations
 
 import json
-import time
+import os
+import subprocess
+import sys
+from typing import Optional
 
 import pytest
 
+from guestagent.lab import doctorfaults
 from guestagent.lab import main as lab
 from guestagent.lab.doctorfaults import GPA_SHAPES, shape
-from guestagent.lab.sandbox import SandboxUnavailable, interpreter
+from guestagent.lab.sandbox import SandboxUnavailable, interpreter, project_root
 from guestagent.osutil import gpa, kvp
 from tests.sandbox.test_daemon import Agent
 
 pytestmark = pytest.mark.sandbox
 
 
-def doctor(agent: Agent, *args: str) -> tuple[int, dict, str]:
-    """Run the doctor inside: (exit code, --json document, text report)."""
-    res = agent.sb.run([interpreter(), "-m", "guestagent.tools", "doctor", "--json", *args], check=False, timeout=60)
-    text = agent.sb.run([interpreter(), "-m", "guestagent.tools", "doctor", *args], check=False, timeout=60).stdout
-    print(text)
-    assert res.returncode in (0, 1), res.stderr
-    return res.returncode, json.loads(res.stdout), text
+def doctor(agent: Agent, fault: Optional[str] = None) -> tuple[int, dict]:
+    """Inject ``fault`` as the lab does and run the doctor inside: (exit code, its --json document)."""
+    code, out = doctorfaults.run_doctor(agent.sb, interpreter(), fault, lab.WIRE_HOST, lab.firewall_tool(),
+                                        json_output=True)
+    assert code in (0, 1), out
+    doc = json.loads(out)
+    print(fault, json.dumps([f for f in doc["findings"] if f["level"] != "ok"], indent=1))
+    return code, doc
+
+
+def assert_named(agent: Agent, fault: str) -> dict:
+    """The doctor names ``fault`` on its check's line (exit 1 unless the fault is the healthy GPA)."""
+    check, fragment = doctorfaults.expected(fault)
+    code, doc = doctor(agent, fault)
+    assert code == 1 or fault == "gpa-healthy"
+    f = finding(doc, check)
+    assert fragment in f["found"] + f["why"] + f["todo"], (fault, f)
+    assert (f["level"] == "ok") == (fault == "gpa-healthy"), (fault, f)
+    return doc
 
 
 def finding(doc: dict, check: str) -> dict:
@@ -70,47 +86,34 @@ def test_doctor_clean_then_names_each_injected_fault(agent):
 
     # each GPA shape → its check and remedy
     for s in GPA_SHAPES:
-        sb.write_file(gpa.STATUS_FILE, s.text)
-        code, doc, _ = doctor(agent)
-        f = finding(doc, s.check)
-        assert s.expect in f["found"] + f["why"] + f["todo"], (s.name, f)
-        assert (f["level"] == "ok") == (s.name == "gpa-healthy")
+        assert_named(agent, s.name)
     sb.run(["rm", "-rf", gpa.LOG_DIR])
 
     # healthy: a clean report, exit 0
-    code, doc, text = doctor(agent)
-    assert code == 0 and not problems(doc), text
+    code, doc = doctor(agent)
+    assert code == 0 and not problems(doc), problems(doc)
     for check in ("processes", "endpoint", "hostgaplugin", "clock", "firewall", "goal-state", "status",
                   "provisioning.marker"):
-        assert finding(doc, check)["level"] == "ok", (check, text)
-    assert "no problems found" in text
+        assert finding(doc, check)["level"] == "ok", (check, doc)
 
-    # a missing firewall rule
-    if lab.firewall_tool() == "iptables":
-        sb.run(["iptables", "-t", "security", "-D", "OUTPUT", "-d", f"{lab.WIRE_HOST}/32", "-p", "tcp", "-m",
-                "conntrack", "--ctstate", "INVALID,NEW", "-j", "DROP", "-w"])
-        code, doc, _ = doctor(agent)
-        f = finding(doc, "firewall")
-        assert code == 1 and f["level"] == "fail" and "WireServer rules incomplete" in f["found"] and "DROP" in f["found"]
-    elif lab.firewall_tool() == "nft":
-        sb.run(["nft", "delete", "table", "ip", "walinuxagent"])
-        code, doc, _ = doctor(agent)
-        assert code == 1 and "no nft rules" in finding(doc, "firewall")["found"]
-
-    # a stale status: the ext-handler frozen
-    agent.kill(child, "STOP")
-    try:
-        time.sleep(3)
-        code, doc, _ = doctor(agent, "--stale-after", "2")
-        assert code == 1
-        assert finding(doc, "status")["level"] == "fail" and "stale after 2 s" in finding(doc, "status")["found"]
-        assert f"ext-handler: pid {child} is stopped" in finding(doc, "processes")["found"]
-    finally:
-        agent.kill(child, "CONT")
-
-    # an unreachable WireServer (the fabric resets every versions call)
-    agent.fabric("POST", "faults", {"kind": "versions", "reset": True, "count": 0})
-    code, doc, _ = doctor(agent)
-    f = finding(doc, "endpoint")
-    assert code == 1 and f["level"] == "fail" and f"WireServer {lab.WIRE_HOST} unreachable" in f["found"]
+    if lab.firewall_tool() is not None:
+        doc = assert_named(agent, "firewall-rule")
+        assert finding(doc, "firewall")["level"] == "fail"
+    doc = assert_named(agent, "stale-status")
+    assert f"ext-handler: pid {child} is stopped" in finding(doc, "processes")["found"]
+    doc = assert_named(agent, "unreachable")
+    assert f"WireServer {lab.WIRE_HOST} unreachable" in finding(doc, "endpoint")["found"]
     assert finding(doc, "clock")["level"] == "skip"
+
+
+def test_lab_runs_the_doctor_after_a_fault():
+    """`guestagent lab --fault NAME`: the lab's own run, then the doctor's report naming the fault."""
+    env = dict(os.environ, PYTHONPATH=str(project_root()))
+    res = subprocess.run([sys.executable, "-m", "guestagent.tools", "lab", "--until", "status", "--resource-disk-mb",
+                          "0", "--timeout", "120", "--fault", "gpa-key-latch"], capture_output=True, text=True,
+                         timeout=300, env=env, check=False)
+    print(res.stdout[-4000:], res.stderr[-2000:])
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "guestagent doctor after fault 'gpa-key-latch' (exit 1):" in res.stdout
+    assert "[FAIL] gpa.keyLatchStatus: STOPPED: Failed to acquire key" in res.stdout
+    assert "lab success: status reached; doctor exit 1" in res.stdout
