@@ -17,6 +17,10 @@ from typing import Dict, List, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 MAX_BODY = 64 * 1024 * 1024
+#: The "huge" body fault: what it declares and sends.
+HUGE_BODY = 200 * 1024 * 1024
+#: The "trickle" body fault: seconds between two bytes.
+TRICKLE_DELAY = 1.0
 
 
 @dataclass
@@ -92,15 +96,37 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _serve
 
-    def _write(self, resp: Response, truncate: bool = False) -> None:
+    def _write(self, resp: Response, mode: Optional[str] = None) -> None:
+        """Send ``resp``; ``mode`` is a sending body fault (faults.SEND_MODES) or None."""
         self.send_response(resp.status)
         for name, value in resp.headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(resp.body)))
+        if mode == "endless":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            size = HUGE_BODY if mode == "huge" else len(resp.body)
+            self.send_header("Content-Length", str(size))
         self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(resp.body[: len(resp.body) // 2] if truncate else resp.body)
+        if self.command == "HEAD":
+            self.wfile.flush()
+        elif mode == "truncated":
+            self.wfile.write(resp.body[: len(resp.body) // 2])
+        elif mode == "huge":
+            block = resp.body + b" " * max(0, 1024 * 1024 - len(resp.body))
+            for sent in range(0, HUGE_BODY, len(block)):
+                self.wfile.write(block[: HUGE_BODY - sent])
+        elif mode == "endless":
+            chunk = b"%x\r\n%s\r\n" % (len(resp.body) or 1, resp.body or b" ")
+            while True:  # until the client goes away (OSError)
+                self.wfile.write(chunk)
+        elif mode == "trickle":
+            for i in range(len(resp.body)):
+                self.wfile.write(resp.body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(TRICKLE_DELAY)
+        else:
+            self.wfile.write(resp.body)
         self.wfile.flush()
 
     def reset(self) -> None:
