@@ -239,9 +239,11 @@ class _Deadline:
 
 
 class _Active(threading.local):
-    """The deadline of the exchange the current thread is making (read when its response is built)."""
+    """The exchange the current thread is making: its deadline (read when the response is built), and
+    whether its request went out on a kept connection."""
 
     deadline: Optional[_Deadline] = None
+    reused = False
 
 
 _active = _Active()
@@ -298,11 +300,16 @@ class _DeadlineResponse(http.client.HTTPResponse):
 
 
 class _DeadlineConnection:
-    """Mixed into urllib3's connections: the deadline-bound response, and sends bounded by the time left."""
+    """Mixed into urllib3's connections: the deadline-bound response, sends bounded by the time left, and
+    a note of whether the connection was already open (kept from an earlier exchange)."""
 
     response_class = _DeadlineResponse
     sock: Optional[socket.socket]
     timeout: Optional[float]
+
+    def request(self, *args: object, **kwargs: object) -> None:
+        _active.reused = self.sock is not None
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
     def send(self, data: bytes) -> None:
         deadline = _active.deadline
@@ -386,6 +393,30 @@ def _causes(error: BaseException) -> list[BaseException]:
     return seen
 
 
+def _closed_by_peer(error: BaseException) -> bool:
+    return any(isinstance(c, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) for c in _causes(error))
+
+
+def _open(method: str, url: str, body: Optional[bytes], headers: Mapping[str, str],
+          proxies: Optional[dict[str, str]], timeout: float, deadline: _Deadline) -> requests.Response:
+    """Send and read the response head. A kept connection the server closed meanwhile (its close crossed
+    our request) is not a failure of the server: the request goes again at once on a new connection, as
+    upstream's always-new connection would have carried it."""
+    def send() -> requests.Response:
+        _active.reused = False
+        return session().request(method, url, data=body, headers=headers, proxies=proxies, stream=True,
+                                 allow_redirects=False, timeout=(deadline.timeout(timeout), timeout))
+
+    try:
+        return send()
+    except requests.ConnectionError as e:
+        if not (_active.reused and _closed_by_peer(e)):
+            raise
+        log.verbose("[HTTP] {0} {1}: the kept connection was closed by the server; sending on a new one",
+                    method, log.redact(url))
+    return send()
+
+
 _RETRIED_PROTOCOL_ERRORS = (http.client.NotConnected, http.client.IncompleteRead,
                             http.client.ImproperConnectionState, http.client.BadStatusLine)
 
@@ -448,8 +479,7 @@ def send_once(method: str, url: str, body: Optional[bytes] = None, headers: Opti
     resp: Optional[requests.Response] = None
     _active.deadline = deadline
     try:
-        resp = session().request(method, url, data=body, headers=hdrs, proxies=proxies, stream=True,
-                                 allow_redirects=False, timeout=(deadline.timeout(timeout), timeout))
+        resp = _open(method, url, body, hdrs, proxies, timeout, deadline)
         data = _read_body(resp, kind, deadline, method, shown)
         return Response(resp.status_code, resp.reason or "", {k.lower(): v for k, v in resp.headers.items()},
                         data)

@@ -282,3 +282,20 @@ def test_the_default_port_is_left_out_of_the_host_header(monkeypatch):
     c.get("http://storage.invalid:8080/container/blob", use_proxy=True)
     assert "Host: storage.invalid\r\n" in s.heads[0] + "\r\n"
     assert "Host: storage.invalid:8080\r\n" in s.heads[1] + "\r\n"
+
+
+def test_a_kept_connection_closed_by_the_server_is_replaced_at_once():
+    """The server drops the kept connection when the next request arrives on it (its idle close crossing
+    our request): the request goes again on a new connection, with no back-off and no attempt lost."""
+    def answer(server, conn, head):
+        if server.connections == 1 and len(server.heads) == 2:
+            return False  # close without answering
+        server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    sleeps = []
+    client = http.HttpClient(sleep=sleeps.append)
+    s = Server(answer)
+    assert client.get(s.url).body == b"ok"
+    assert client.get(s.url, max_retry=1).body == b"ok"
+    assert s.connections == 2 and len(s.heads) == 3 and sleeps == []
