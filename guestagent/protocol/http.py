@@ -42,8 +42,10 @@ RETRY_CODES = (205, 206, 403, 500, 501, 502, 503, 504, 507, 429)
 THROTTLE_CODES = (403, 429, 503)
 HOST_PLUGIN_PORT = 32526
 KNOWN_WIRESERVER_IP = "168.63.129.16"
-#: Read size while streaming a body; also the longest status/header/chunk-size line accepted.
+#: Read size while streaming a body.
 CHUNK = 64 * 1024
+#: The longest line read (http.client asks for its 64 KiB limit + 1 to detect a longer one).
+LINE_CAP = 64 * 1024 + 1
 
 Sleep = Callable[[float], None]
 
@@ -275,7 +277,7 @@ class _LineCappedReader(io.BufferedReader):
     """urllib3 reads chunk-size and trailer lines with an unbounded readline(): cap every line."""
 
     def readline(self, size: Optional[int] = -1) -> bytes:
-        return super().readline(CHUNK if size is None or size < 0 else min(size, CHUNK))
+        return super().readline(LINE_CAP if size is None or size < 0 else min(size, LINE_CAP))
 
 
 class _DeadlineSocket:

@@ -299,3 +299,15 @@ def test_a_kept_connection_closed_by_the_server_is_replaced_at_once():
     assert client.get(s.url).body == b"ok"
     assert client.get(s.url, max_retry=1).body == b"ok"
     assert s.connections == 2 and len(s.heads) == 3 and sleeps == []
+
+
+def test_an_endless_header_line_is_http_clients_line_too_long(client):
+    def answer(server, conn, head):
+        server.send(conn, b"HTTP/1.1 200 OK\r\nX-Long: ")
+        while True:
+            server.send(conn, b"a" * 65536)
+
+    s = Server(answer)
+    with pytest.raises(HttpError, match="HttpException LineTooLong"):
+        client.get(s.url)
+    assert s.connections == 1  # a protocol error upstream does not retry
