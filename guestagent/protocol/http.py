@@ -427,14 +427,20 @@ def _classify(error: BaseException, method: str, shown: str) -> Exception:
     """Upstream's handling: http.client's retryable errors retried, its other protocol errors final,
     socket errors (I/O errors) retried and counted."""
     causes = _causes(error)
-    root = next((c for c in reversed(causes) if isinstance(c, (OSError, http.client.HTTPException))), causes[-1])
-    detail = log.redact(f"{type(root).__name__}: {root}" if str(root) else type(root).__name__)
     protocol = next((c for c in causes if isinstance(c, http.client.HTTPException)), None)
     if protocol is not None:
         if isinstance(protocol, _RETRIED_PROTOCOL_ERRORS):
-            return _Retry(f"[HTTP Retry] {method} {shown} -- {type(protocol).__name__}: {detail}", io=False)
-        return HttpError(f"[HTTP Failed] {method} {shown} -- HttpException {type(protocol).__name__}: {detail}")
-    return _Retry(f"[HTTP Failed] {method} {shown} -- IOError {detail}", io=True)
+            return _Retry(f"[HTTP Retry] {method} {shown} -- {_describe(protocol)}", io=False)
+        return HttpError(f"[HTTP Failed] {method} {shown} -- HttpException {_describe(protocol)}")
+    root = next((c for c in reversed(causes) if isinstance(c, OSError)), causes[-1])
+    return _Retry(f"[HTTP Failed] {method} {shown} -- IOError {_describe(root)}", io=True)
+
+
+def _describe(error: BaseException) -> str:
+    """``Name: text`` (or the text alone when it already starts with the name, as IncompleteRead's does);
+    the text may quote the server (a bad status line): control characters go, 200 characters at most."""
+    name, text = type(error).__name__, re.sub(r"[\x00-\x1f\x7f]+", " ", str(error)).strip()[:200]
+    return log.redact(text if text.startswith(name) else f"{name}: {text}" if text else name)
 
 
 def _read_body(resp: requests.Response, kind: Kind, deadline: _Deadline, method: str, shown: str) -> bytes:
@@ -452,7 +458,7 @@ def _read_body(resp: requests.Response, kind: Kind, deadline: _Deadline, method:
         if deadline.passed():
             raise socket.timeout("overall deadline passed")
     if declared is not None and len(body) != declared and method != "HEAD" and resp.status_code not in (204, 304):
-        raise http.client.IncompleteRead(bytes(body[:0]), declared - len(body))
+        raise http.client.IncompleteRead(bytes(body), declared - len(body))
     return bytes(body)
 
 

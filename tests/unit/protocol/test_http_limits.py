@@ -311,3 +311,11 @@ def test_an_endless_header_line_is_http_clients_line_too_long(client):
     with pytest.raises(HttpError, match="HttpException LineTooLong"):
         client.get(s.url)
     assert s.connections == 1  # a protocol error upstream does not retry
+
+
+def test_errors_quote_the_server_without_its_control_characters(client):
+    s = Server(lambda server, conn, head: server.send(conn, b"HTTP/1.1 2x0 \x1b[31mOK\r\nFake: log line\r\n\r\n"))
+    with pytest.raises(HttpError) as err:
+        client.get(s.url, max_retry=1)
+    assert "BadStatusLine: HTTP/1.1 2x0  [31mOK -- 1 attempts made" in str(err.value)
+    assert "\x1b" not in str(err.value) and "\n" not in str(err.value).split("] ", 1)[1]
