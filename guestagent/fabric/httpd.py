@@ -61,6 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "GuestAgentFabric"
     sys_version = ""
+    #: Seconds a kept connection may stay idle (and a read or write may wait) before the fabric drops it.
+    timeout = 60
 
     def log_message(self, format, *args):
         pass  # the fabric keeps its own structured request log
@@ -74,12 +76,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self):
         started = time.monotonic()
         server: FabricHTTPServer = self.server  # type: ignore[assignment]
-        self.close_connection = True
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if length < 0 or length > MAX_BODY:
+            self.close_connection = True  # the body is left unread
             self._write(Response.text(413 if length > 0 else 400, "bad or too large Content-Length"))
             return
         body = self.rfile.read(length) if length else b""
@@ -97,19 +99,24 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _serve
 
     def _write(self, resp: Response, mode: Optional[str] = None) -> None:
-        """Send ``resp``; ``mode`` is a sending body fault (faults.SEND_MODES) or None."""
+        """Send ``resp``; ``mode`` is a sending body fault (faults.SEND_MODES) or None. The connection is
+        kept for the next request (as the WireServer and HostGAPlugin do) unless the client asked to close
+        it or the body is damaged."""
+        if mode is not None:
+            self.close_connection = True
         self.send_response(resp.status)
         for name, value in resp.headers.items():
             self.send_header(name, value)
         if mode == "endless":
             self.send_header("Transfer-Encoding", "chunked")
-        else:
+        elif resp.status not in (204, 304):
             size = HUGE_BODY if mode == "huge" else len(resp.body)
             self.send_header("Content-Length", str(size))
-        self.send_header("Connection", "close")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        if self.command == "HEAD":
-            self.wfile.flush()
+        if self.command == "HEAD" or resp.status in (204, 304):
+            self.wfile.flush()  # no body: bytes after these heads would be read as the next answer
         elif mode == "truncated":
             self.wfile.write(resp.body[: len(resp.body) // 2])
         elif mode == "huge":
@@ -146,8 +153,14 @@ class FabricHTTPServer(ThreadingHTTPServer):
     def __init__(self, address, role: str, dispatch):
         self.role = role
         self.dispatch = dispatch
+        #: TCP connections accepted (a client that keeps its connection opens one for many requests).
+        self.connections = 0
         super().__init__(address, _Handler)
         self.thread: Optional[threading.Thread] = None
+
+    def process_request(self, request, client_address):
+        self.connections += 1
+        super().process_request(request, client_address)
 
     def handle_error(self, request, client_address):
         pass  # errors are handled (and logged) per request

@@ -129,6 +129,10 @@ class Fabric:
         for t in stoppers:
             t.join()
 
+    def connections(self, role: str) -> int:
+        """TCP connections the ``role`` server ("wire", "hgap", "storage", "imds") has accepted."""
+        return next(srv.connections for srv in self._servers if srv.role == role)
+
     def __enter__(self) -> Fabric:
         return self.start()
 

@@ -60,3 +60,12 @@ def test_a_trickled_goal_state_ends_at_the_deadline(fab, proto):
                    kind=http.Kind("goal state", http.DOCUMENT.cap, 2.0))
     assert time.monotonic() - start < 3
     assert proto.update_goal_state(force=True).incarnation == "1"
+
+
+def test_connections_to_the_wireserver_and_the_hostgaplugin_are_reused(fab, proto):
+    wire, hgap = fab.connections("wire"), fab.connections("hgap")
+    for _ in range(5):
+        proto.wire.fetch_goal_state_xml()
+        assert proto.host_plugin.health()
+    assert fab.connections("wire") - wire <= 1 and fab.connections("hgap") - hgap <= 1
+    assert len([r for r in fab.requests if r["kind"] == "goalstate"]) >= 5
