@@ -396,6 +396,10 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 
 def _closed_by_peer(error: BaseException) -> bool:
+    """An end of stream or a reset before any answer: what a request meets on a kept connection the
+    server closed while it was idle (the reset comes when the request reaches the closed socket). A live
+    connection reset after the server read the request looks the same; sending again at once is right
+    for both (RFC 9112 §9.3.1), and upstream's fresh connection per request never met either."""
     return any(isinstance(c, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) for c in _causes(error))
 
 

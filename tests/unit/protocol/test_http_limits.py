@@ -319,3 +319,4 @@ def test_errors_quote_the_server_without_its_control_characters(client):
         client.get(s.url, max_retry=1)
     assert "BadStatusLine: HTTP/1.1 2x0  [31mOK -- 1 attempts made" in str(err.value)
     assert "\x1b" not in str(err.value) and "\n" not in str(err.value).split("] ", 1)[1]
+
