@@ -28,6 +28,13 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+try:
+    import ssl  # noqa: F401  (requests imports it too, when this Python has it)
+
+    _HAS_SSL = True
+except ImportError:  # a Python built without ssl: OS.AllowHTTP decides whether https falls back to http
+    _HAS_SSL = False
+
 from guestagent import log
 from guestagent.errors import HttpError, InvalidContainerError, ResourceGoneError
 from guestagent.protocol import activity
@@ -476,14 +483,11 @@ def send_once(method: str, url: str, body: Optional[bytes] = None, headers: Opti
         hdrs["User-Agent"] = user_agent()
     shown = log.redact(url)
     scheme = urlsplit(url).scheme.lower()
-    if scheme == "https":
-        try:
-            import ssl  # noqa: F401
-        except ImportError:
-            if not allow_http:
-                raise HttpError("HTTPS is unavailable (no ssl module) and OS.AllowHTTP is not set") from None
-            url = "http" + url[5:]
-            scheme = "http"
+    if scheme == "https" and not _HAS_SSL:
+        if not allow_http:
+            raise HttpError("HTTPS is unavailable (no ssl module) and OS.AllowHTTP is not set")
+        url = "http" + url[5:]
+        scheme = "http"
     if scheme not in ("http", "https"):
         raise HttpError(f"Unsupported URL scheme: {scheme!r}")
     deadline = _Deadline(kind.deadline)

@@ -9,10 +9,12 @@ import time
 
 import pytest
 
+from guestagent.conf import Config
 from guestagent.errors import HttpError, ProtocolError
 from guestagent.fabric.scenario import Scenario, Step
 from guestagent.fabric.server import Fabric
-from guestagent.protocol import detect, http
+from guestagent.protocol import http
+from guestagent.protocol.wire import detect
 
 LIB = "/var/lib/waagent"
 
@@ -26,7 +28,7 @@ def fab(tmp_path):
 
 @pytest.fixture
 def proto(tmp_root, fab):
-    return detect(None, LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+    return detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                   sleep=lambda s: None)
 
 

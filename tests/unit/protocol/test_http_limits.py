@@ -320,3 +320,13 @@ def test_errors_quote_the_server_without_its_control_characters(client):
     assert "BadStatusLine: HTTP/1.1 2x0  [31mOK -- 1 attempts made" in str(err.value)
     assert "\x1b" not in str(err.value) and "\n" not in str(err.value).split("] ", 1)[1]
 
+
+
+def test_os_allow_http_decides_when_this_python_has_no_ssl(monkeypatch):
+    monkeypatch.setattr(http, "_HAS_SSL", False)
+    s = Server(keep_alive)
+    https = s.url.replace("http://", "https://")
+    with pytest.raises(HttpError, match=r"HTTPS is unavailable .* OS\.AllowHTTP is not set"):
+        http.HttpClient(sleep=lambda d: None).get(https)
+    assert http.HttpClient(sleep=lambda d: None, allow_http=True).get(https).body == b"<GoalState>"
+    assert s.heads[0].startswith("GET /machine/?comp=goalstate HTTP/1.1")
