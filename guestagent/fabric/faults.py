@@ -2,7 +2,9 @@
 
 A fault can change the status (with an optional raw body), delay the answer, reset the connection
 before answering, or damage the real body ("truncated": the declared length is longer than what is
-sent; "malformed": a cut-off body with a consistent length). ``count`` faults fire that many times
+sent; "malformed": a cut-off body with a consistent length), or make it hostile ("huge": 200 MB
+declared and sent; "endless": a chunked body that never ends; "trickle": the real body one byte a
+second). ``count`` faults fire that many times
 (``count <= 0``: forever). Faults of one kind fire in the order they were added.
 """
 
@@ -18,7 +20,9 @@ KINDS = (
     "extension_artifact", "hgap_status", "hgap_health", "vmagentlog", "manifest", "package", "artifacts_profile",
     "status_blob", "imds", "fullconfig",
 )
-BODY_MODES = ("truncated", "malformed")
+BODY_MODES = ("truncated", "malformed", "huge", "endless", "trickle")
+#: Body modes the HTTP writer applies while sending (the others change the body before).
+SEND_MODES = ("truncated", "huge", "endless", "trickle")
 
 
 @dataclass

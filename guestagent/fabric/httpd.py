@@ -17,6 +17,10 @@ from typing import Dict, List, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 MAX_BODY = 64 * 1024 * 1024
+#: The "huge" body fault: what it declares and sends.
+HUGE_BODY = 200 * 1024 * 1024
+#: The "trickle" body fault: seconds between two bytes.
+TRICKLE_DELAY = 1.0
 
 
 @dataclass
@@ -57,6 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "GuestAgentFabric"
     sys_version = ""
+    #: Seconds a kept connection may stay idle (and a read or write may wait) before the fabric drops it.
+    timeout = 60
 
     def log_message(self, format, *args):
         pass  # the fabric keeps its own structured request log
@@ -70,12 +76,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self):
         started = time.monotonic()
         server: FabricHTTPServer = self.server  # type: ignore[assignment]
-        self.close_connection = True
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if length < 0 or length > MAX_BODY:
+            self.close_connection = True  # the body is left unread
             self._write(Response.text(413 if length > 0 else 400, "bad or too large Content-Length"))
             return
         body = self.rfile.read(length) if length else b""
@@ -92,15 +98,42 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _serve
 
-    def _write(self, resp: Response, truncate: bool = False) -> None:
+    def _write(self, resp: Response, mode: Optional[str] = None) -> None:
+        """Send ``resp``; ``mode`` is a sending body fault (faults.SEND_MODES) or None. The connection is
+        kept for the next request (as the WireServer and HostGAPlugin do) unless the client asked to close
+        it or the body is damaged."""
+        if mode is not None:
+            self.close_connection = True
         self.send_response(resp.status)
         for name, value in resp.headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(resp.body)))
-        self.send_header("Connection", "close")
+        if mode == "endless":
+            self.send_header("Transfer-Encoding", "chunked")
+        elif resp.status not in (204, 304):
+            size = HUGE_BODY if mode == "huge" else len(resp.body)
+            self.send_header("Content-Length", str(size))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(resp.body[: len(resp.body) // 2] if truncate else resp.body)
+        if self.command == "HEAD" or resp.status in (204, 304):
+            self.wfile.flush()  # no body: bytes after these heads would be read as the next answer
+        elif mode == "truncated":
+            self.wfile.write(resp.body[: len(resp.body) // 2])
+        elif mode == "huge":
+            block = resp.body + b" " * max(0, 1024 * 1024 - len(resp.body))
+            for sent in range(0, HUGE_BODY, len(block)):
+                self.wfile.write(block[: HUGE_BODY - sent])
+        elif mode == "endless":
+            chunk = b"%x\r\n%s\r\n" % (len(resp.body) or 1, resp.body or b" ")
+            while True:  # until the client goes away (OSError)
+                self.wfile.write(chunk)
+        elif mode == "trickle":
+            for i in range(len(resp.body)):
+                self.wfile.write(resp.body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(TRICKLE_DELAY)
+        else:
+            self.wfile.write(resp.body)
         self.wfile.flush()
 
     def reset(self) -> None:
@@ -120,8 +153,14 @@ class FabricHTTPServer(ThreadingHTTPServer):
     def __init__(self, address, role: str, dispatch):
         self.role = role
         self.dispatch = dispatch
+        #: TCP connections accepted (a client that keeps its connection opens one for many requests).
+        self.connections = 0
         super().__init__(address, _Handler)
         self.thread: Optional[threading.Thread] = None
+
+    def process_request(self, request, client_address):
+        self.connections += 1
+        super().process_request(request, client_address)
 
     def handle_error(self, request, client_address):
         pass  # errors are handled (and logged) per request

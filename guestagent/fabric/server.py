@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 from guestagent.fabric import hostplugin, imds, storage, wireserver
-from guestagent.fabric.faults import BODY_MODES, KINDS, Fault, FaultSet
+from guestagent.fabric.faults import BODY_MODES, KINDS, SEND_MODES, Fault, FaultSet
 from guestagent.fabric.httpd import Request, Response, start_servers
 from guestagent.fabric.packages import PackageCache
 from guestagent.fabric.scenario import ExtensionSpec, Scenario, SettingsSpec, Step, default_scenario
@@ -128,6 +128,10 @@ class Fabric:
             t.start()
         for t in stoppers:
             t.join()
+
+    def connections(self, role: str) -> int:
+        """TCP connections the ``role`` server ("wire", "hgap", "storage", "imds") has accepted."""
+        return next(srv.connections for srv in self._servers if srv.role == role)
 
     def __enter__(self) -> Fabric:
         return self.start()
@@ -362,7 +366,7 @@ class Fabric:
             if resp is None:
                 handler.reset()
             else:
-                handler._write(resp, truncate=bool(fault and fault.body == "truncated"))
+                handler._write(resp, fault.body if fault and fault.body in SEND_MODES else None)
         except OSError:
             pass  # the client went away
 

@@ -24,7 +24,7 @@ from guestagent.errors import (
     VmSettingsSupportStopped,
 )
 from guestagent.osutil import system
-from guestagent.protocol.http import LOG_UPLOAD_TIMEOUT, RETRY_CODES, HttpClient, Response
+from guestagent.protocol.http import LOG_UPLOAD, LOG_UPLOAD_TIMEOUT, RETRY_CODES, HttpClient, Kind, Response
 from guestagent.timestamps import MIN_TIMESTAMP, format_timestamp, ticks_to_timestamp, utc_seconds
 from guestagent.version import AGENT_NAME, AGENT_VERSION
 
@@ -223,7 +223,7 @@ class HostPluginClient:
         return self._vm_settings_cache
 
     # --- /extensionArtifact (02 §5.3) -------------------------------------------------------------------
-    def fetch_artifact(self, uri: str, manifest_location: Optional[str] = None, verify: bool = False,
+    def fetch_artifact(self, uri: str, kind: Kind, manifest_location: Optional[str] = None, verify: bool = False,
                        is_text: bool = False) -> Response:
         """GET the storage URL through the plugin; text artifacts also retry on 400."""
         self._require("extensionArtifact")
@@ -234,7 +234,7 @@ class HostPluginClient:
             extra["x-ms-verify-from-artifacts-blob"] = "true"
         codes = (*RETRY_CODES, 400) if is_text else RETRY_CODES
         return self.http.request("GET", f"{self.base_url}/extensionArtifact", None, self._headers(**extra),
-                                 retry_codes=codes)
+                                 retry_codes=codes, kind=kind)
 
     # --- /status (02 §6.3) ----------------------------------------------------------------------------------
     def put_status(self, sas_url: str, status_json: str, blob_type: str = "BlockBlob",
@@ -262,7 +262,8 @@ class HostPluginClient:
                    "x-ms-vmagentlog-deploymentid": self.role_config_name.split(".", 1)[0],
                    "x-ms-client-name": AGENT_NAME, "x-ms-client-version": AGENT_VERSION,
                    "x-ms-client-correlationid": str(uuid.uuid4())}
-        resp = self.http.put(f"{self.base_url}/vmAgentLog", content, headers, timeout=LOG_UPLOAD_TIMEOUT)
+        resp = self.http.put(f"{self.base_url}/vmAgentLog", content, headers, timeout=LOG_UPLOAD_TIMEOUT,
+                             kind=LOG_UPLOAD)
         if not resp.ok:
             raise HttpError(f"HostGAPlugin: Put vmAgentLog failed: Status Code {resp.status}", status=resp.status)
 

@@ -1,22 +1,39 @@
 """THE HTTP policy (spec 01 §2, §13): one request helper for WireServer, HGAP, IMDS and storage.
 
-Plain ``http://`` without a proxy (all fabric traffic) goes over a tiny HTTP/1.1 client on a raw
-socket with ``Connection: close`` -- no ``ssl``/``http.client`` import, so the ext-handler child stays
-small. HTTPS and proxied requests use ``http.client`` (and ``ssl``), imported only when needed.
-The retry loop reproduces upstream: retry codes, Fibonacci back-off, throttle extension to 25 tries,
-410 → ResourceGoneError, 400 + InvalidContainerConfiguration → InvalidContainerError.
+Built on one ``requests.Session`` per process (made at the first request), so connections to the
+WireServer and the HostGAPlugin are reused. On top of it, upstream's policy: its headers and only
+those, retry codes, Fibonacci back-off, throttling to 25 tries, 410 → ResourceGoneError,
+400 + InvalidContainerConfiguration → InvalidContainerError, HttpProxy.* / environment proxies with
+no_proxy, OS.AllowHTTP. Fabric data is untrusted, so every body is streamed under a cap chosen by the
+caller's document :class:`Kind`, and every exchange (connect, request, headers, body) has an overall
+deadline: each socket read may wait only for the time left.
 """
 
 from __future__ import annotations
 
+import http.client
+import io
 import os
 import re
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from http.cookiejar import DefaultCookiePolicy
 from typing import Callable, Mapping, Optional, Union
 from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+try:
+    import ssl  # noqa: F401  (requests imports it too, when this Python has it)
+
+    _HAS_SSL = True
+except ImportError:  # a Python built without ssl: OS.AllowHTTP decides whether https falls back to http
+    _HAS_SSL = False
 
 from guestagent import log
 from guestagent.errors import HttpError, InvalidContainerError, ResourceGoneError
@@ -30,16 +47,41 @@ LOG_UPLOAD_TIMEOUT = 30.0
 OK_CODES = (200, 201, 202)
 RETRY_CODES = (205, 206, 403, 500, 501, 502, 503, 504, 507, 429)
 THROTTLE_CODES = (403, 429, 503)
-#: Largest response body kept in memory (packages are the biggest documents).
-MAX_BODY = 512 * 1024 * 1024
 HOST_PLUGIN_PORT = 32526
 KNOWN_WIRESERVER_IP = "168.63.129.16"
+#: Read size while streaming a body.
+CHUNK = 64 * 1024
+#: The longest line read (http.client asks for its 64 KiB limit + 1 to detect a longer one).
+LINE_CAP = 64 * 1024 + 1
 
 Sleep = Callable[[float], None]
 
 
-class _RetryableProtocolError(Exception):
-    """The equivalent of http.client's NotConnected/IncompleteRead/ImproperConnectionState/BadStatusLine."""
+@dataclass(frozen=True)
+class Kind:
+    """What a response body is: its cap (bytes kept in memory) and the overall deadline of one exchange."""
+
+    name: str
+    cap: int
+    deadline: float
+
+
+#: Goal-state documents, vmSettings, manifests, IMDS, status and health answers: the XML parser's cap
+#: (protocol/xml.py MAX_SIZE; a test keeps the two equal).
+DOCUMENT = Kind("fabric document", 10 * 1024 * 1024, 60.0)
+#: Extension packages (zip, kept in memory until written): the largest artifacts the agent fetches;
+#: the deadline is the whole download budget of 02 §5 (300 s).
+PACKAGE = Kind("extension package", 512 * 1024 * 1024, 300.0)
+#: vmAgentLog upload: the body goes up (the archive), the answer is small; sending the archive counts.
+LOG_UPLOAD = Kind("log upload", 1024 * 1024, 300.0)
+
+
+class _Retry(Exception):
+    """One attempt failed in a way upstream retries; ``io`` marks the ones it counts as I/O errors."""
+
+    def __init__(self, message: str, io: bool):
+        super().__init__(message)
+        self.io = io
 
 
 @dataclass
@@ -111,10 +153,17 @@ def take_io_error_counts() -> dict[str, int]:
 
 
 # --- proxies (01 §13.2) ----------------------------------------------------------------------------------
+# Upstream's rules, not requests' own: requests also honours ``no_proxy=*``, ``all_proxy``, CGI's
+# REQUEST_METHOD and ~/.netrc, and matches no_proxy names case-sensitively. The chosen proxy is handed
+# to requests explicitly (CONNECT tunnel for https, absolute URI for http).
 @dataclass(frozen=True)
 class Proxy:
     host: str
     port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
 
 def _ip_to_int(value: str) -> Optional[int]:
@@ -181,163 +230,290 @@ def select_proxy(url: str, proxy_host: Optional[str] = None, proxy_port: Optiona
     return chosen
 
 
-# --- one attempt ------------------------------------------------------------------------------------------
-def _read_response(sock: socket.socket, max_body: int, method: str) -> Response:
-    buf = bytearray()
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            if not buf:
-                raise _RetryableProtocolError("Remote end closed connection without response")
-            raise _RetryableProtocolError("Connection closed inside the response headers")
-        buf += chunk
-        if len(buf) > 256 * 1024 and b"\r\n\r\n" not in buf:
-            raise HttpError("Response headers too large")
-    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-    lines = head.decode("iso-8859-1").split("\r\n")
-    status_line = lines[0].split(" ", 2)
-    if len(status_line) < 2 or not status_line[0].startswith("HTTP/") or not status_line[1].isdigit():
-        raise _RetryableProtocolError(f"Bad status line: {lines[0][:100]!r}")
-    status = int(status_line[1])
-    reason = status_line[2] if len(status_line) > 2 else ""
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        return Response(status, reason, headers, b"")
-    body = bytearray(rest)
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return Response(status, reason, headers, _read_chunked(sock, body, max_body))
-    length_text = headers.get("content-length")
-    if length_text is not None:
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise _RetryableProtocolError(f"Bad Content-Length {length_text!r}") from None
-        if length > max_body:
-            raise HttpError(f"Response too large: {length} bytes (limit {max_body})")
-        while len(body) < length:
-            chunk = sock.recv(min(1 << 20, length - len(body)))
-            if not chunk:
-                raise _RetryableProtocolError(f"IncompleteRead({len(body)} bytes read, {length - len(body)} more "
-                                              f"expected)")
-            body += chunk
-        return Response(status, reason, headers, bytes(body[:length]))
-    while True:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
-        body += chunk
-        if len(body) > max_body:
-            raise HttpError(f"Response too large (limit {max_body} bytes)")
-    return Response(status, reason, headers, bytes(body))
+# --- the overall deadline ---------------------------------------------------------------------------------
+class _Deadline:
+    """The moment one exchange must be over; hands out socket timeouts no longer than the time left."""
+
+    def __init__(self, seconds: float):
+        self.at = time.monotonic() + seconds
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def timeout(self, per_read: Optional[float]) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("overall deadline passed")
+        return left if per_read is None else min(per_read, left)
 
 
-def _read_chunked(sock: socket.socket, buf: bytearray, max_body: int) -> bytes:
-    out = bytearray()
+class _Active(threading.local):
+    """The exchange the current thread is making: its deadline (read when the response is built), and
+    whether its request went out on a kept connection."""
 
-    def fill(n: int) -> None:
-        while len(buf) < n:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise _RetryableProtocolError("IncompleteRead in chunked body")
-            buf.extend(chunk)
-
-    while True:
-        while b"\r\n" not in buf:
-            fill(len(buf) + 1)
-        line, _, remaining = bytes(buf).partition(b"\r\n")
-        buf[:] = remaining
-        try:
-            size = int(line.split(b";")[0].strip(), 16)
-        except ValueError:
-            raise _RetryableProtocolError("Bad chunk size") from None
-        if size == 0:
-            return bytes(out)
-        fill(size + 2)
-        out += buf[:size]
-        del buf[:size + 2]
-        if len(out) > max_body:
-            raise HttpError(f"Response too large (limit {max_body} bytes)")
+    deadline: Optional[_Deadline] = None
+    reused = False
 
 
-def _plain_request(method: str, url: str, body: Optional[bytes], headers: Mapping[str, str], timeout: float,
-                   max_body: int, proxy: Optional[Proxy] = None) -> Response:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or 80
-    target = url if proxy else ((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
-    host_header = parts.netloc.rsplit("@", 1)[-1]
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}"]
-    names = {k.lower() for k in headers}
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    if "content-length" not in names and (body is not None or method in ("POST", "PUT")):
-        lines.append(f"Content-Length: {len(body or b'')}")
-    if "connection" not in names:
-        lines.append("Connection: close")
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b"")
-    address = (proxy.host, proxy.port) if proxy else (host, port)
-    with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall(request)
-        return _read_response(sock, max_body, method)
+_active = _Active()
 
 
-def _tls_request(method: str, url: str, body: Optional[bytes], headers: Mapping[str, str], timeout: float,
-                 max_body: int, proxy: Optional[Proxy]) -> Response:
-    import http.client  # lazily: pulls in ssl and email
+class _DeadlineReader(io.RawIOBase):
+    """The socket's raw reader, each read waiting at most min(per-read timeout, time left)."""
 
-    parts = urlsplit(url)
-    port = parts.port or 443
-    if proxy:
-        conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout)
-        conn.set_tunnel(parts.hostname or "", port)
-    else:
-        conn = http.client.HTTPSConnection(parts.hostname or "", port, timeout=timeout)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    hdrs = dict(headers)
-    hdrs.setdefault("Connection", "close")
+    def __init__(self, sock: socket.socket, deadline: _Deadline):
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # a SocketIO: keeps the fd alive as http.client expects
+        self._per_read = sock.gettimeout()
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> Optional[int]:  # type: ignore[override]
+        self._sock.settimeout(self._deadline.timeout(self._per_read))
+        return self._raw.readinto(b)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _LineCappedReader(io.BufferedReader):
+    """urllib3 reads chunk-size and trailer lines with an unbounded readline(): cap every line."""
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        return super().readline(LINE_CAP if size is None or size < 0 else min(size, LINE_CAP))
+
+
+class _DeadlineSocket:
+    """What http.client's response needs of the socket (``makefile``), answering a deadline-bound reader."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline):
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return _LineCappedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """Status line, headers and body all read under the exchange's deadline (a trickled header too)."""
+
+    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: Optional[str] = None,
+                 url: Optional[str] = None):
+        deadline = _active.deadline
+        source = sock if deadline is None else _DeadlineSocket(sock, deadline)
+        super().__init__(source, debuglevel, method, url)  # type: ignore[arg-type]
+
+
+class _DeadlineConnection:
+    """Mixed into urllib3's connections: the deadline-bound response, sends bounded by the time left, and
+    a note of whether the connection was already open (kept from an earlier exchange)."""
+
+    response_class = _DeadlineResponse
+    sock: Optional[socket.socket]
+    timeout: Optional[float]
+
+    def request(self, *args: object, **kwargs: object) -> None:
+        _active.reused = self.sock is not None
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def send(self, data: bytes) -> None:
+        deadline = _active.deadline
+        if deadline is not None and self.sock is not None:
+            self.sock.settimeout(deadline.timeout(self.timeout))
+        super().send(data)  # type: ignore[misc]
+
+
+class _HttpConnection(_DeadlineConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HttpsConnection(_DeadlineConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HttpPool(HTTPConnectionPool):
+    ConnectionCls = _HttpConnection
+
+
+class _HttpsPool(HTTPSConnectionPool):
+    ConnectionCls = _HttpsConnection
+
+
+_POOLS = {"http": _HttpPool, "https": _HttpsPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with the deadline-bound connections, direct and through a proxy."""
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kw: object) -> None:
+        super().init_poolmanager(connections, maxsize, block, **kw)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **kw: object) -> urllib3.ProxyManager:
+        manager = super().proxy_manager_for(proxy, **kw)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+# --- the session ------------------------------------------------------------------------------------------
+_session: Optional[requests.Session] = None
+_session_pid = 0
+_session_lock = threading.Lock()
+
+
+def session() -> requests.Session:
+    """This process's session, made at the first request (a forked process makes its own).
+
+    It adds nothing upstream's http.client would not send: no default headers (requests would add
+    ``Accept``, ``Accept-Encoding: gzip, deflate``, ``Connection: keep-alive`` and its User-Agent), no
+    cookies kept, nothing from the environment or ~/.netrc (proxies are chosen by :func:`select_proxy`)."""
+    global _session, _session_pid
+    with _session_lock:
+        if _session is None or _session_pid != os.getpid():
+            s = requests.Session()
+            s.trust_env = False
+            s.headers.clear()
+            s.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+            adapter = _Adapter()
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
+            _session, _session_pid = s, os.getpid()
+        return _session
+
+
+# --- one exchange -------------------------------------------------------------------------------------------
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what it wraps (requests → urllib3 → http.client/socket), outermost first."""
+    seen: list[BaseException] = []
+    todo = [error]
+    while todo and len(seen) < 16:
+        e = todo.pop(0)
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [a for a in e.args if isinstance(a, BaseException)]
+        if isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason is not None:
+            todo.append(e.reason)
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return seen
+
+
+def _closed_by_peer(error: BaseException) -> bool:
+    """An end of stream or a reset before any answer: what a request meets on a kept connection the
+    server closed while it was idle (the reset comes when the request reaches the closed socket). A live
+    connection reset after the server read the request looks the same; sending again at once is right
+    for both (RFC 9112 §9.3.1), and upstream's fresh connection per request never met either."""
+    return any(isinstance(c, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) for c in _causes(error))
+
+
+def _open(method: str, url: str, body: Optional[bytes], headers: Mapping[str, str],
+          proxies: Optional[dict[str, str]], timeout: float, deadline: _Deadline) -> requests.Response:
+    """Send and read the response head. A kept connection the server closed meanwhile (its close crossed
+    our request) is not a failure of the server: the request goes again at once on a new connection, as
+    upstream's always-new connection would have carried it."""
+    def send() -> requests.Response:
+        _active.reused = False
+        return session().request(method, url, data=body, headers=headers, proxies=proxies, stream=True,
+                                 allow_redirects=False, timeout=(deadline.timeout(timeout), timeout))
+
     try:
-        conn.request(method, target, body=body, headers=hdrs)
-        resp = conn.getresponse()
-        length = resp.getheader("content-length")
-        if length and length.isdigit() and int(length) > max_body:
-            raise HttpError(f"Response too large: {length} bytes (limit {max_body})")
-        data = resp.read(max_body + 1)
-        if len(data) > max_body:
-            raise HttpError(f"Response too large (limit {max_body} bytes)")
-        return Response(resp.status, resp.reason, {k.lower(): v for k, v in resp.getheaders()}, data)
-    except (http.client.NotConnected, http.client.IncompleteRead, http.client.ImproperConnectionState,
-            http.client.BadStatusLine) as e:
-        raise _RetryableProtocolError(f"{type(e).__name__}: {e}") from None
-    except http.client.HTTPException as e:
-        raise HttpError(f"HTTP protocol error: {type(e).__name__}: {e}") from None
-    finally:
-        conn.close()
+        return send()
+    except requests.ConnectionError as e:
+        if not (_active.reused and _closed_by_peer(e)):
+            raise
+        log.verbose("[HTTP] {0} {1}: the kept connection was closed by the server; sending on a new one",
+                    method, log.redact(url))
+    return send()
+
+
+_RETRIED_PROTOCOL_ERRORS = (http.client.NotConnected, http.client.IncompleteRead,
+                            http.client.ImproperConnectionState, http.client.BadStatusLine)
+
+
+def _classify(error: BaseException, method: str, shown: str) -> Exception:
+    """Upstream's handling: http.client's retryable errors retried, its other protocol errors final,
+    socket errors (I/O errors) retried and counted."""
+    causes = _causes(error)
+    protocol = next((c for c in causes if isinstance(c, http.client.HTTPException)), None)
+    if protocol is not None:
+        if isinstance(protocol, _RETRIED_PROTOCOL_ERRORS):
+            return _Retry(f"[HTTP Retry] {method} {shown} -- {_describe(protocol)}", io=False)
+        return HttpError(f"[HTTP Failed] {method} {shown} -- HttpException {_describe(protocol)}")
+    root = next((c for c in reversed(causes) if isinstance(c, OSError)), causes[-1])
+    return _Retry(f"[HTTP Failed] {method} {shown} -- IOError {_describe(root)}", io=True)
+
+
+def _describe(error: BaseException) -> str:
+    """``Name: text`` (or the text alone when it already starts with the name, as IncompleteRead's does);
+    the text may quote the server (a bad status line): control characters go, 200 characters at most."""
+    name, text = type(error).__name__, re.sub(r"[\x00-\x1f\x7f]+", " ", str(error)).strip()[:200]
+    return log.redact(text if text.startswith(name) else f"{name}: {text}" if text else name)
+
+
+def _read_body(resp: requests.Response, kind: Kind, deadline: _Deadline, method: str, shown: str) -> bytes:
+    """The body, streamed: refused as soon as it is known to pass the cap, never read whole."""
+    too_large = f"Response too large: {method} {shown} -- more than {kind.cap} bytes, the cap for a {kind.name}"
+    declared_text = resp.headers.get("content-length", "").strip()
+    declared = int(declared_text) if declared_text.isdigit() else None
+    if declared is not None and declared > kind.cap:
+        raise HttpError(f"{too_large} (Content-Length: {declared})")
+    body = bytearray()
+    for chunk in resp.raw.stream(CHUNK, decode_content=False):
+        body += chunk
+        if len(body) > kind.cap:
+            raise HttpError(too_large)
+        if deadline.passed():
+            raise socket.timeout("overall deadline passed")
+    if declared is not None and len(body) != declared and method != "HEAD" and resp.status_code not in (204, 304):
+        raise http.client.IncompleteRead(bytes(body), declared - len(body))
+    return bytes(body)
 
 
 def send_once(method: str, url: str, body: Optional[bytes] = None, headers: Optional[Mapping[str, str]] = None,
-              timeout: float = DEFAULT_TIMEOUT, proxy: Optional[Proxy] = None, max_body: int = MAX_BODY,
+              timeout: float = DEFAULT_TIMEOUT, proxy: Optional[Proxy] = None, kind: Kind = DOCUMENT,
               allow_http: bool = False) -> Response:
-    """One HTTP exchange; adds User-Agent unless given. Raises OSError / protocol errors untouched."""
+    """One HTTP exchange within ``kind.deadline``; adds User-Agent unless given. Raises HttpError when it
+    must not be retried (cap, deadline, bad URL, protocol error), :class:`_Retry` when it may."""
     hdrs = dict(headers or {})
     if not any(k.lower() == "user-agent" for k in hdrs):
         hdrs["User-Agent"] = user_agent()
+    shown = log.redact(url)
     scheme = urlsplit(url).scheme.lower()
-    if scheme == "https":
-        try:
-            import ssl  # noqa: F401
-        except ImportError:
-            if not allow_http:
-                raise HttpError("HTTPS is unavailable (no ssl module) and OS.AllowHTTP is not set") from None
-            url = "http" + url[5:]
-            scheme = "http"
-    if scheme == "https":
-        return _tls_request(method, url, body, hdrs, timeout, max_body, proxy)
-    if scheme != "http":
+    if scheme == "https" and not _HAS_SSL:
+        if not allow_http:
+            raise HttpError("HTTPS is unavailable (no ssl module) and OS.AllowHTTP is not set")
+        url = "http" + url[5:]
+        scheme = "http"
+    if scheme not in ("http", "https"):
         raise HttpError(f"Unsupported URL scheme: {scheme!r}")
-    return _plain_request(method, url, body, hdrs, timeout, max_body, proxy)
+    deadline = _Deadline(kind.deadline)
+    proxies = {"http": proxy.url, "https": proxy.url} if proxy is not None else None
+    resp: Optional[requests.Response] = None
+    _active.deadline = deadline
+    try:
+        resp = _open(method, url, body, hdrs, proxies, timeout, deadline)
+        data = _read_body(resp, kind, deadline, method, shown)
+        return Response(resp.status_code, resp.reason or "", {k.lower(): v for k, v in resp.headers.items()},
+                        data)
+    except HttpError:
+        raise
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader,
+            requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as e:
+        raise HttpError(f"[HTTP Failed] {method} {shown} -- invalid request: {log.redact(str(e))}") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+        if deadline.passed():
+            _count_io_error(url)
+            raise HttpError(f"[HTTP Failed] {method} {shown} -- no complete response within {kind.deadline:g} s "
+                            f"(the overall deadline of a {kind.name})") from None
+        raise _classify(e, method, shown) from None
+    finally:
+        _active.deadline = None
+        if resp is not None:
+            resp.close()  # after a whole body the connection is back in the pool already; else it is dropped
 
 
 # --- the retry policy ---------------------------------------------------------------------------------------
@@ -364,8 +540,9 @@ class HttpClient:
                 headers: Optional[Mapping[str, str]] = None, *, use_proxy: bool = False,
                 max_retry: Optional[int] = None, retry_codes: tuple[int, ...] = RETRY_CODES,
                 retry_delay: float = 1.0, throttle_delay: float = 1.0, timeout: Optional[float] = None,
-                max_body: int = MAX_BODY) -> Response:
-        """Send with upstream's retry policy; returns any non-retried response, raises HttpError at the end."""
+                kind: Kind = DOCUMENT) -> Response:
+        """Send with upstream's retry policy; returns any non-retried response, raises HttpError at the end.
+        ``timeout`` bounds each socket wait, ``kind`` the body size and each attempt's overall time."""
         data = body.encode("utf-8") if isinstance(body, str) else body
         timeout = self.timeout if timeout is None else timeout
         max_retry = DEFAULT_MAX_RETRY if max_retry is None else max(1, max_retry)
@@ -381,17 +558,12 @@ class HttpClient:
                 self.sleep(delay)
             attempt += 1
             try:
-                resp = send_once(method, url, data, headers, timeout=timeout, proxy=proxy, max_body=max_body,
+                resp = send_once(method, url, data, headers, timeout=timeout, proxy=proxy, kind=kind,
                                  allow_http=self.allow_http)
-            except _RetryableProtocolError as e:
-                last = f"[HTTP Retry] {method} {shown} -- {e}"
-                log.verbose("{0} -- {1} attempts made", last, attempt)
-                continue
-            except HttpError:
-                raise
-            except (OSError, ValueError) as e:
-                _count_io_error(url)
-                last = f"[HTTP Failed] {method} {shown} -- IOError {e}"
+            except _Retry as e:
+                if e.io:
+                    _count_io_error(url)
+                last = str(e)
                 log.verbose("{0} -- {1} attempts made", last, attempt)
                 continue
             activity.record(url, resp.status)  # any answer proves the endpoint is up (the monitor's shortcut)

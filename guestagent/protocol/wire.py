@@ -30,7 +30,7 @@ from guestagent.protocol.goalstate import GoalState, parse_goal_state
 from guestagent.protocol.goalstate_updater import GoalStateUpdater
 from guestagent.protocol.history import History
 from guestagent.protocol.hostplugin import HostPluginClient, VmSettingsResponse
-from guestagent.protocol.http import HttpClient
+from guestagent.protocol.http import DOCUMENT, PACKAGE, HttpClient, Kind
 from guestagent.protocol.status import to_json, upload_status
 from guestagent.protocol.wireserver import WireClient
 
@@ -158,16 +158,17 @@ class WireProtocol:
             return self.host_plugin.fetch_vm_settings(force)
 
     # --- artifacts (02 §5) --------------------------------------------------------------------------------
-    def _direct(self, uri: str) -> bytes:
-        resp = self.http.get(uri, use_proxy=True)
+    def _direct(self, uri: str, kind: Kind) -> bytes:
+        resp = self.http.get(uri, use_proxy=True, kind=kind)
         if not resp.ok:
             raise HttpError(f"[HTTP Failed] GET {log.redact(uri)} -- Status Code {resp.status}", status=resp.status)
         return resp.body
 
-    def _via_host_plugin(self, uri: str, is_text: bool, verify: bool, manifest_location: Optional[str]) -> bytes:
+    def _via_host_plugin(self, uri: str, is_text: bool, verify: bool, manifest_location: Optional[str],
+                         kind: Kind) -> bytes:
         for attempt in range(2):
             try:
-                resp = self.host_plugin.fetch_artifact(uri, manifest_location, verify, is_text)
+                resp = self.host_plugin.fetch_artifact(uri, kind, manifest_location, verify, is_text)
             except (ResourceGoneError, InvalidContainerError):
                 if attempt:
                     raise
@@ -183,12 +184,14 @@ class WireProtocol:
                           manifest_location: Optional[str] = None, what: str = "artifact",
                           clock: Callable[[], float] = time.monotonic) -> bytes:
         """Try each URL (shuffled) on the primary channel then the other; flip the primary when the
-        secondary wins. ``verify`` defaults to "the current goal state came from FastTrack"."""
+        secondary wins. ``verify`` defaults to "the current goal state came from FastTrack". Text artifacts
+        (manifests, the artifacts profile) are documents; the others are packages, with their larger cap."""
         global _direct_is_primary
         if verify is None:
             verify = self.goal_state is not None and self.goal_state.extensions_goal_state.source == "FastTrack"
         if manifest_location is None and not is_text:
             manifest_location = self.manifest_location
+        kind = DOCUMENT if is_text else PACKAGE
         uris = list(uri_list)
         random.shuffle(uris)
         start = clock()
@@ -196,8 +199,8 @@ class WireProtocol:
         for uri in uris:
             if clock() - start > DOWNLOAD_BUDGET:
                 raise _download_error(f"Timeout downloading {what}")
-            direct = lambda u=uri: self._direct(u)  # noqa: E731
-            hgap = lambda u=uri: self._via_host_plugin(u, is_text, bool(verify), manifest_location)  # noqa: E731
+            direct = lambda u=uri: self._direct(u, kind)  # noqa: E731
+            hgap = lambda u=uri: self._via_host_plugin(u, is_text, bool(verify), manifest_location, kind)  # noqa: E731
             channels = [(direct, True), (hgap, False)] if _direct_is_primary else [(hgap, False), (direct, True)]
             for index, (fetch, is_direct) in enumerate(channels):
                 try:

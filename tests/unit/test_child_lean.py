@@ -26,14 +26,14 @@ CHILD_MODULES = ["guestagent.exthandler.main", "guestagent.exthandler.extensions
                  # the env thread's network actions: netlink runs in a helper interpreter (osutil.nethelper)
                  "guestagent.osutil.nethelper", "guestagent.osutil.hostname", "guestagent.osutil.dhcpclient",
                  "guestagent.osutil.dhcpmonitor"]
-# psutil is not here: the child's process facts (guestagent.osutil.processes) are psutil's
-HEAVY = ["ssl", "urllib.request", "http.client", "cryptography", "asn1crypto", "pyroute2", "email",
+# psutil is not here: the child's process facts (guestagent.osutil.processes) are psutil's.
+# requests is expected (protocol/http.py) with what it imports: ssl, http.client, email, urllib3,
+# urllib.request, hashlib/hmac and zipfile; none of those is listed here.
+HEAVY = ["cryptography", "asn1crypto", "pyroute2",
          # XML on lxml, loaded at the first parse (~8 MB); no ElementTree/minidom/sax (issue 3 item 10)
          "lxml", "xml.etree", "xml.dom", "xml.sax",
-         # _hashlib maps libcrypto (~3.6 MB): certificates/password import hashlib/secrets where used
-         "hashlib", "_hashlib", "hmac", "secrets",
-         # only while a package is unpacked, a log archive or the history is zipped
-         "zipfile"]
+         # password/salt making only
+         "secrets"]
 
 
 def _fresh(code: str) -> str:

@@ -77,9 +77,6 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("guestagent/osutil/system.py", "guestagent.osutil.processes"): "psutil only when a command times out",
     ("guestagent/protocol/http.py", "guestagent.osutil.processes"): "psutil only when the first request names "
                                                                     "the goal-state agent",
-    ("guestagent/protocol/http.py", "http.client"): "TLS only for an https URL (never the fabric): ssl and "
-                                                    "http.client stay out of the child",
-    ("guestagent/protocol/http.py", "ssl"): "see http.client",
     ("guestagent/provisioning/deprovision.py", "guestagent.provisioning.dvd"): PROVISION,
     ("guestagent/provisioning/handler.py", "guestagent.provisioning.dvd"): PROVISION,
     ("guestagent/provisioning/handler.py", "guestagent.provisioning.provision"): PROVISION,

@@ -82,15 +82,40 @@ def test_fibonacci_multipliers():
     assert [http.fibonacci(n) for n in range(1, 7)] == [2, 3, 5, 8, 13, 21]
 
 
+def _header_lines(head):
+    return sorted(head.split("\r\n")[1:])
+
+
 def test_success_headers_and_bom(client):
     s = Script([("status", 200, b"\xef\xbb\xbf<x/>")])
     resp = client.get(s.url, {"x-ms-version": "2012-11-30"})
     assert resp.status == 200 and resp.text() == "<x/>"
     head = s.requests[0][0]
     assert head.startswith("GET /machine/?comp=goalstate HTTP/1.1\r\n")
-    assert f"Host: 127.0.0.1:{s.port}" in head
-    assert "User-Agent: WALinuxAgent/2.15.0.1" in head and "Connection: close" in head
-    assert "x-ms-version: 2012-11-30" in head
+    # upstream's http.client set and only it: no Accept, no gzip, no keep-alive header, no Content-Length on GET
+    assert _header_lines(head) == sorted([f"Host: 127.0.0.1:{s.port}", "Accept-Encoding: identity",
+                                          "x-ms-version: 2012-11-30", "User-Agent: WALinuxAgent/2.15.0.1"])
+
+
+def test_headers_are_those_http_client_sends_without_connection_close(client):
+    """What upstream's restutil sends (http.client, its headers plus Connection: close and User-Agent),
+    captured by the same server, minus Connection: close (the session keeps connections)."""
+    import http.client as httpclient
+
+    s = Script([("status", 200, b""), ("status", 200, b""), ("status", 201, b""), ("status", 201, b"")])
+    headers = {"x-ms-agent-name": "WALinuxAgent", "x-ms-version": "2012-11-30",
+               "Content-Type": "text/xml;charset=utf-8"}
+    for method, body in (("GET", None), ("POST", "<Health/>")):
+        conn = httpclient.HTTPConnection("127.0.0.1", s.port, timeout=5)
+        conn.request(method, "/machine?comp=health", body=body,
+                     headers={**headers, "Connection": "close", "User-Agent": http.user_agent()})
+        conn.getresponse().read()
+        conn.close()
+        client.request(method, f"http://127.0.0.1:{s.port}/machine?comp=health", body, headers)
+    upstream_get, ours_get, upstream_post, ours_post = (r[0] for r in s.requests)
+    assert _header_lines(ours_get) == [h for h in _header_lines(upstream_get) if h != "Connection: close"]
+    assert _header_lines(ours_post) == [h for h in _header_lines(upstream_post) if h != "Connection: close"]
+    assert "Content-Length: 9" in _header_lines(ours_post) and s.requests[3][1] == b"<Health/>"
 
 
 def test_caller_user_agent_wins(client):
@@ -178,7 +203,7 @@ def test_chunked_body(client):
 def test_body_cap(client):
     s = Script([("status", 200, b"x" * 1000)])
     with pytest.raises(HttpError, match="too large"):
-        client.get(s.url, max_body=100)
+        client.get(s.url, kind=http.Kind("test document", 100, 5.0))
 
 
 def test_default_sleep_is_real():
@@ -237,14 +262,3 @@ def test_http_through_proxy_sends_absolute_url(monkeypatch, client):
 def test_unsupported_scheme(client):
     with pytest.raises(HttpError, match="scheme"):
         client.get("ftp://127.0.0.1/x")
-
-
-def test_plain_http_path_does_not_import_ssl():
-    import subprocess
-    import sys
-
-    code = ("import sys; import guestagent.protocol.http as h; "
-            "print('ssl' in sys.modules, 'http.client' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[3])).stdout
-    assert out.split() == ["False", "False"]
