@@ -22,7 +22,9 @@ MAX_SKEW = 60.0
 
 
 def _get(url: str, timeout: float) -> http.Response:
-    return http.send_once("GET", url, timeout=timeout)
+    """One attempt through the agent's own HTTP policy, any status returned: the doctor reports what
+    the fabric answers now, it does not retry its way past a problem."""
+    return http.default_client().get(url, max_retry=1, retry_codes=(), timeout=timeout)
 
 
 def recorded_endpoint(lib_dir: str) -> Optional[str]:
