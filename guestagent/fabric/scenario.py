@@ -134,7 +134,8 @@ class Scenario:
 
     def key_pair_names(self) -> List[str]:
         names: List[str] = []
-        for key in self.ovf.public_keys + self.ovf.key_pairs:
+        customer = self.pps.customer if self.pps else OvfSpec()
+        for key in self.ovf.public_keys + self.ovf.key_pairs + customer.public_keys + customer.key_pairs:
             if key.certificate and key.certificate not in names:
                 names.append(key.certificate)
         return names

@@ -26,8 +26,8 @@ from guestagent.provisioning.ovfenv import OvfEnv, parse_ovf_env, redact_passwor
 REPORTED_READY = "reported_ready"
 #: How often a long wait says it is still waiting.
 STATUS_PERIOD = 600.0
-#: A hot-attached NIC gets this long to come up before the agent goes on (cloud-init: 100 × 0.1 s).
-LINK_UP_TIMEOUT = 10.0
+#: While NICs are hot-attached, how often the agent looks for the one with the default route.
+ATTACH_POLL = 0.1
 OPERATION = "PreProvisioning"
 
 
@@ -77,13 +77,15 @@ class Pool:
     def __init__(self, lib_dir: str, report_ready: Callable[[], None], timeout: float,
                  imds_client: Optional[imds.ImdsClient] = None, sleep: Callable[[float], None] = time.sleep,
                  watch: Callable[[], network.LinkWatch] = network.LinkWatch,
-                 interface: Callable[[], str] = network.interface_name):
+                 interface: Callable[[], str] = network.interface_name,
+                 primary: Callable[[], str] = network.primary_interface):
         self.lib_dir = lib_dir
         self._report_ready = report_ready
         self.imds = imds_client or imds.ImdsClient()
         self.sleep = sleep
         self._watch = watch
         self._interface = interface
+        self._primary = primary
         self._deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
 
     def event(self, message: str, is_success: bool = True) -> None:
@@ -137,8 +139,8 @@ class Pool:
         while True:
             remaining = self._remaining()
             if remaining <= 0:
-                raise PoolTimeout(f"still in the pre-provisioning pool after {time.monotonic() - start:.0f} s: "
-                                  f"no {what}")
+                raise PoolTimeout(f"Still in the pre-provisioning pool after {time.monotonic() - start:.0f} s "
+                                  f"(Debug.PreprovisionedPoolTimeout): no {what} came")
             if step(min(remaining, STATUS_PERIOD)):
                 log.info("Pre-provisioning pool: {0} after {1:.1f} s", what, time.monotonic() - start)
                 return
@@ -166,18 +168,33 @@ class Pool:
                 return name is not None
 
             self._wait("the NIC's detach", detached)
-            attached: list[network.Link] = []
+            attached: list[str] = []
 
-            def attach(t: float) -> bool:
-                link = watch.wait_attach([], t)
-                attached.extend([link] if link else [])
-                return link is not None
+            def primary_attached(t: float) -> bool:
+                """Collect hot-attached NICs, bringing each up, until one carries the default route (the
+                primary: cloud-init asks each attached NIC for a DHCP lease until the primary answers)."""
+                deadline = time.monotonic() + t
+                while time.monotonic() < deadline:
+                    link = watch.wait_attach(attached, min(ATTACH_POLL, max(deadline - time.monotonic(), 0.0)))
+                    if link is not None:
+                        attached.append(link.name)
+                        log.info("Hot-attached NIC {0} (operstate {1})", link.name, link.operstate)
+                        self._link_up(link)
+                    if attached and self._primary() in attached:
+                        return True
+                return False
 
-            self._wait("a hot-attached NIC", attach)
-            link = attached[0]
-            self.event(f"NIC {gone[0]} detached; NIC {link.name} attached")
-            if link.operstate != "UP" and watch.wait_for(link.name, "UP", LINK_UP_TIMEOUT) is None:
-                log.info("Link {0} is not up after {1:.0f} s, going on", link.name, LINK_UP_TIMEOUT)
+            self._wait("the primary NIC's hot-attach", primary_attached)
+            self.event(f"NIC {gone[0]} detached; primary NIC {self._primary()} attached")
+
+    def _link_up(self, link: network.Link) -> None:
+        if link.up:
+            return
+        try:
+            with network.Netlink() as nl:
+                nl.set_link(link.name, up=True)
+        except NetworkError as e:
+            log.info("Could not bring {0} up, going on: {1}", link.name, e.msg)
 
     def _os_disk(self) -> None:
         """Report Ready and wait for the host to shut the VM down; reaching the end is a failure."""
@@ -189,7 +206,8 @@ class Pool:
         try:
             text = imds.fetch_reprovision_data(self.imds, self._deadline_on(self.imds.clock), sleep=self.sleep)
         except imds.ReprovisionTimeout as e:
-            raise PoolTimeout(f"still in the pre-provisioning pool: {e.msg}") from None
+            raise PoolTimeout(f"Still in the pre-provisioning pool (Debug.PreprovisionedPoolTimeout): {e.msg}"
+                              ) from None
         except HttpError as e:
             raise ProvisionError(f"Fetching the re-provisioning data failed: {e.msg}") from None
         try:
