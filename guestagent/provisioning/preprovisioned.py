@@ -140,7 +140,7 @@ class Pool:
             remaining = self._remaining()
             if remaining <= 0:
                 raise PoolTimeout(f"Still in the pre-provisioning pool after {time.monotonic() - start:.0f} s "
-                                  f"(Debug.PreprovisionedPoolTimeout): no {what} came")
+                                  f"(Debug.PreprovisionedPoolTimeout), still waiting for {what}")
             if step(min(remaining, STATUS_PERIOD)):
                 log.info("Pre-provisioning pool: {0} after {1:.1f} s", what, time.monotonic() - start)
                 return
