@@ -125,6 +125,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("Debug.FirewallRulesLogPeriod", "debug_firewall_rules_log_period", INT, 86400),
     Option("Debug.LogCollectorInitialDelay", "debug_log_collector_initial_delay", INT, 300),
     Option("Debug.EnableRsmDowngrade", "debug_enable_rsm_downgrade", SWITCH, False, listed=False),
+    # An extension (2.15 has no pre-provisioning pool): how long a pooled VM waits for its claim; 0 = as
+    # long as it takes (cloud-init's wait).
+    Option("Debug.PreprovisionedPoolTimeout", "debug_preprovisioned_pool_timeout", INT, 0, listed=False),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -258,6 +261,7 @@ class Config:
     debug_self_update_hotfix_frequency: int
     debug_self_update_regular_frequency: int
     debug_firewall_rules_log_period: int
+    debug_preprovisioned_pool_timeout: int
     debug_log_collector_initial_delay: int
     debug_enable_rsm_downgrade: bool
 

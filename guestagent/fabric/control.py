@@ -3,6 +3,7 @@
 GET  /fabric/state            current step, incarnation, ports, pending faults
 POST /fabric/advance          next goal-state step
 POST /fabric/step?n=N         jump to step N
+POST /fabric/claim            a customer claims the pooled VM (409 when claimed already)
 POST /fabric/faults           JSON {"kind", "status", "delay", "reset", "body", "count"}
 DELETE /fabric/faults         clear every fault
 """
@@ -23,7 +24,7 @@ def state(fab: Fabric) -> dict:
     return {"scenario": fab.scenario.name, "step": view.step_index, "steps": len(fab.scenario.steps),
             "incarnation": view.incarnation, "etag": view.etag, "fast_track": view.ft_step is not None,
             "wire_port": fab.wire_port, "hgap_port": fab.hgap_port, "storage_port": fab.storage_port,
-            "imds_port": fab.imds_port, "faults": [f.to_dict() for f in fab.faults.pending()]}
+            "imds_port": fab.imds_port, "claimed": fab.claimed_at is not None, "faults": [f.to_dict() for f in fab.faults.pending()]}
 
 
 def handle(fab: Fabric, req: Request) -> Response:
@@ -45,6 +46,11 @@ def handle(fab: Fabric, req: Request) -> Response:
             fab.faults.add(**spec)
         elif action == "faults" and req.method == "DELETE":
             fab.faults.clear()
+        elif action == "claim" and req.method == "POST":
+            try:
+                fab.claim()
+            except ValueError as exc:
+                return Response.text(409, str(exc))
         else:
             return Response.text(404, f"unknown control call {req.method} /fabric/{action}")
     except (ValueError, IndexError, TypeError) as exc:

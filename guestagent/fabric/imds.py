@@ -1,4 +1,5 @@
-"""Emulated Instance Metadata Service: /metadata/instance and its sub-trees, ``Metadata: true`` enforced."""
+"""Emulated Instance Metadata Service: /metadata/instance and its sub-trees, and a pooled VM's
+/metadata/reprovisiondata (404 until the VM is claimed); ``Metadata: true`` enforced."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def classify(req: Request) -> Optional[str]:
     return "imds" if req.path.rstrip("/").startswith("/metadata") else None
 
 
-def handle(document: Dict[str, Any], req: Request) -> Response:
+def handle(document: Dict[str, Any], req: Request, reprovision: Optional[str] = None) -> Response:
+    """``reprovision``: the document /metadata/reprovisiondata returns (None: not claimed yet, 404)."""
     if req.header("metadata").lower() != "true":
         return Response.json(json.dumps({"error": "Bad request. Required metadata header not specified"}), 400)
     if not req.query.get("api-version"):
@@ -43,6 +45,10 @@ def handle(document: Dict[str, Any], req: Request) -> Response:
                                                   "For more information refer to aka.ms/azureimds",
                                          "newest-versions": NEWEST_VERSIONS}), 400)
     parts = [p for p in req.path.strip("/").split("/") if p]
+    if parts == ["metadata", "reprovisiondata"]:
+        if reprovision is None:
+            return Response.json(json.dumps({"error": "Not found"}), 404)
+        return Response.text(200, reprovision, content_type="text/xml; charset=utf-8")
     if parts[:2] != ["metadata", "instance"]:
         return Response.json(json.dumps({"error": "Not found"}), 404)
     node: Any = document

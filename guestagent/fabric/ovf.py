@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Optional, Union
 from xml.sax.saxutils import escape
 
-from guestagent.fabric.scenario import Scenario
+from guestagent.fabric.scenario import OvfSpec, Scenario
 
 
 def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def build_ovf_env(scenario: Scenario, cache_dir: Optional[Path] = None) -> str:
-    ovf = scenario.ovf
+def build_ovf_env(scenario: Scenario, cache_dir: Optional[Path] = None, ovf: Optional[OvfSpec] = None) -> str:
+    """The scenario's ovf-env.xml (the DVD's), or ``ovf``'s (a pool's customer document)."""
+    ovf = ovf or scenario.ovf
     thumbs = {c.name: c.thumbprint for c in scenario.tenant_certs(cache_dir)} if scenario.key_pair_names() else {}
     lines = [
         '<?xml version="1.0" encoding="utf-8"?>',
@@ -68,6 +69,8 @@ def build_ovf_env(scenario: Scenario, cache_dir: Optional[Path] = None) -> str:
         "        <wa:RetainWindowsPEPassInUnattend>true</wa:RetainWindowsPEPassInUnattend>",
         "        <wa:RetainOfflineServicingPassInUnattend>true</wa:RetainOfflineServicingPassInUnattend>",
         f"        <wa:PreprovisionedVm>{_bool(ovf.preprovisioned_vm)}</wa:PreprovisionedVm>",
+        *([f"        <wa:PreprovisionedVMType>{escape(ovf.preprovisioned_vm_type)}</wa:PreprovisionedVMType>"]
+          if ovf.preprovisioned_vm_type else []),
         "      </wa:PlatformSettings>",
         "    </wa:PlatformSettingsSection>",
         "</Environment>",

@@ -93,7 +93,17 @@ class OvfSpec:
     custom_data: Optional[str] = None     # plain text; ovf.py base64-encodes it
     provision_guest_agent: bool = True
     preprovisioned_vm: bool = False
+    preprovisioned_vm_type: Optional[str] = None   # PreprovisionedVMType: Running, Savable, PreprovisionedOSDisk
     version: str = "1.0"
+
+
+@dataclass
+class PoolSpec:
+    """A pre-provisioning pool: ``ovf`` is the placeholder on the DVD; IMDS ``reprovisiondata`` answers
+    404 until the VM is claimed, then the customer's document (``customer``), or ``body`` verbatim."""
+
+    customer: OvfSpec = field(default_factory=OvfSpec)
+    body: Optional[str] = None
 
 
 @dataclass
@@ -112,6 +122,7 @@ class Scenario:
     ovf: OvfSpec = field(default_factory=OvfSpec)
     handlers: List[HandlerPackage] = field(default_factory=list)
     imds: Optional[Dict[str, Any]] = None
+    pps: Optional[PoolSpec] = None
     steps: List[Step] = field(default_factory=list)
     source: Optional[Path] = None
     _tenant: Any = field(default=None, repr=False, compare=False)
@@ -123,7 +134,8 @@ class Scenario:
 
     def key_pair_names(self) -> List[str]:
         names: List[str] = []
-        for key in self.ovf.public_keys + self.ovf.key_pairs:
+        customer = self.pps.customer if self.pps else OvfSpec()
+        for key in self.ovf.public_keys + self.ovf.key_pairs + customer.public_keys + customer.key_pairs:
             if key.certificate and key.certificate not in names:
                 names.append(key.certificate)
         return names
@@ -207,9 +219,10 @@ _EXT_KEYS = ("name", "version", "state", "multi_config", "seqNo", "settings", "p
 _STEP_KEYS = ("incarnation", "fast_track", "status_blob_type", "on_hold", "required_features", "extensions",
               "vm_settings", "remote_access", "container_id", "certificates", "extensions_config", "comment")
 _OVF_KEYS = ("hostname", "username", "password", "disable_ssh_password_auth", "ssh_public_keys", "ssh_key_pairs",
-             "custom_data", "provision_guest_agent", "preprovisioned_vm", "version")
+             "custom_data", "provision_guest_agent", "preprovisioned_vm", "preprovisioned_vm_type", "version")
+PPS_TYPES = ("Running", "Savable", "PreprovisionedOSDisk", "None")
 _TOP_KEYS = ("name", "description", "container_id", "role_instance_id", "role_name", "deployment_name", "vm_name",
-             "location", "hgap_version", "vm_settings", "artifacts_profile", "ovf", "handlers", "imds", "steps",
+             "location", "hgap_version", "vm_settings", "artifacts_profile", "ovf", "handlers", "imds", "pps", "steps",
              "comment", "lab")  # "lab": options for `guestagent lab` (resource disk, swap); ignored here
 
 
@@ -284,15 +297,22 @@ def _step(r: _Reader, raw: Any, where: str, index: int) -> Step:
     )
 
 
-def _ovf(r: _Reader, raw: Any) -> OvfSpec:
+def _pps(r: _Reader, raw: Any) -> Optional[PoolSpec]:
+    if raw is None:
+        return None
+    r.obj(raw, "pps", ("customer", "body", "comment"))
+    return PoolSpec(customer=_ovf(r, raw.get("customer"), "pps.customer"), body=r.string(raw.get("body"), "pps.body"))
+
+
+def _ovf(r: _Reader, raw: Any, where: str = "ovf") -> OvfSpec:
     if raw is None:
         return OvfSpec()
-    r.obj(raw, "ovf", _OVF_KEYS)
+    r.obj(raw, where, _OVF_KEYS)
 
     def keys(name: str, need_value: bool) -> List[SshKey]:
         out = []
-        for i, k in enumerate(r.lst(raw.get(name), f"ovf.{name}")):
-            w = f"ovf.{name}[{i}]"
+        for i, k in enumerate(r.lst(raw.get(name), f"{where}.{name}")):
+            w = f"{where}.{name}[{i}]"
             r.obj(k, w, ("path", "value", "certificate"))
             key = SshKey(r.string(k.get("path"), f"{w}.path", required=True), r.string(k.get("value"), f"{w}.value"),
                          r.string(k.get("certificate"), f"{w}.certificate"))
@@ -305,16 +325,18 @@ def _ovf(r: _Reader, raw: Any) -> OvfSpec:
 
     d = OvfSpec()
     return OvfSpec(
-        hostname=r.string(raw.get("hostname"), "ovf.hostname", default=d.hostname),
-        username=r.string(raw.get("username"), "ovf.username", default=d.username),
-        password=r.string(raw.get("password"), "ovf.password"),
-        disable_ssh_password_auth=r.boolean(raw.get("disable_ssh_password_auth"), "ovf.disable_ssh_password_auth",
+        hostname=r.string(raw.get("hostname"), f"{where}.hostname", default=d.hostname),
+        username=r.string(raw.get("username"), f"{where}.username", default=d.username),
+        password=r.string(raw.get("password"), f"{where}.password"),
+        disable_ssh_password_auth=r.boolean(raw.get("disable_ssh_password_auth"), f"{where}.disable_ssh_password_auth",
                                             raw.get("password") is None),
         public_keys=keys("ssh_public_keys", True), key_pairs=keys("ssh_key_pairs", False),
-        custom_data=r.string(raw.get("custom_data"), "ovf.custom_data"),
-        provision_guest_agent=r.boolean(raw.get("provision_guest_agent"), "ovf.provision_guest_agent", True),
-        preprovisioned_vm=r.boolean(raw.get("preprovisioned_vm"), "ovf.preprovisioned_vm", False),
-        version=r.string(raw.get("version"), "ovf.version", default="1.0"),
+        custom_data=r.string(raw.get("custom_data"), f"{where}.custom_data"),
+        provision_guest_agent=r.boolean(raw.get("provision_guest_agent"), f"{where}.provision_guest_agent", True),
+        preprovisioned_vm=r.boolean(raw.get("preprovisioned_vm"), f"{where}.preprovisioned_vm", False),
+        preprovisioned_vm_type=(None if raw.get("preprovisioned_vm_type") is None else r.choice(
+            raw.get("preprovisioned_vm_type"), f"{where}.preprovisioned_vm_type", PPS_TYPES, "None")),
+        version=r.string(raw.get("version"), f"{where}.version", default="1.0"),
     )
 
 
@@ -348,7 +370,7 @@ def parse_scenario(data: Any, base_dir: Optional[Path] = None, origin: str = "<s
         hgap_version=r.string(data.get("hgap_version"), "hgap_version", default=d.hgap_version),
         vm_settings=r.choice(data.get("vm_settings"), "vm_settings", VMSETTINGS_MODES, "supported"),
         artifacts_profile=r.boolean(data.get("artifacts_profile"), "artifacts_profile", True),
-        ovf=_ovf(r, data.get("ovf")), handlers=handlers, imds=imds,
+        ovf=_ovf(r, data.get("ovf")), handlers=handlers, imds=imds, pps=_pps(r, data.get("pps")),
         steps=[_step(r, s, f"steps[{i}]", i) for i, s in enumerate(r.lst(data.get("steps"), "steps"))],
         source=Path(origin) if origin != "<scenario>" else None,
     )

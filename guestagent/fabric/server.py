@@ -28,6 +28,7 @@ from urllib.parse import quote
 from guestagent.fabric import hostplugin, imds, storage, wireserver
 from guestagent.fabric.faults import BODY_MODES, KINDS, SEND_MODES, Fault, FaultSet
 from guestagent.fabric.httpd import Request, Response, start_servers
+from guestagent.fabric.ovf import build_ovf_env
 from guestagent.fabric.packages import PackageCache
 from guestagent.fabric.scenario import ExtensionSpec, Scenario, SettingsSpec, Step, default_scenario
 
@@ -103,6 +104,7 @@ class Fabric:
         self._pfx: Optional[bytes] = None
         self._protected: Dict[Tuple, Tuple[str, str]] = {}
         self._imds_doc: Optional[Dict[str, Any]] = None
+        self.claimed_at: Optional[float] = None  # wall time the pooled VM was claimed
         self._activate(0)
 
     # ------------------------------------------------------------ lifecycle
@@ -237,6 +239,25 @@ class Fabric:
                 self._protected[key] = (tenant.thumbprint, protect_settings(plain, tenant))
             return self._protected[key]
 
+    def claim(self) -> None:
+        """A customer claims the pooled VM: reprovisiondata answers from now on. ValueError when the
+        scenario has no pool or the VM was claimed already (a second claim changes nothing)."""
+        with self._lock:
+            if self.scenario.pps is None:
+                raise ValueError("this scenario has no pre-provisioning pool (no 'pps')")
+            if self.claimed_at is not None:
+                raise ValueError("the VM was claimed already")
+            self.claimed_at = time.time()
+
+    def reprovision_data(self) -> Optional[str]:
+        """The customer's ovf-env.xml once claimed, else None."""
+        pool = self.scenario.pps
+        if pool is None or self.claimed_at is None:
+            return None
+        if pool.body is not None:
+            return pool.body
+        return build_ovf_env(self.scenario, ovf=pool.customer)
+
     def imds_document(self) -> Dict[str, Any]:
         if self._imds_doc is None:
             self._imds_doc = self.scenario.imds or imds.default_document(self.scenario, self.vm_id)
@@ -347,7 +368,7 @@ class Fabric:
             return hostplugin.handle(self, req, kind)
         if req.role == "storage":
             return storage.handle(self, req, kind)
-        return imds.handle(self.imds_document(), req)
+        return imds.handle(self.imds_document(), req, self.reprovision_data())
 
     def _dispatch(self, handler, req: Request, started: float) -> None:
         kind = self._classify(req)

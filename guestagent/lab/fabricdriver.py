@@ -3,8 +3,9 @@
 Runs :class:`~guestagent.fabric.server.Fabric` and reports what the VM sent as JSON lines in
 ``<run>/fabric-events.jsonl`` (the lab follows that file from the host): ``started``, ``request``,
 ``health``, ``status`` (when the uploaded status changes), ``telemetry`` (one compact record per
-event), ``healthservice``, ``vmagentlog`` and ``advanced``. The lab moves the goal state on by
-writing a step number into ``<run>/step``.
+event), ``healthservice``, ``vmagentlog``, ``advanced`` and ``claimed``. The lab moves the goal state
+on by writing a step number into ``<run>/step``, and claims a pooled VM by writing the number of
+claims into ``<run>/claim`` (each one moves the network as the PPS type asks, then claims).
 """
 
 from __future__ import annotations
@@ -32,6 +33,25 @@ def telemetry_record(event: dict) -> dict:
             "name": p.get("Name"), "version": p.get("Version")}
 
 
+def claim(fab: Any, number: int) -> dict:
+    """Claim number ``number``: the network move of the placeholder's PPS type, then the claim itself
+    (a second claim is refused by the fabric and moves nothing)."""
+    from guestagent.lab.errors import SandboxError
+    from guestagent.lab.pool import MOVES, move_network
+
+    kind = fab.scenario.ovf.preprovisioned_vm_type or ("Running" if fab.scenario.ovf.preprovisioned_vm else "None")
+    start = time.time()
+    if fab.claimed_at is not None:
+        return {"number": number, "error": "the VM was claimed already", "at": start}
+    try:
+        move_network(kind)
+        fab.claim()
+    except (SandboxError, ValueError) as e:
+        return {"number": number, "error": str(e), "at": start}
+    return {"number": number, "type": kind, "move": MOVES.get(kind, "none"), "at": start,
+            "claimed_at": fab.claimed_at}
+
+
 def main(argv: list[str]) -> None:
     cfg = json.loads(argv[0])
     run = Path(cfg["run"])
@@ -57,6 +77,7 @@ def main(argv: list[str]) -> None:
     seen = {"request": 0, "health": 0, "telemetry": 0, "healthservice": 0, "vmagentlog": 0}
     last_status = None
     step = 0
+    claims = 0
 
     def new(kind: str, items: list) -> list:
         fresh = items[seen[kind]:]
@@ -88,6 +109,13 @@ def main(argv: list[str]) -> None:
             fab.advance()
             step += 1
             emit("advanced", {"step": step})
+        try:
+            wanted = int((run / "claim").read_text())
+        except (OSError, ValueError):
+            wanted = claims
+        while claims < wanted:
+            claims += 1
+            emit("claimed", claim(fab, claims))
         time.sleep(POLL)
 
 

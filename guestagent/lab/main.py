@@ -65,7 +65,9 @@ class LabFailure(Exception):
 class Lab:
     def __init__(self, scenario: str, *, keep: bool = False, timeout: float = 300.0, until: str = "extensions",
                  verbose: bool = False, out: Any = None, resource_disk_mb: Optional[int] = None,
-                 swap_mb: Optional[int] = None, doctor: bool = False, fault: Optional[str] = None):
+                 swap_mb: Optional[int] = None, doctor: bool = False, fault: Optional[str] = None,
+                 claim_after: Optional[float] = 1.0, claims: int = 1, pool_timeout: int = 0,
+                 restart_in_pool: bool = False):
         self.scenario_arg = scenario
         #: Run `guestagent doctor` inside once the run succeeded, after injecting ``fault`` (if any).
         self.doctor = doctor or fault is not None
@@ -93,6 +95,20 @@ class Lab:
         self.step = 0
         self.step_started = 0        # status uploads seen when the current step began
         self.result = ""
+        # A pre-provisioning pool scenario: claim ``claim_after`` s after the VM waits in the pool (None:
+        # never); ``claims`` > 1 claims again once Ready; the daemon may be restarted while it waits.
+        self.claim_after = claim_after
+        self.claims = claims
+        self.pool_timeout = pool_timeout
+        self.restart_in_pool = restart_in_pool
+        self.pool = False
+        self.pool_waiting: Optional[float] = None   # monotonic time the daemon was seen waiting in the pool
+        self.restarted = False
+        self.claims_made = 0
+        self.claimed_at: Optional[float] = None      # wall time the lab's claim began (network move)
+        self.claim_to_ready: Optional[float] = None
+        self.claim_events: list[dict] = []
+        self.stayed_in_pool = False
 
     def say(self, text: str) -> None:
         self.tl.add("lab", text)
@@ -147,6 +163,9 @@ class Lab:
             # A VM image has openssh-server; this host may not. Give the image its stock config.
             sb.write_file("/etc/ssh/sshd_config", SSHD_CONFIG)
             self.say("image has no /etc/ssh/sshd_config: wrote a stock one (openssh-server not on this host)")
+        if self.pool and self.pool_timeout:
+            self.settings["Debug.PreprovisionedPoolTimeout"] = str(self.pool_timeout)
+            sb.write_file("/etc/waagent.conf", adapt_conf(text, self.settings))
         if not self.firewall:
             self.say("neither iptables nor nft on this host: OS.EnableFirewall=n")
         shown = ("Provisioning.Agent", "ResourceDisk.Format", "ResourceDisk.EnableSwap", "ResourceDisk.SwapSizeMB",
@@ -235,8 +254,58 @@ class Lab:
             self.tl.add("fabric", f"collected logs uploaded ({data.get('size')} bytes)")
         elif kind == "advanced":
             self.say(f"fabric moved to step {data.get('step', 0) + 1} of {len(scenario.steps)}")
+        elif kind == "claimed":
+            self.claim_events.append(data)
+            if data.get("error"):
+                self.tl.add("fabric", f"claim {data.get('number')} refused: {data['error']}")
+            else:
+                self.claimed_at = float(data["at"])
+                self.tl.add("fabric", f"claim: a customer claims the pooled VM ({data.get('type')}); network move: "
+                                      f"{data.get('move')}; IMDS reprovisiondata now answers")
+        if kind == "health" and data.get("substatus") == "ProvisioningFailed" and self.claimed_at is not None:
+            raise LabFailure(f"provisioning failed after the claim: {data.get('description')}")
+        if kind == "health" and data.get("state") == "Ready" and self.claimed_at is not None \
+                and self.claim_to_ready is None:
+            at = summ.parse_time(str(data.get("time", "")))
+            if at is not None and at >= self.claimed_at:
+                self.claim_to_ready = at - self.claimed_at
+                self.say(f"claim -> Ready with the customer's provisioning: {self.claim_to_ready:.2f} s")
+
+    def _on_agent_line(self, sb: Sandbox, text: str) -> None:
+        """Pool scenarios: notice the daemon waiting in the pool (or giving up on it)."""
+        if text.startswith(("pool: waiting for", "pool: restarted in the pool", "IMDS reprovisiondata attempt")):
+            if self.pool_waiting is None:
+                self.pool_waiting = time.monotonic()
+        elif text.startswith("Still in the pre-provisioning pool") and "(Debug.PreprovisionedPoolTimeout)" in text:
+            self.stayed_in_pool = True
+
+    def _pool_step(self, sb: Sandbox) -> None:
+        """Restart the daemon mid-wait, or claim the VM, when their time has come."""
+        if self.pool_waiting is None or time.monotonic() - self.pool_waiting < (self.claim_after or 0.0):
+            return
+        if self.restart_in_pool and not self.restarted:
+            self.restarted = True
+            self.pool_waiting = None
+            self.daemon.terminate()
+            self.daemon.wait(30)
+            self.say("daemon stopped while waiting in the pool (a reboot in the pool); starting it again")
+            self._start_daemon(sb)
+            return
+        if self.claim_after is not None and self.claims_made == 0:
+            self.claims_made = 1
+            self.say("the platform claims the VM for a customer")
+            sb.write_file(f"{LAB_RUN}/claim", "1")
+        elif self.claims_made < self.claims and self.claim_to_ready is not None:
+            self.claims_made += 1
+            self.say(f"claim {self.claims_made}: the platform claims the VM again")
+            sb.write_file(f"{LAB_RUN}/claim", str(self.claims_made))
 
     def _done(self, sb: Sandbox, scenario: Any) -> bool:
+        if self.pool:
+            if self.claim_after is None:
+                return self.stayed_in_pool
+            if self.claim_to_ready is None or len(self.claim_events) < self.claims:
+                return False
         if self.until == "ready":
             return any(h.get("state") == "Ready" for h in self.health)
         if self.status is None or self.status.agent_status != "Ready":
@@ -276,6 +345,7 @@ class Lab:
         passwd_before = ""
         try:
             scenario = self._load_scenario()
+            self.pool = scenario.pps is not None
             self.say(f"scenario {scenario.name!r}: {len(scenario.steps)} goal-state step(s); until {self.until}")
             self.sb = sb = Sandbox(hostname=IMAGE_HOSTNAME, loopback_addrs=(WIRE_HOST, IMDS_HOST))
             self.say(f"sandbox created in {sb.startup_seconds:.2f}s (init pid {sb.init_pid})")
@@ -294,11 +364,15 @@ class Lab:
                     text = classify_log_line(line)
                     if text:
                         self.tl.add("agent", text)
+                        self._on_agent_line(sb, text)
                 for line in events.read_lines():
                     self._on_fabric_event(json.loads(line), scenario)
+                if self.pool:
+                    self._pool_step(sb)
                 if self._done(sb, scenario):
                     ok = True
-                    self.result = f"success: {self.until} reached"
+                    self.result = ("success: stayed in the pool (no claim)" if self.pool and self.claim_after is None
+                                   else f"success: {self.until} reached")
                     if self.doctor:
                         self._run_doctor(sb)
                     break
@@ -319,6 +393,8 @@ class Lab:
         try:
             if self.sb is not None:
                 self._summarise(self.sb, passwd_before)
+                if self.pool:
+                    print(self._pool_summary(), file=self.out, flush=True)
                 if not ok:
                     print("\nlast lines of /var/log/waagent.log:\n" + self._tail("/var/log/waagent.log", 30),
                           file=self.out)
@@ -360,6 +436,17 @@ class Lab:
             reported=summ.telemetry_lines(self.telemetry, self.healthservice, self.vm_agent_logs,
                                           summ.queued_events(sb.host_path("/var/lib/waagent/events").glob("*.tld")))),
             file=self.out, flush=True)
+
+    def _pool_summary(self) -> str:
+        figure = f"{self.claim_to_ready:.2f} s" if self.claim_to_ready is not None else "not reached"
+        lines = [f"pre-provisioning pool: claim -> Ready with the customer's provisioning: {figure}"]
+        for c in self.claim_events:
+            lines.append(f"  claim {c.get('number')}: " + (f"refused ({c['error']})" if c.get("error")
+                                                            else f"{c.get('type')}, network move: {c.get('move')}"))
+        if self.stayed_in_pool:
+            lines.append("  no claim came: the agent gave up waiting (Debug.PreprovisionedPoolTimeout) and the VM "
+                         "stays a pool member (reported_ready kept, not provisioned)")
+        return "\n".join(lines)
 
     def _platform_lines(self, sb: Sandbox) -> list[str]:
         out = []
@@ -420,6 +507,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--doctor", action="store_true", help="run `guestagent doctor` inside once the run succeeded")
     p.add_argument("--fault", choices=doctorfaults.FAULTS, metavar="NAME",
                    help="inject a fault the doctor must name, then run it: " + ", ".join(doctorfaults.FAULTS))
+    p.add_argument("--claim-after", type=float, default=1.0, metavar="S",
+                   help="pool scenarios: claim the VM S seconds after it waits in the pool; negative: never "
+                        "(default 1)")
+    p.add_argument("--claims", type=int, default=1, metavar="N", help="pool scenarios: claim N times (default 1)")
+    p.add_argument("--pool-timeout", type=int, default=0, metavar="S",
+                   help="pool scenarios: Debug.PreprovisionedPoolTimeout for the agent (default 0: no bound)")
+    p.add_argument("--restart-in-pool", action="store_true",
+                   help="pool scenarios: restart the daemon while it waits in the pool (PPS type Unknown)")
     args = p.parse_args(list(argv) if argv is not None else None)
     if os.geteuid() != 0:
         print("guestagent lab needs root: it builds a namespace sandbox (mounts, loop devices, its own network); "
@@ -428,7 +523,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return Lab(args.scenario, keep=args.keep, timeout=args.timeout, until=args.until, verbose=args.verbose,
                    resource_disk_mb=args.resource_disk_mb, swap_mb=args.swap_mb, doctor=args.doctor,
-                   fault=args.fault).run()
+                   fault=args.fault, claim_after=None if args.claim_after < 0 else args.claim_after,
+                   claims=args.claims, pool_timeout=args.pool_timeout, restart_in_pool=args.restart_in_pool).run()
     except SandboxUnavailable as e:
         print(f"guestagent lab: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -38,6 +39,14 @@ class VmStatus:
     goal_state: Optional[str] = None     # vmArtifactsAggregateStatus inSvdSeqNo
     goal_state_status: Optional[str] = None
     computer_name: Optional[str] = None
+
+
+def parse_time(text: str) -> Optional[float]:
+    """The fabric's record time (``2026-01-02T03:04:05.123456Z``) as epoch seconds; None if unreadable."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 def _get(d: Any, *keys: str) -> Any:

@@ -25,6 +25,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from guestagent import log
 from guestagent.errors import NetworkError
 
 MAIN_TABLE = 254  # what /proc/net/route shows
@@ -278,13 +279,35 @@ class Direct:
             nl.del_route(destination, prefix, gateway, ifname)
 
 
+@dataclass(frozen=True)
+class LinkEvent:
+    """One RTMGRP_LINK announcement: ``kind`` is "RTM_NEWLINK" (changed or attached) or "RTM_DELLINK"."""
+    kind: str
+    link: Link
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.link.name or '?'} (index {self.link.index}, operstate {self.link.operstate})"
+
+
+#: cloud-init's netlink helper follows a link's carrier through these two operational states only.
+CARRIER_STATES = ("UP", "DOWN")
+
+
 class LinkWatch:
     """Link changes as the kernel announces them (RTMGRP_LINK): carrier, up/down, new or gone NICs.
-    Subscribe before looking at the current state, then :meth:`wait` for what changed."""
+    Subscribe before looking at the current state, then :meth:`wait` for what changed. Every
+    announcement read is logged (the pre-provisioned VM's wait must show what it saw)."""
 
     def __init__(self) -> None:
-        self._ipr = IPRoute()
-        self._ipr.bind(groups=RTMGRP_LINK)
+        try:
+            self._ipr = IPRoute()
+        except (OSError, NetlinkError) as e:
+            raise NetworkError(f"Cannot open a netlink socket: {e}") from None
+        try:
+            self._ipr.bind(groups=RTMGRP_LINK)
+        except (OSError, NetlinkError) as e:
+            self._ipr.close()
+            raise NetworkError(f"Cannot subscribe to link changes (RTMGRP_LINK): {e}") from None
 
     def __enter__(self) -> LinkWatch:
         return self
@@ -295,23 +318,60 @@ class LinkWatch:
     def close(self) -> None:
         self._ipr.close()
 
-    def wait(self, timeout: float) -> list[Link]:
-        """The links announced within ``timeout`` seconds (empty when nothing changed)."""
+    def events(self, timeout: float) -> list[LinkEvent]:
+        """Link announcements within ``timeout`` seconds (empty when nothing changed), each logged."""
         ready, _, _ = select.select([self._ipr.fileno()], [], [], max(timeout, 0.0))
         if not ready:
             return []
-        return [_link(m) for m in self._ipr.get() if m.get("event") == "RTM_NEWLINK"]
+        out = [LinkEvent(str(m.get("event")), _link(m)) for m in self._ipr.get()
+               if m.get("event") in ("RTM_NEWLINK", "RTM_DELLINK")]
+        for event in out:
+            log.info("netlink: {0}", event)
+        return out
 
-    def wait_for(self, ifname: str, operstate: str, timeout: float) -> Optional[Link]:
-        """Block until ``ifname`` is announced in ``operstate`` (e.g. "UP"); None on timeout."""
+    def wait(self, timeout: float) -> list[Link]:
+        """The links announced (RTM_NEWLINK) within ``timeout`` seconds (empty when nothing changed)."""
+        return [e.link for e in self.events(timeout) if e.kind == "RTM_NEWLINK"]
+
+    def _until(self, timeout: float, done: Callable[[LinkEvent], bool]) -> Optional[LinkEvent]:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            for announced in self.wait(remaining):
-                if announced.name == ifname and announced.operstate == operstate:
-                    return announced
+            for event in self.events(remaining):
+                if done(event):
+                    return event
+
+    def wait_for(self, ifname: str, operstate: str, timeout: float) -> Optional[Link]:
+        """Block until ``ifname`` is announced in ``operstate`` (e.g. "UP"); None on timeout."""
+        event = self._until(timeout, lambda e: e.kind == "RTM_NEWLINK" and e.link.name == ifname
+                            and e.link.operstate == operstate)
+        return event.link if event else None
+
+    def wait_media_switch(self, ifname: str, timeout: float) -> bool:
+        """Block until ``ifname``'s carrier goes DOWN and comes back UP (the vnet switch of a running
+        pre-provisioned VM; the link is taken to be UP when the wait starts). False on timeout."""
+        carrier = ["UP"]
+
+        def switched(e: LinkEvent) -> bool:
+            if e.link.name != ifname or e.link.operstate not in CARRIER_STATES:
+                return False
+            previous, carrier[0] = carrier[0], e.link.operstate
+            return previous == "DOWN" and carrier[0] == "UP"
+
+        return self._until(timeout, switched) is not None
+
+    def wait_detach(self, timeout: float) -> Optional[str]:
+        """Block until a NIC is removed (RTM_DELLINK); its name, or None on timeout."""
+        event = self._until(timeout, lambda e: e.kind == "RTM_DELLINK" and not e.link.loopback)
+        return event.link.name if event else None
+
+    def wait_attach(self, known: Sequence[str], timeout: float) -> Optional[Link]:
+        """Block until a NIC whose name is not in ``known`` is announced (hot-attach); None on timeout."""
+        event = self._until(timeout, lambda e: e.kind == "RTM_NEWLINK" and not e.link.loopback
+                            and e.link.name not in known)
+        return event.link if event else None
 
 
 # --- the helper interpreter ---------------------------------------------------------------------------------

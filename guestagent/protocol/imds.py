@@ -1,16 +1,20 @@
-"""IMDS (spec 01 §12.2): compute info for telemetry and the once-a-minute health probe.
+"""IMDS (spec 01 §12.2): compute info for telemetry and the once-a-minute health probe; the
+re-provisioning document of a pre-provisioned VM (an extension, as cloud-init fetches it).
 
-Never on the path to Ready: short timeouts, no proxy, and the probe blames only the service
-(4xx, throttling and connection failures count as healthy).
+Never on the path to Ready of an ordinary VM: short timeouts, no proxy, and the probe blames only the
+service (4xx, throttling and connection failures count as healthy). Only a VM that booted in a
+pre-provisioning pool waits on IMDS, for ``reprovisiondata``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from guestagent import log
 from guestagent.errors import HttpError, ResourceGoneError
 from guestagent.protocol.http import HttpClient, user_agent
 
@@ -20,6 +24,11 @@ TIMEOUT = 5.0
 #: Single-attempt mode (the monitor thread): one try, this timeout, no retry back-off.
 QUICK_TIMEOUT = 2.0
 UNHEALTHY_AFTER = 180.0
+REPROVISION_API_VERSION = "2019-06-01"
+#: cloud-init's answers meaning "not yet" while a pooled VM waits for its customer.
+REPROVISION_RETRY_CODES = (404, 410, 429, 500)
+REPROVISION_TIMEOUT = 30.0
+REPROVISION_INTERVAL = 1.0
 
 
 @dataclass
@@ -107,3 +116,41 @@ class ImdsClient:
         healthy = now - self._last_healthy < UNHEALTHY_AFTER
         return {"ObservationName": "InstanceMetadataHeartbeat", "IsHealthy": healthy, "Description": "",
                 "Value": ""}
+
+
+class ReprovisionTimeout(HttpError):
+    """No re-provisioning document before the deadline: the VM was not claimed (it stays in the pool)."""
+
+
+def fetch_reprovision_data(client: ImdsClient, deadline: float, sleep: Callable[[float], None] = time.sleep
+                           ) -> str:
+    """Poll ``/metadata/reprovisiondata`` until it returns the customer's ovf-env.xml (cloud-init's
+    policy: 404/410/429/500 and connection failures mean "not yet", one request a second, 30-s
+    requests; logging backs off by doubling unless the failure changes). ``deadline`` is on
+    ``client.clock``; raises :class:`ReprovisionTimeout` when it passes, :class:`HttpError` on any
+    other answer."""
+    url = f"{client.base}/metadata/reprovisiondata?api-version={REPROVISION_API_VERSION}"
+    attempts, threshold, last = 0, 1, ""
+    while True:
+        attempts += 1
+        headers = {"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4()), "User-Agent": user_agent()}
+        try:
+            resp = client.http.get(url, headers, max_retry=1, retry_codes=(), timeout=REPROVISION_TIMEOUT)
+            failure = "" if resp.ok else f"Status Code {resp.status}"
+        except ResourceGoneError:
+            resp, failure = None, "Status Code 410"
+        except HttpError as e:
+            resp, failure = None, f"connection failed ({e.msg})"
+        if resp is not None and resp.ok:
+            log.info("Polled IMDS reprovisiondata {0} time(s): got the provisioning document", attempts)
+            return resp.text()
+        if resp is not None and resp.status not in REPROVISION_RETRY_CODES:
+            raise HttpError(f"IMDS reprovisiondata request failed: {failure}", status=resp.status)
+        if attempts >= threshold or failure != last:
+            log.info("Polling IMDS reprovisiondata: attempt {0}: {1}", attempts, failure)
+            threshold *= 2
+        last = failure
+        if client.clock() + REPROVISION_INTERVAL > deadline:
+            raise ReprovisionTimeout(f"no re-provisioning data from IMDS after {attempts} attempt(s) "
+                                     f"(last: {failure})")
+        sleep(REPROVISION_INTERVAL)

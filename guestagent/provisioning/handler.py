@@ -91,6 +91,11 @@ class _Flow:
                 raise
         return self.result.protocol
 
+    def rediscover(self) -> None:
+        """Detect the protocol again: a claimed pool VM's network moved (cloud-init's DHCP after it)."""
+        self.result.protocol = None
+        self._detect_error = None
+
     def event(self, message: str, is_success: bool = False, duration: int = 0,
               op: str = events.WALAEventOperation.Provision) -> None:
         events.add_event(op, is_success=is_success, message=message, duration=duration, lib_dir=self.lib_dir)
@@ -163,6 +168,7 @@ class AgentFlow(_Flow):
             self.report_ready()
             self.result.ok = self.result.skipped = True
             return self.result
+        from guestagent.provisioning import preprovisioned
         from guestagent.provisioning.dvd import copy_ovf_env
         from guestagent.provisioning.provision import Provisioner
 
@@ -178,6 +184,12 @@ class AgentFlow(_Flow):
                                      "cannot continue")
             log.info("Copying ovf-env.xml")
             ovf = copy_ovf_env(self.lib_dir, self.conf.dvd_mount_point, sleep=self.sleep)
+            kind = preprovisioned.pps_type(ovf, self.lib_dir)
+            if kind is not preprovisioned.PpsType.NONE:
+                pool = preprovisioned.Pool(self.lib_dir, lambda: self.protocol().report_ready(),
+                                           self.conf.debug_preprovisioned_pool_timeout)
+                ovf, _text = pool.run(kind)
+                self.rediscover()
             self.certificates = needs_certificates(ovf)
             self.protocol()
             self.report_not_ready("Provisioning", "Starting")
@@ -187,12 +199,18 @@ class AgentFlow(_Flow):
             self.result.thumbprint = provisioner.reg_ssh_host_key()
             provisioner.restart_ssh_service()
             self.write_provisioned()
+            preprovisioned.clear_marker(self.lib_dir)
             self.event(f"Provisioning succeeded ({_uptime()}s)", is_success=True, duration=_elapsed_ms(start))
             self.handle_provision_guest_agent(ovf.provision_guest_agent)
             self.report_to_host()
             self.report_ready()
             log.info("Provisioning complete")
             self.result.ok = True
+        except preprovisioned.PoolTimeout as e:
+            # Not a failure to report: the VM is still a Ready pool member; the next start polls again.
+            log.warn("{0}", e)
+            self.result.error = str(e)
+            self.event(str(e), op=preprovisioned.OPERATION)
         except (ProtocolError, ProvisionError) as e:
             msg = f"Provisioning failed: {e} ({_uptime()}s)"
             log.error("{0}", msg)

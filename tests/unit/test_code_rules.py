@@ -80,6 +80,7 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("guestagent/provisioning/deprovision.py", "guestagent.provisioning.dvd"): PROVISION,
     ("guestagent/provisioning/handler.py", "guestagent.provisioning.dvd"): PROVISION,
     ("guestagent/provisioning/handler.py", "guestagent.provisioning.provision"): PROVISION,
+    ("guestagent/provisioning/handler.py", "guestagent.provisioning.preprovisioned"): PROVISION,
 }
 
 #: (file, object probed) → why a getattr/hasattr/setattr is right there.
