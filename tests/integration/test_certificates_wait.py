@@ -4,7 +4,7 @@ command that needs a certificate not yet on disk waits for it.
 Real pieces: the ext-handler child's iteration, the protocol client, the fabric over loopback (its tenant
 certificate, CMS-encrypted protected settings, status blob) and a handler that decrypts its protected
 settings with openssl as real extensions do (tests/data/exthandler/certwait). The one seam: the helper is
-made 1 s slower (a sleep before the real work) so "did the command wait?" is an order, not a race.
+held on an event the test releases (after a short sleep) so "did the command wait?" is an order, not a race.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from guestagent.protocol.wire import WireProtocol
 HANDLER = Path(__file__).resolve().parents[1] / "data" / "exthandler" / "certwait"
 NAME = "GuestAgent.Test.CertWait"
 SECRET = {"secret": "certwait-protected-value-7f3a"}
-SLOWER = 1.0
 
 
 def _scenario(lib: str):
@@ -57,7 +56,7 @@ def setup(tmp_path, monkeypatch, log_lines):
     os.makedirs(lib)
     ensure_transport_cert(lib)
     helper_done: list[float] = []
-    delay = [0.2]  # the order-sensitive test sets SLOWER
+    delay = [0.2]
     gate = threading.Event()  # cleared: the helper holds until the test lets it go (no race with load)
     gate.set()
     real = certificates.process_certificates_isolated
@@ -97,7 +96,6 @@ def ops(lib: str) -> list[dict]:
 
 def test_commands_wait_for_the_helper_only_when_their_certificate_is_missing(setup):
     s = setup
-    s.delay[0] = SLOWER
     s.child.iterate()
     first = ops(s.lib)
     assert [r["op"] for r in first] == ["install", "enable"]
@@ -108,8 +106,10 @@ def test_commands_wait_for_the_helper_only_when_their_certificate_is_missing(set
 
     # update, certificate on disk: every command runs while the helper is still decrypting
     started = time.monotonic()
+    s.gate.clear()  # the helper holds until the iteration is over: a command that waited would hang here
     s.fab.advance()
     s.child.iterate()
+    s.gate.set()
     s.child.protocol.goal_state.wait_for_certificates()  # nothing in the iteration did
     update = [r for r in ops(s.lib) if r["t"] >= started]
     assert "update" in [r["op"] for r in update] and update[-1]["op"] == "enable"
@@ -119,12 +119,14 @@ def test_commands_wait_for_the_helper_only_when_their_certificate_is_missing(set
     # disable, certificate on disk: no wait; the status showing it went out before the helper finished
     started = time.monotonic()
     uploads = len(s.fab.status_uploads)
+    s.gate.clear()
     s.fab.advance()
     s.child.iterate()
+    s.gate.set()
     s.child.protocol.goal_state.wait_for_certificates()
     disable = [r for r in ops(s.lib) if r["t"] >= started]
     assert [r["op"] for r in disable] == ["disable"]
-    assert disable[0]["t"] < s.helper_done[-1] - SLOWER / 2, "a disable waited for the certificate helper"
+    assert disable[0]["t"] < s.helper_done[-1], "a disable waited for the certificate helper"
     assert len(s.fab.status_uploads) > uploads
     handler = s.fab.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]
     assert handler["status"] == "NotReady"
@@ -133,6 +135,8 @@ def test_commands_wait_for_the_helper_only_when_their_certificate_is_missing(set
     for suffix in (".prv", ".crt"):
         os.remove(os.path.join(s.lib, thumb + suffix))
     started = time.monotonic()
+    s.gate.clear()
+    threading.Timer(0.5, s.gate.set).start()  # the enable must wait for this release, then decrypt
     s.fab.advance()
     s.child.iterate()
     enable = [r for r in ops(s.lib) if r["t"] >= started]
