@@ -94,6 +94,8 @@ class Fabric:
         self.blobs = storage.BlobStore()
         self.packages = PackageCache()
         self.signer = PackageSigner(self.state_dir)
+        if any(e.signature for step in self.scenario.steps for e in step.extensions):
+            self.signer.prepare()
         self.on_request: Optional[Callable[[Dict[str, Any]], None]] = None
         self.sas_sig = quote(secrets.token_urlsafe(18))
         self.vm_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"guestagent-fabric/{self.scenario.name}"))

@@ -108,26 +108,43 @@ def sign_detached(content: bytes, signer: _Signer) -> bytes:
     return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
 
 
+#: The identities, made once per process (six RSA keys: too slow to make while a request waits).
+_IDENTITIES: Dict[str, _Signer] = {}
+_IDENTITIES_LOCK = threading.Lock()
+
+
+def _identity(which: str) -> _Signer:
+    with _IDENTITIES_LOCK:
+        if which not in _IDENTITIES:
+            _IDENTITIES[which] = _make_signer("GuestAgent Fabric Signing Root" if which == "trusted"
+                                              else "GuestAgent Untrusted Signing Root")
+        return _IDENTITIES[which]
+
+
 class PackageSigner:
-    """The fabric's signing identities (made once, kept in ``state_dir`` when there is one) and the
-    signatures of the packages it serves."""
+    """The fabric's signing identities and the signatures of the packages it serves; the trusted root is
+    written to ``<state_dir>/signing-root.pem`` when there is a state dir."""
 
     def __init__(self, state_dir: Optional[Path] = None):
         self.state_dir = state_dir
         self._lock = threading.Lock()
-        self._signers: Dict[str, _Signer] = {}
         self._cache: Dict[Tuple[str, bytes], str] = {}
+        self._root_written = False
+
+    def prepare(self) -> None:
+        """Make the identities (and write the root) now, not while the agent's request waits."""
+        self._signer("trusted")
+        _identity("untrusted")
 
     def _signer(self, which: str) -> _Signer:
-        if which not in self._signers:
-            self._signers[which] = _make_signer("GuestAgent Fabric Signing Root" if which == "trusted"
-                                                else "GuestAgent Untrusted Signing Root")
-            if which == "trusted" and self.state_dir is not None:
-                self.state_dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.state_dir / (ROOT_FILE + ".tmp")
-                tmp.write_text(root_pem(self._signers[which]))
-                tmp.replace(self.state_dir / ROOT_FILE)
-        return self._signers[which]
+        signer = _identity(which)
+        if which == "trusted" and self.state_dir is not None and not self._root_written:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_dir / (ROOT_FILE + ".tmp")
+            tmp.write_text(root_pem(signer))
+            tmp.replace(self.state_dir / ROOT_FILE)
+            self._root_written = True
+        return signer
 
     def root_pem(self) -> str:
         with self._lock:
