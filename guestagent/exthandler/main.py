@@ -24,10 +24,14 @@ from guestagent.cli import CliArgs
 from guestagent.conf import Config
 from guestagent.exthandler import env, logcollector, monitor, telemetry
 from guestagent.exthandler.cgroups import CGroupConfigurator
+from guestagent.exthandler.cloudinitwait import CloudInitWait
 from guestagent.exthandler.context import ThreadContext
+from guestagent.exthandler.extensions import signing
 from guestagent.exthandler.extensions.manager import ExtensionsManager
 from guestagent.exthandler.monitor import AgentMemoryCheck
 from guestagent.exthandler.remoteaccess import RemoteAccessHandler
+from guestagent.exthandler.selfupdate import AgentUpdateReporter
+from guestagent.exthandler.summary import GoalStateProgress
 from guestagent.osutil import processes, system
 from guestagent.osutil.osrelease import distro_info
 from guestagent.osutil.processes import pid_alive
@@ -74,9 +78,15 @@ class ExtHandler:
         self.args = args
         self.config = config
         self.lib_dir: str = config.lib_dir
-        self.period: float = config.extensions_goal_state_period
+        # Extensions.InitialGoalStatePeriod until the first goal state converged (the initial_goal_state marker)
+        self.progress = GoalStateProgress(self.lib_dir, config.extensions_enabled,
+                                          float(config.extensions_goal_state_period),
+                                          float(config.extensions_initial_goal_state_period))
+        self.period: float = self.progress.period
         if not config.extensions_enabled:
             self.period = 300.0
+        self.updates = AgentUpdateReporter(config, self.lib_dir)
+        self.cloud_init = CloudInitWait(config, self.lib_dir)
         self.protocol: Optional[WireProtocol] = None
         self.extensions: Optional[ExtensionsManager] = None
         self.cgroups = CGroupConfigurator(config)
@@ -115,6 +125,8 @@ class ExtHandler:
         self._write_pid_file()
         self._check_sentinel()
         self._make_secrets_read_only()
+        signing.write_root_certificate(self.lib_dir)
+        self.updates.log_start()
         # from now on a new certificate bundle is decrypted beside the loop (waited for only where needed)
         self.protocol.updater.async_certificates = True
         self.extensions = self._make_extensions_manager()
@@ -276,7 +288,11 @@ class ExtHandler:
             self._goal_state_recovered(goal_state)
         if goal_state is not None:
             ext_id = _extensions_id(goal_state)
-            if ext_id is not None and ext_id != self.last_extensions_id:
+            new = ext_id is not None and ext_id != self.last_extensions_id
+            self.updates.on_goal_state(goal_state, new)
+            self.cloud_init.wait()  # Extensions.WaitForCloudInit: once, before the first extension
+            if new:
+                self.progress.on_new_goal_state()
                 try:
                     self.extensions.process(goal_state)
                 except Exception as e:
@@ -330,7 +346,11 @@ class ExtHandler:
         try:
             statuses = self.extensions.handler_statuses()
             status = build_vm_status(self.config, goal_state or self.protocol.goal_state, statuses,
-                                     goal_state_status=self.extensions.goal_state_status())
+                                     goal_state_status=self.extensions.goal_state_status(),
+                                     update_status=self.updates.update_status())
+            self.progress.on_status(status)
+            if self.config.extensions_enabled:
+                self.period = self.progress.period
             key = _status_key(status)
             now = time.monotonic()
             if key == self.last_status_key and now - self.last_status_upload < self.status_refresh:
@@ -344,10 +364,9 @@ class ExtHandler:
             log.periodic(3600, log.WARNING, "Failed to report status: {0}", e)
 
     def _heartbeat(self) -> None:
-        auto_update = 1 if self.config.auto_update_update_to_latest_version else 0
         msg = (f"[HEARTBEAT] Agent {AGENT_LONG_NAME} is running as the goal state agent [DEBUG HeartbeatCounter: "
                f"{self.heartbeat_counter};HeartbeatId: {self.heartbeat_id};UpdateGSErrors: {self.gs_errors};"
-               f"AutoUpdate: {auto_update};UpdateMode: SelfUpdate;]")
+               f"{self.updates.heartbeat_fields()}]")
         log.info("{0}", msg)
         events.add_event(events.WALAEventOperation.HeartBeat, message=msg, log_event=False, lib_dir=self.lib_dir)
         self.heartbeat_counter += 1

@@ -76,8 +76,9 @@ def vm_settings_doc(fab: Fabric, view: GoalView, host: str, hgap_version: str) -
             "state": ext.state, "autoUpgrade": False, "runAsStartupTask": False, "isJson": True,
             "useExactVersion": True, "isMultiConfig": ext.multi_config,
         }
-        if ext.encoded_signature:
-            item["encodedSignature"] = ext.encoded_signature
+        signature = fab.encoded_signature(ext)
+        if signature:
+            item["encodedSignature"] = signature
         settings: List[Dict[str, Any]] = []
         depends: List[Dict[str, Any]] = []
         for s in ext.settings:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
 STATES = ("enabled", "disabled", "uninstall")
 BLOB_TYPES = ("BlockBlob", "PageBlob")
+SIGNATURE_MODES = ("valid", "tampered", "wrong_signer")
 VMSETTINGS_MODES = ("supported", "not_supported", "error", "parse_error", "old_version", "no_etag")
 
 
@@ -43,6 +44,7 @@ class ExtensionSpec:
     multi_config: bool = False
     settings: List[SettingsSpec] = field(default_factory=list)
     encoded_signature: str = ""
+    signature: Optional[str] = None      # the fabric signs the package it serves: valid|tampered|wrong_signer
 
 
 @dataclass
@@ -215,7 +217,7 @@ class _Reader:
 
 _SETTINGS_KEYS = ("name", "seqNo", "state", "settings", "protected_settings", "dependency_level", "depends_on")
 _EXT_KEYS = ("name", "version", "state", "multi_config", "seqNo", "settings", "protected_settings",
-             "dependency_level", "depends_on", "extensions", "encoded_signature", "no_settings")
+             "dependency_level", "depends_on", "extensions", "encoded_signature", "no_settings", "signature")
 _STEP_KEYS = ("incarnation", "fast_track", "status_blob_type", "on_hold", "required_features", "extensions",
               "vm_settings", "remote_access", "container_id", "certificates", "extensions_config", "comment")
 _OVF_KEYS = ("hostname", "username", "password", "disable_ssh_password_auth", "ssh_public_keys", "ssh_key_pairs",
@@ -227,7 +229,8 @@ _TOP_KEYS = ("name", "description", "container_id", "role_instance_id", "role_na
 
 
 def _settings(r: _Reader, raw: dict, where: str, multi: bool) -> SettingsSpec:
-    r.obj(raw, where, _SETTINGS_KEYS + (("multi_config", "version", "extensions", "encoded_signature", "no_settings")
+    r.obj(raw, where, _SETTINGS_KEYS + (("multi_config", "version", "extensions", "encoded_signature", "no_settings",
+                                         "signature")
                                         if not multi else ()))
     depends = []
     for j, dep in enumerate(r.lst(raw.get("depends_on"), f"{where}.depends_on")):
@@ -250,7 +253,11 @@ def _extension(r: _Reader, raw: Any, where: str) -> ExtensionSpec:
                         state=r.choice(raw.get("state"), f"{where}.state", STATES, "enabled"),
                         multi_config=multi,
                         encoded_signature=r.string(raw.get("encoded_signature"), f"{where}.encoded_signature",
-                                                   default="") or "")
+                                                   default="") or "",
+                        signature=(r.choice(raw.get("signature"), f"{where}.signature", SIGNATURE_MODES, "valid")
+                                   if raw.get("signature") is not None else None))
+    if ext.signature and ext.encoded_signature:
+        raise r.fail(where, "give either 'signature' (the fabric signs) or 'encoded_signature' (literal), not both")
     if multi:
         if any(k in raw for k in ("seqNo", "settings", "protected_settings")):
             raise r.fail(where, "a multi_config extension takes its settings from 'extensions', not seqNo/settings")

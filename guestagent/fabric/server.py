@@ -31,6 +31,7 @@ from guestagent.fabric.httpd import Request, Response, start_servers
 from guestagent.fabric.ovf import build_ovf_env
 from guestagent.fabric.packages import PackageCache
 from guestagent.fabric.scenario import ExtensionSpec, Scenario, SettingsSpec, Step, default_scenario
+from guestagent.fabric.signing import PackageSigner
 
 _TICKS_AT_EPOCH = 621355968000000000
 _SIG_RE = re.compile(r"(sig=)[^&\s\"]*", re.IGNORECASE)
@@ -92,6 +93,9 @@ class Fabric:
         self.records: Dict[str, List[Any]] = {"roleproperties": [], "healthservice": []}
         self.blobs = storage.BlobStore()
         self.packages = PackageCache()
+        self.signer = PackageSigner(self.state_dir)
+        if any(e.signature for step in self.scenario.steps for e in step.extensions):
+            self.signer.prepare()
         self.on_request: Optional[Callable[[Dict[str, Any]], None]] = None
         self.sas_sig = quote(secrets.token_urlsafe(18))
         self.vm_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"guestagent-fabric/{self.scenario.name}"))
@@ -257,6 +261,19 @@ class Fabric:
         if pool.body is not None:
             return pool.body
         return build_ovf_env(self.scenario, ovf=pool.customer)
+
+    def encoded_signature(self, ext: ExtensionSpec) -> str:
+        """The extension's ``encodedSignature``: the scenario's literal one, or the fabric's signature of the
+        package it serves for that version ("" when unsigned or the package is missing)."""
+        if not ext.signature:
+            return ext.encoded_signature
+        for pkg in self.scenario.handler_versions(ext.name):
+            if pkg.version == ext.version:
+                try:
+                    return self.signer.encoded_signature(self.packages.zip_of(pkg.path), ext.signature)
+                except (OSError, ValueError):
+                    return ""
+        return ""
 
     def imds_document(self) -> Dict[str, Any]:
         if self._imds_doc is None:

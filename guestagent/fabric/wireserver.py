@@ -210,7 +210,8 @@ def extensions_config_xml(fab: Fabric, view: GoalView, host: str) -> str:
                f"{escape(fab.status_blob_url(host))}</StatusUploadBlob>\n")
     out.append("<Plugins>\n")
     for ext in step.extensions:
-        sig = f" encodedSignature={quoteattr(ext.encoded_signature)}" if ext.encoded_signature else ""
+        signature = fab.encoded_signature(ext)
+        sig = f" encodedSignature={quoteattr(signature)}" if signature else ""
         out.append(f"  <Plugin name={quoteattr(ext.name)} version={quoteattr(ext.version)} "
                    f"location={quoteattr(fab.manifest_url(host, ext.name))} "
                    f"failoverlocation={quoteattr(fab.manifest_url(host, ext.name, failover=True))} "

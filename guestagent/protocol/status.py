@@ -48,7 +48,8 @@ def _redact_messages(value: Any) -> Any:
     return value
 
 
-def _formatted(message: str) -> dict[str, str]:
+def formatted(message: str) -> dict[str, str]:
+    """A ``formattedMessage`` object."""
     return {"lang": "en-US", "message": message}
 
 
@@ -58,7 +59,7 @@ def goal_state_aggregate_status(in_svd_seq_no: Any, status: str = "Success", cod
                                 message: str = "GoalState executed successfully",
                                 now: Optional[float] = None) -> dict[str, Any]:
     """The vmArtifactsAggregateStatus.goalStateAggregateStatus entry."""
-    return {"formattedMessage": _formatted(message), "timestampUTC": utc_seconds(now),
+    return {"formattedMessage": formatted(message), "timestampUTC": utc_seconds(now),
             "inSvdSeqNo": in_svd_seq_no, "status": status, "code": code}
 
 
@@ -71,7 +72,7 @@ def build_vm_status(config: Config, goal_state: Optional[GoalState], handler_sta
     goal state's extensions (when there is one); ``update_status`` is only given in RSM update mode."""
     stamp = utc_seconds(now)
     agent: dict[str, Any] = {"version": AGENT_VERSION, "status": "Ready",
-                             "formattedMessage": _formatted("Guest Agent is running")}
+                             "formattedMessage": formatted("Guest Agent is running")}
     if update_status is not None:
         agent["updateStatus"] = update_status
     aggregate: dict[str, Any] = {"guestAgentStatus": agent,
@@ -88,8 +89,9 @@ def build_vm_status(config: Config, goal_state: Optional[GoalState], handler_sta
     if fast_track is None:
         fast_track = config.debug_enable_fast_track and bool(
             goal_state is not None and goal_state.fast_track_supported)
-    features = [{"Key": "MultipleExtensionsPerHandler", "Value": "1.0"},
-                {"Key": "VersioningGovernance", "Value": "1.0"}]
+    # Not "VersioningGovernance" (upstream: when AutoUpdate.UpdateToLatestVersion and Debug.EnableGAVersioning
+    # are on): the platform would then schedule agent versions that this agent never runs (exthandler.selfupdate).
+    features = [{"Key": "MultipleExtensionsPerHandler", "Value": "1.0"}]
     if fast_track:
         features.append({"Key": "FastTrack", "Value": "1.0"})
     return {"version": STATUS_VERSION, "timestampUTC": stamp, "aggregateStatus": aggregate,

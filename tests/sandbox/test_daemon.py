@@ -40,9 +40,9 @@ CONTROL = ("import sys, urllib.request as u\n"
 class Agent:
     """One sandbox with the fabric running and the image prepared; the daemon started on demand."""
 
-    def __init__(self, workdir: Path, conf: Optional[dict[str, str]] = None):
+    def __init__(self, workdir: Path, conf: Optional[dict[str, str]] = None, scenario: str = "default"):
         self.workdir = workdir
-        self.lab = lab.Lab("default", out=io.StringIO(), resource_disk_mb=0)  # no resource disk: not our subject
+        self.lab = lab.Lab(scenario, out=io.StringIO(), resource_disk_mb=0)  # no resource disk: not our subject
         self.sb = self.lab.sb = Sandbox(hostname=lab.IMAGE_HOSTNAME, loopback_addrs=(lab.WIRE_HOST, lab.IMDS_HOST))
         scenario = self.lab._load_scenario()
         path = self.lab._make_visible(self.sb, scenario)

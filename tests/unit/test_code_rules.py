@@ -63,6 +63,8 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("guestagent/protocol/certificates.py", "cryptography.hazmat.primitives.asymmetric"): CRYPTO,
     ("guestagent/protocol/certificates.py", "cryptography.x509.oid"): CRYPTO,
     ("guestagent/protocol/certificates.py", "guestagent.protocol.cms"): CRYPTO,
+    ("guestagent/exthandler/extensions/signing.py", "guestagent.protocol.signatures"):
+        "package signatures are verified in a helper interpreter; in-process only where the crypto is loaded",
     ("guestagent/protocol/cms.py", "cryptography"): CRYPTO + "; the cipher classes moved in cryptography 43",
     ("guestagent/protocol/cms.py", "cryptography.hazmat.primitives"): CRYPTO,
     ("guestagent/protocol/cms.py", "cryptography.hazmat.primitives.asymmetric"): CRYPTO,

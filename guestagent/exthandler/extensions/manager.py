@@ -15,6 +15,7 @@ from guestagent import events, log
 from guestagent.conf import Config
 from guestagent.errors import AgentError, ExtensionError
 from guestagent.exthandler.cgroups import CGroupConfigurator
+from guestagent.exthandler.extensions import policy, signing
 from guestagent.exthandler.extensions import status as ext_status
 from guestagent.exthandler.extensions.handler import NOT_RUN, Context, Handler, run_update
 from guestagent.exthandler.extensions.manifest import (
@@ -42,10 +43,14 @@ from guestagent.protocol.wire import WireProtocol
 
 #: The goal state's wait for the certificate helper (GoalState.wait_for_certificates_named).
 CertificatesWait = Callable[[Iterable[str], str], None]
-SUPPORTED_FEATURES = ("MultipleExtensionsPerHandler", "VersioningGovernance")
+#: What the agent can honour when a goal state requires it. Not "VersioningGovernance": this agent does not
+#: run the platform's agent packages (it is updated by the distribution's package manager).
+SUPPORTED_FEATURES = ("MultipleExtensionsPerHandler",)
 CODE_UNSUPPORTED_FEATURES = 2001
 DEPENDENCY_POLL = 5.0
 DEPENDENCY_DEADLINE = 90 * 60
+#: Requested state → (the operation named in a disallowed extension's message, its terminal error code).
+DISALLOWED = {"enabled": ("run", 1009), "uninstall": ("uninstall", 1010), "disabled": ("uninstall", 1010)}
 DISABLED_MESSAGE = ("Extension will not be processed since extension processing is disabled. To enable extension "
                     "processing, set Extensions.Enabled=y in '/etc/waagent.conf'")
 
@@ -94,6 +99,7 @@ class ExtensionsManager:
         self._manifests: dict = {}
         self._uninstall_exit: dict = {}
         self._done: set = set()
+        self._policy = policy.PolicyEngine()
         self._startup()
 
     # --- seams ---------------------------------------------------------------------------------------------
@@ -150,6 +156,7 @@ class ExtensionsManager:
     # --- processing --------------------------------------------------------------------------------------------
     def _process(self, egs: ExtensionsGoalState) -> None:
         self._manifests, self._uninstall_exit, self._done = {}, {}, set()
+        signing.report_signed(egs, self.lib_dir)
         if egs.on_hold and self.conf.enable_over_provisioning:
             log.info("Extension handling is on hold")
             return
@@ -172,16 +179,28 @@ class ExtensionsManager:
                 code = 1009 if ext.state == "enabled" else 1010
                 self._report(ext, None, ExtensionError(DISABLED_MESSAGE, code=code), ext.version)
             return
+        policy_error = self._load_policy()
         pairs = ordered_pairs(egs.extensions)
         max_key = max((p[0] for p in pairs), default=0)
         start = time.monotonic()
         blocked: Optional[str] = None
         first_after_restart = self.processed_goal_states == 0
         for key, ext, settings in pairs:
+            operation, code = DISALLOWED.get(ext.state, DISALLOWED["enabled"])
+            if policy_error is not None:
+                self._disallow(ext, settings, code, f"Extension will not be processed: {policy_error}")
+                continue
             if blocked is not None:
                 self._report(ext, settings, ExtensionError(blocked, code=-1), self._version_for_report(ext))
                 continue
-            ok = self._handle(ext, settings, first_after_restart)
+            if not self._policy.should_allow(ext.name):
+                self._disallow(ext, settings, code, (
+                    f"Extension will not be processed: failed to {operation} extension '{ext.name}' because it is "
+                    f"not specified as an allowed extension. To {operation}, add the extension to the list of "
+                    f"allowed extensions in the policy file ('{self.conf.policy_file_path}')."))
+                ok = False
+            else:
+                ok = self._handle(ext, settings, first_after_restart)
             if 0 <= key < max_key:
                 if ok and settings is not None:
                     ok = self._wait_for(ext, settings, start)
@@ -189,6 +208,37 @@ class ExtensionsManager:
                     blocked = (f"Skipping processing of extensions since execution of dependent extension "
                                f"{ext.name} failed")
         self._cleanup({ext.name for ext in egs.extensions})
+
+    def _load_policy(self) -> Optional[Exception]:
+        """The policy for this goal state (saved in its history); the error that blocks everything, if any."""
+        try:
+            self._policy = policy.load(self.conf)
+        except Exception as e:  # an unreadable or invalid policy blocks every extension
+            self._policy = policy.PolicyEngine()
+            return e
+        if self._policy.contents is not None:
+            self.protocol.history.save(policy.HISTORY_NAME, self._policy.contents)
+        return None
+
+    def _disallow(self, ext: Extension, settings: Optional[ExtensionSettings], code: int, message: str) -> None:
+        """Report an extension the agent will not process (policy): NotReady handler status; for an enable
+        with settings also an error status for the extension (CRP then matches its sequence number); an
+        ``ExtensionPolicy`` event. No command runs."""
+        version = self._version_for_report(ext)
+        handler = Handler(self.ctx, ext.name, version, ext.supports_multi_config)
+        handler.report_error(code, message)
+        self.versions.setdefault(ext.name, version)
+        mc = ext.supports_multi_config and settings is not None
+        full_name = f"{ext.name}.{settings.name}" if mc else ext.name
+        if settings is not None and ext.state == "enabled":
+            try:
+                ext_status.write_placeholder(handler.files.status_file(settings.sequence_number,
+                                                                       settings.name if mc else None),
+                                             full_name, None, code, message, overwrite=True)
+            except OSError as e:
+                log.warn("Could not write the error status of {0}: {1}", full_name, e)
+        events.add_event(events.WALAEventOperation.ExtensionPolicy, is_success=False, message=message,
+                         name=full_name, version=version, lib_dir=self.lib_dir)
 
     def _handle(self, ext: Extension, settings: Optional[ExtensionSettings], first_after_restart: bool) -> bool:
         try:
@@ -205,6 +255,9 @@ class ExtensionsManager:
             else:
                 raise ExtensionError(f"Unknown requested state {ext.state!r}", code=-1)
             return True
+        except signing.PackageValidationError as e:  # the policy requires a signature: treated as disallowed
+            self._disallow(ext, settings, e.code, e.msg)
+            return False
         except Exception as e:
             err = e if isinstance(e, ExtensionError) else ExtensionError(f"{type(e).__name__}: {e}", code=-1)
             log.error("[{0}] {1}", ext.name, err.msg)
@@ -257,9 +310,15 @@ class ExtensionsManager:
         target = Handler(self.ctx, ext.name, pkg.version, ext.supports_multi_config)
         self.versions[ext.name] = pkg.version
         uninstall_exit = self._uninstall_exit.get(ext.name, NOT_RUN)
+        enforce = self._policy.signature_required(ext.name)
         if target.state() in (NOT_INSTALLED, FAILED_UPGRADE):
             target.files.set_state(NOT_INSTALLED)
-            install_package(self.protocol, target.files, pkg.uris, location)
+            checks = signing.SignatureCheck(ext.name, pkg.version, ext.encoded_signature, self.lib_dir,
+                                            validate=self.conf.debug_enable_signature_validation, enforce=enforce,
+                                            policy_file=self.conf.policy_file_path)
+            install_package(self.protocol, target.files, pkg.uris, location, checks)
+            if checks.validated:
+                signing.save_validated(target.files.base_dir, self.lib_dir)
             target.check_multi_config()
             target.files.write_settings(settings, ext.supports_multi_config)
             if old_version is None or old_version == pkg.version:
@@ -269,6 +328,11 @@ class ExtensionsManager:
                 uninstall_exit = run_update(old, target, ext.settings, ext.settings)
                 self._uninstall_exit[ext.name] = uninstall_exit
         else:
+            if enforce and not signing.is_validated(target.files.base_dir):
+                raise signing.PackageValidationError(
+                    f"Extension will not be processed: the extension policy ('{self.conf.policy_file_path}') "
+                    f"requires a valid signature for '{ext.name}', and the installed package "
+                    f"{ext.name}-{pkg.version} was not validated", code=signing.CODE_SIGNATURE)
             target.check_multi_config()
             if first_after_restart and self.skip_unchanged_after_restart and self._unchanged(target, settings):
                 target.log.info("Sequence number {0} unchanged and already enabled; not enabling again",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from guestagent import log
 from guestagent.errors import ExtensionError
@@ -117,9 +117,20 @@ def _merge_into(src: str, dest: str) -> None:
     shutil.rmtree(src, ignore_errors=True)
 
 
-def install_package(protocol: Any, files: Any, uris: list, manifest_location: Optional[str] = None) -> None:
+class PackageChecks(Protocol):
+    """Checks of the package's origin (extensions.signing): the zip before unpacking, the manifest before the
+    unpacked tree is moved in. Each raises ExtensionError to refuse the package."""
+
+    def check_zip(self, zip_file: str) -> None: ...
+
+    def check_manifest(self, text: str) -> None: ...
+
+
+def install_package(protocol: Any, files: Any, uris: list, manifest_location: Optional[str] = None,
+                    checks: Optional[PackageChecks] = None) -> None:
     """Download (reusing an existing zip), verify, unpack into ``files.base_dir`` and initialise the layout
-    (HandlerManifest.json copy, config/ status/ events/, HandlerEnvironment.json)."""
+    (HandlerManifest.json copy, config/ status/ events/, HandlerEnvironment.json). A package ``checks``
+    refuses is removed and nothing of it is installed."""
     zpath = zip_path(files.lib_dir, files.name, files.version)
     staging = os.path.join(files.lib_dir, f".{files.name}-{files.version}.unpacking")
     system.remove(staging)
@@ -135,25 +146,46 @@ def install_package(protocol: Any, files: Any, uris: list, manifest_location: Op
             system.write_file(zpath, data, mode=0o600, fsync=False)
         try:
             _verify_zip(zpath)
+        except PackageError as e:
+            _retry_or_raise(zpath, staging, attempt, e)
+            continue
+        if checks is not None:
+            try:
+                checks.check_zip(zpath)
+            except ExtensionError:
+                system.remove(zpath)
+                raise
+        try:
             unpack(zpath, staging)
             break
         except PackageError as e:
-            log.warn("Package {0} is not usable (attempt {1}): {2}", os.path.basename(zpath), attempt + 1, e.msg)
-            system.remove(zpath)
-            system.remove(staging)
-            if attempt == DOWNLOAD_ATTEMPTS - 1:
-                raise ExtensionError(f"Failed to download artifacts: {e.msg} (after {DOWNLOAD_ATTEMPTS} attempts)",
-                                     code=CODE_DOWNLOAD) from None
+            _retry_or_raise(zpath, staging, attempt, e)
     manifest = find_handler_manifest(staging)
     if manifest is None:
         system.remove(staging)
         system.remove(zpath)
         raise ExtensionError("HandlerManifest.json not found", code=1002)
     text = open(manifest, encoding="utf-8-sig", errors="replace").read()
+    if checks is not None:
+        try:
+            checks.check_manifest(text)
+        except ExtensionError:
+            system.remove(staging)
+            system.remove(zpath)
+            raise
     _merge_into(system.path(staging), system.path(files.base_dir))
     system.remove(zpath)
     system.write_file(files.manifest_file, text, mode=0o744, fsync=False)
     initialize_layout(files)
+
+
+def _retry_or_raise(zpath: str, staging: str, attempt: int, e: PackageError) -> None:
+    log.warn("Package {0} is not usable (attempt {1}): {2}", os.path.basename(zpath), attempt + 1, e.msg)
+    system.remove(zpath)
+    system.remove(staging)
+    if attempt == DOWNLOAD_ATTEMPTS - 1:
+        raise ExtensionError(f"Failed to download artifacts: {e.msg} (after {DOWNLOAD_ATTEMPTS} attempts)",
+                             code=CODE_DOWNLOAD) from None
 
 
 def _verify_zip(zpath: str) -> None:

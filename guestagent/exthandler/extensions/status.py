@@ -146,7 +146,8 @@ def status_value(path: str) -> Optional[str]:
     return doc["status"]["status"] if doc else None
 
 
-def write_placeholder(path: str, name: str, operation: str, code: int, message: str, overwrite: bool = False) -> None:
+def write_placeholder(path: str, name: str, operation: Optional[str], code: int, message: str,
+                      overwrite: bool = False) -> None:
     """The error status the agent writes on the extension's behalf (04 §5.4)."""
     if not overwrite and system.exists(path):
         return

@@ -28,8 +28,8 @@ def test_vm_status_shape_and_wire_form():
                                        "formattedMessage": {"lang": "en-US", "message": "Guest Agent is running"}}
     assert agg["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]["inSvdSeqNo"] == "7"
     assert doc["guestOSInfo"] == {"computerName": "vm", "osName": "debian", "osVersion": "12", "version": "2.15.0.1"}
-    assert [f["Key"] for f in doc["supportedFeatures"]] == ["MultipleExtensionsPerHandler", "VersioningGovernance",
-                                                            "FastTrack"]
+    # no VersioningGovernance: this agent does not run the platform's agent packages (issue 15)
+    assert [f["Key"] for f in doc["supportedFeatures"]] == ["MultipleExtensionsPerHandler", "FastTrack"]
     text = status.to_json(status.build_vm_status(Config(), None, [{"m": "é"}], computer_name="vm", os_name="d",
                                                  os_version="1"))
     assert '"m": "\\u00e9"' in text and '"version": "1.1", ' in text
