@@ -6,7 +6,8 @@ Every facet turns part of what the fabric recorded into items such as
 differ. Values that differ on every run (times, dates, durations, ids, lengths, agent versions) are
 normalised; everything else is kept as sent, so a changed value is a difference.
 
-Facets: ``phase`` (reached or not), ``request-kind`` and ``request-order`` per phase, ``poll`` (fast
+Facets: ``phase`` (reached or not), ``request-kind`` and ``request-order`` (which kind was first
+asked before which) per phase, ``poll`` (fast
 or slow in the idle window), ``header`` per phase and request kind, ``health``, ``status`` (the last
 blob of each phase, flattened), ``hgap-envelope``, ``healthservice``, ``telemetry`` and
 ``telemetry-params``.
@@ -32,6 +33,7 @@ _RULES = [
     (re.compile(r"(?<![\d.])\d+\.\d+\.\d+\.\d+(?![\d.])"), "<version>"),
 ]
 _SHAPE = [
+    (re.compile(r"\b[0-9A-Fa-f]{32,}\b"), "<hex>"),
     (re.compile(r"/[\w./@+-]+"), "<path>"),
     (re.compile(r"\d+(\.\d+)?"), "#"),
     (re.compile(r"\s+"), " "),
@@ -65,11 +67,17 @@ PERIODIC = {"POST telemetrydata", "POST healthservice", "GET imds", "GET hgap_he
             "PUT status_blob", "POST health"}
 
 
+def _what(r: dict) -> str:
+    """``METHOD kind``; the agent family's manifest (self-update) is told from an extension's."""
+    agent = r["kind"] == "manifest" and "OSTCLinuxAgent" in (r.get("path") or "")
+    return f"{r['method']} {'agent_manifest' if agent else r['kind']}"
+
+
 def _request_kinds(obs: Observation) -> set[str]:
     out: set[str] = set()
     order: dict[str, list[str]] = {}
     for r in obs.requests:
-        what = f"{r['method']} {r['kind']}"
+        what = _what(r)
         out.add(f"request-kind run: {what}")
         if what in PERIODIC or r["phase"] == "idle":
             continue
@@ -77,11 +85,11 @@ def _request_kinds(obs: Observation) -> set[str]:
         seen = order.setdefault(r["phase"], [])
         if what not in seen:
             seen.append(what)
-    for phase, seq in order.items():
-        out.add(f"request-order {phase}: {' > '.join(seq)}")
+    for phase, seq in order.items():  # pairwise, so a swap is one difference and a new kind adds its own
+        out |= {f"request-order {phase}: {a} < {b}" for i, a in enumerate(seq) for b in seq[i + 1:]}
     idle = [r for r in obs.requests if r["phase"] == "idle"]
-    for what in sorted({f"{r['method']} {r['kind']}" for r in idle}):
-        per_min = 60.0 * sum(1 for r in idle if f"{r['method']} {r['kind']}" == what) / max(obs.idle_seconds, 1.0)
+    for what in sorted({_what(r) for r in idle}):
+        per_min = 60.0 * sum(1 for r in idle if _what(r) == what) / max(obs.idle_seconds, 1.0)
         out.add(f"poll {what}: {'fast (< 12 s)' if per_min >= 5 else 'slow'}")
     return out
 
@@ -91,7 +99,7 @@ def _headers(obs: Observation) -> set[str]:
     for r in obs.requests:
         for name, value in (r.get("headers") or {}).items():
             value = "<volatile>" if name in _VOLATILE_HEADERS else norm(value)
-            out.add(f"header {r['method']} {r['kind']}: {name}={value}")
+            out.add(f"header {_what(r)}: {name}={value}")
     return out
 
 

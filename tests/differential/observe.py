@@ -2,8 +2,8 @@
 
 A plan names each goal-state step a *phase* and says how the status blob shows it is reached. The
 run starts the fabric and the daemon, waits for each phase, settles, advances to the next, and after
-the last one keeps an idle window open until a telemetry POST arrived after it (upstream flushes
-its events once a minute), so the telemetry of every phase is in. What the fabric recorded comes back
+the last one keeps an idle window open until a telemetry POST from a collection after it arrived
+(both agents collect events once a minute), so the telemetry of every phase is in. What the fabric recorded comes back
 as an :class:`Observation`; a phase not reached in time is noted, not fatal: it is a difference.
 """
 
@@ -19,13 +19,14 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 if str(BENCH) not in sys.path:
     sys.path.append(str(BENCH))
 
-from harness import Agent, BenchFailure, Session, is_status, status_of  # noqa: E402
+from harness import Agent, BenchFailure, Session, is_status  # noqa: E402
 
 from guestagent.lab.summary import VmStatus  # noqa: E402
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 IDLE_MIN = 40.0       # long enough to tell a 6-s poll from a 30-s one
-IDLE_MAX = 75.0       # upstream collects events every 60 s and sends them within 5 s
+IDLE_MAX = 75.0       # both agents collect events every 60 s and send them within 5 s
+FLUSH = 6.0
 SETTLE = 3.0          # after a phase is reached: its follow-up requests and events
 PHASE_TIMEOUT = 60.0
 
@@ -91,8 +92,12 @@ def observe(agent: Agent, plan: Plan) -> Observation:
             deadline = idle_from + IDLE_MAX
             while time.time() < deadline:
                 s.events.poll()
-                sent = s.events.find(lambda e: e.get("kind") == "telemetrydata", idle_from)
-                if sent and time.time() - idle_from >= IDLE_MIN:
+                # Events are collected every 60 s and sent within 5 s: a POST 6 s into the window comes
+                # from a collection that started after the last phase. HealthService and the IMDS probe
+                # are once a minute: the window also waits for one of each.
+                sent = s.events.find(lambda e: e.get("kind") == "telemetrydata", idle_from + FLUSH)
+                periodic = all(s.events.find(lambda e, k=k: e.get("kind") == k) for k in ("healthservice", "imds"))
+                if sent and periodic and time.time() - idle_from >= IDLE_MIN:
                     break
                 time.sleep(0.5)
             obs.idle_seconds = time.time() - idle_from
