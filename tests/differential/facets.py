@@ -61,10 +61,13 @@ def shape(text: str) -> str:
     return json.dumps(text[:_SHAPE_LEN] + ("…" if len(text) > _SHAPE_LEN else ""), ensure_ascii=False)
 
 
-#: Requests sent on their own timers (reports, probes): in a phase or not depending on the clock, so
-#: they are compared run-wide and by their rate in the idle window, not per phase.
+#: Requests sent on their own timers (reports, probes) or once by another thread (the HostGAPlugin's
+#: /versions): in a phase, or before or after another kind, depending on the clock, so they are compared
+#: run-wide and by their rate in the idle window, not per phase.
 PERIODIC = {"POST telemetrydata", "POST healthservice", "GET imds", "GET hgap_health", "PUT hgap_status",
-            "PUT status_blob", "POST health"}
+            "PUT status_blob", "POST health", "GET hgap_versions"}
+#: Sent when there are events, not on a timer: no rate to compare.
+NOT_POLLED = {"POST telemetrydata"}
 
 
 def _what(r: dict) -> str:
@@ -88,7 +91,7 @@ def _request_kinds(obs: Observation) -> set[str]:
     for phase, seq in order.items():  # pairwise, so a swap is one difference and a new kind adds its own
         out |= {f"request-order {phase}: {a} < {b}" for i, a in enumerate(seq) for b in seq[i + 1:]}
     idle = [r for r in obs.requests if r["phase"] == "idle"]
-    for what in sorted({_what(r) for r in idle}):
+    for what in sorted({_what(r) for r in idle} - NOT_POLLED):
         per_min = 60.0 * sum(1 for r in idle if _what(r) == what) / max(obs.idle_seconds, 1.0)
         out.add(f"poll {what}: {'fast (< 12 s)' if per_min >= 5 else 'slow'}")
     return out
