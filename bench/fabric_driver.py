@@ -6,7 +6,9 @@ Every request is appended to ``<run>/events.jsonl`` as it is answered, stamped w
 (the same clock the daemon's start stamp uses), with the health state for health reports and the
 whole decoded blob for status uploads, so the bench can time "first status" or "status that
 carries incarnation N" precisely. ``advance`` lines written to the ``<run>/control`` FIFO move the
-fabric to its next goal-state step; the driver answers with an ``advanced`` event.
+fabric to its next goal-state step; the driver answers with an ``advanced`` event. ``dump`` writes
+everything else the fabric recorded (health reports, telemetry, HealthService observations, HGAP
+status envelopes) to ``<run>/recorded.json`` and answers ``dumped``: the differential tier compares it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def main() -> int:
 
     def on_request(entry: dict) -> None:
         doc = {"type": "request", "t": time.time(), "kind": entry.get("kind"), "method": entry.get("method"),
-               "status": entry.get("status"), "role": entry.get("role")}
+               "status": entry.get("status"), "role": entry.get("role"), "step": fab.step,
+               "path": entry.get("path"), "headers": entry.get("headers")}
         if entry.get("kind") == "health" and fab.health_reports:
             doc["health"] = fab.health_reports[-1].get("state")
         if entry.get("kind") in STATUS_KINDS and entry.get("status") in (200, 201):
@@ -64,6 +67,13 @@ def main() -> int:
                 if line.strip() == "advance":
                     step = fab.advance()
                     emit({"type": "advanced", "t": time.time(), "step": step, "incarnation": fab.view().incarnation})
+                elif line.strip() == "dump":
+                    recorded = {"health": list(fab.health_reports), "telemetry": list(fab.telemetry),
+                                "records": {k: list(v) for k, v in list(fab.records.items())}}
+                    tmp = run / "recorded.json.tmp"
+                    tmp.write_text(json.dumps(recorded, default=str), encoding="utf-8")
+                    tmp.rename(run / "recorded.json")
+                    emit({"type": "dumped", "t": time.time()})
 
 
 if __name__ == "__main__":

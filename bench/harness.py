@@ -293,12 +293,20 @@ class Session:
         return cpu_seconds(self.daemon_pid()) + cpu_seconds(self.child_pid())
 
     # -- fabric control
-    def advance(self) -> dict:
+    def _control(self, command: str, answer: str) -> dict:
         before = time.time()
         with open(self.sb.host_path(f"{RUN}/control"), "w") as fifo:
-            fifo.write("advance\n")
-        return self.wait(lambda: self.events.find(lambda e: e["type"] == "advanced", before - 1.0), 10,
-                         "the fabric to advance")
+            fifo.write(command + "\n")
+        return self.wait(lambda: self.events.find(lambda e: e["type"] == answer, before - 1.0), 10,
+                         f"the fabric to answer {command!r}")
+
+    def advance(self) -> dict:
+        return self._control("advance", "advanced")
+
+    def recorded(self) -> dict:
+        """Health reports, telemetry and the other records the fabric kept (its ``dump``)."""
+        self._control("dump", "dumped")
+        return json.loads(self.sb.read_text(f"{RUN}/recorded.json"))
 
     def requests_between(self, t1: float, t2: float) -> Counter:
         return Counter(e["kind"] for e in self.events.all

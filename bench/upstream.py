@@ -5,6 +5,10 @@
 does), so upstream starts as it would on an installed system. It then runs with the same
 interpreter, sandbox, configuration and fabric as ours. Debian 12 ships 2.7.3.0, not 2.15: the
 ratios compare with that release, and the table also shows the issue's figures for 2.15.
+
+A source tree of another release (e.g. 2.15, ``git archive v2.15.0.1`` of the WALinuxAgent repository,
+never committed here) runs the same way with :func:`tree_agent`: its ``bin/waagent`` and its
+``azurelinuxagent`` package, with the Debian package's ``distro`` module beside it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import subprocess
 from pathlib import Path
 
 from harness import Agent, byte_compile
+
+from guestagent.lab.sandbox import DEFAULT_PATH
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "upstream"
 PACKAGES = ("waagent", "python3-distro")
@@ -77,11 +83,36 @@ exit 0
 IFUPDOWN_SHIM = "#!/bin/sh\nexit 0\n"
 
 
+#: The shims live in /usr/local/s?bin; the sandbox puts the interpreter's own directory first on PATH,
+#: which for /usr/bin/python3 would put /usr/bin/mount before them: upstream gets the plain PATH.
+SHIM_PATH = {"PATH": DEFAULT_PATH}
+SHIMS = {"/usr/local/sbin/mount": (MOUNT_SHIM, 0o755), "/usr/local/bin/eject": (EJECT_SHIM, 0o755),
+         "/usr/local/sbin/ifdown": (IFUPDOWN_SHIM, 0o755), "/usr/local/sbin/ifup": (IFUPDOWN_SHIM, 0o755)}
+
+
 def upstream_agent(python: str) -> Agent:
     root = prepare()
     site = root / "usr" / "lib" / "python3" / "dist-packages"
     return Agent(f"upstream {version(root)}", [python, str(root / "usr" / "sbin" / "waagent")],
-                 env={"PYTHONPATH": str(site), **byte_compile(python, site)},
-                 files={"/usr/local/sbin/mount": (MOUNT_SHIM, 0o755), "/usr/local/bin/eject": (EJECT_SHIM, 0o755),
-                        "/usr/local/sbin/ifdown": (IFUPDOWN_SHIM, 0o755),
-                        "/usr/local/sbin/ifup": (IFUPDOWN_SHIM, 0o755)})
+                 env={"PYTHONPATH": str(site), **SHIM_PATH, **byte_compile(python, site)}, files=dict(SHIMS))
+
+
+def tree_version(tree: Path) -> str:
+    """AGENT_VERSION from the tree's version.py (read, not imported)."""
+    text = (tree / "azurelinuxagent" / "common" / "version.py").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if line.startswith("AGENT_VERSION"):
+            return line.split("=", 1)[1].strip().strip("'\"")
+    return "?"
+
+
+def tree_agent(python: str, tree: Path) -> Agent:
+    """Upstream from a source tree (visible inside the sandbox: not under /tmp); ``distro`` comes from
+    the unpacked Debian package, after the tree on the path so the tree's own package wins."""
+    tree = Path(tree).resolve()
+    if not (tree / "bin" / "waagent").is_file() or not (tree / "azurelinuxagent").is_dir():
+        raise UpstreamUnavailable(f"{tree} is not a WALinuxAgent source tree (no bin/waagent, azurelinuxagent/)")
+    site = prepare() / "usr" / "lib" / "python3" / "dist-packages"
+    return Agent(f"upstream {tree_version(tree)}", [python, str(tree / "bin" / "waagent")],
+                 env={"PYTHONPATH": f"{tree}:{site}", **SHIM_PATH, **byte_compile(python, tree / "azurelinuxagent")},
+                 files=dict(SHIMS))

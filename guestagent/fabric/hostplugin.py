@@ -140,7 +140,9 @@ def _artifact(fab: Fabric, req: Request) -> Response:
 
 
 def decode_status_envelope(body: bytes) -> Dict[str, Any]:
-    """The JSON envelope of 02 §6.3 → {"uri", "headers" (dict), "content" (bytes or None)}."""
+    """The JSON envelope of 02 §6.3 → {"uri", "headers" (dict), "content" (bytes or None), "shape"}; the
+    shape (its keys and header names in the order sent, with the headers' values) is what the fabric
+    records of each envelope: the differential tier compares it with upstream's."""
     try:
         doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -148,17 +150,20 @@ def decode_status_envelope(body: bytes) -> Dict[str, Any]:
     if not isinstance(doc, dict) or not isinstance(doc.get("requestUri"), str):
         raise ValueError("status envelope needs a 'requestUri' string")
     headers: Dict[str, str] = {}
+    sent: List[List[str]] = []
     for h in doc.get("headers") or []:
         if not isinstance(h, dict) or "headerName" not in h or "headerValue" not in h:
             raise ValueError("status envelope headers must be {headerName, headerValue} objects")
         headers[str(h["headerName"]).lower()] = str(h["headerValue"])
+        sent.append([str(h["headerName"]), str(h["headerValue"])])
     content = None
     if doc.get("content") is not None:
         try:
             content = base64.b64decode(doc["content"], validate=True)
         except (binascii.Error, TypeError) as exc:
             raise ValueError(f"status envelope content is not base64: {exc}") from None
-    return {"uri": doc["requestUri"], "headers": headers, "content": content}
+    shape = {"keys": list(doc), "headers": sent}
+    return {"uri": doc["requestUri"], "headers": headers, "content": content, "shape": shape}
 
 
 def _status(fab: Fabric, req: Request) -> Response:
@@ -166,5 +171,6 @@ def _status(fab: Fabric, req: Request) -> Response:
         env = decode_status_envelope(req.body)
     except ValueError as exc:
         return Response.text(400, str(exc))
+    fab.record("hgap_envelope", env["shape"])
     resp = fab.apply_blob_write(env["uri"], env["headers"], env["content"] or b"", via="hgap")
     return Response(200) if resp.status in (200, 201) else resp

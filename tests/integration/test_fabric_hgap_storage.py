@@ -170,6 +170,10 @@ def test_hgap_status_envelope_block_and_page(fab):
     body = _envelope(fab.status_blob_url(), _blob_headers("BlockBlob", len(data)), data)
     assert http(hgap(fab, "/status"), "PUT", body, {"Content-type": "application/json"})[0] == 200
     assert fab.status_blob == STATUS and fab.status_uploads[-1]["via"] == "hgap"
+    # the envelope's shape as sent (keys and headers in order): the differential tier compares it
+    shape = fab.records["hgap_envelope"][-1]
+    assert shape["keys"] == ["content", "headers", "requestUri"]
+    assert shape["headers"] == [[k, v] for k, v in _blob_headers("BlockBlob", len(data)).items()]
     text = json.dumps(dict(STATUS, timestampUTC="x")).encode()
     padded = text + b" " * (-len(text) % 512)
     create = {**_blob_headers("PageBlob", 0), "x-ms-blob-content-length": str(len(padded))}
