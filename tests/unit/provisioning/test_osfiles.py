@@ -271,6 +271,6 @@ def test_an_existing_system_account_is_not_provisioned(passwd):
     from guestagent.provisioning.provision import Provisioner
 
     prov = Provisioner(Config({}), distro=None, net=object())  # type: ignore[arg-type]
-    with pytest.raises(ProvisionError, match="'bin'.*existing system account"):
+    with pytest.raises(ProvisionError, match=r"'bin'.*existing system account"):
         prov.config_user_account(OvfEnv(version="1.0", hostname="h", username="bin"))
     assert not (passwd / "etc/sudoers.d/waagent").exists()
