@@ -103,7 +103,7 @@ def deploy_ssh_pubkey(username: str, path: Optional[str], fingerprint: Optional[
             raise OSUtilError(f"Bad public key: {value[:64]}")
         _append(path, value, username)
     elif fingerprint is not None:
-        crt = os.path.join(lib_dir, fingerprint + ".crt")
+        crt = pathguard.join(lib_dir, fingerprint + ".crt")
         if not system.path(crt).is_file():
             raise OSUtilError(f"Can't find {fingerprint}.crt")
         try:
@@ -112,7 +112,7 @@ def deploy_ssh_pubkey(username: str, path: Optional[str], fingerprint: Optional[
             line = sshkeys.ssh_public_key_from_cert(cert_pem)
         except CryptError as e:
             raise OSUtilError(f"Invalid certificate {fingerprint}.crt", inner=e)
-        system.write_file(os.path.join(lib_dir, fingerprint + ".pub"), pem, mode=0o600)
+        system.write_file(pathguard.join(lib_dir, fingerprint + ".pub"), pem, mode=0o600)
         _append(path, line, username)
     else:
         raise OSUtilError("SSH public key Fingerprint and Value are None")
@@ -129,7 +129,7 @@ def deploy_ssh_keypair(username: str, path: str, fingerprint: str, lib_dir: str,
         raise OSUtilError("SSH key pair Path or Fingerprint is None")
     path = pathguard.within(os.path.join(home_dir, username), norm_path(path, home_dir))
     _mkdir_for(username, os.path.dirname(path))
-    prv = os.path.join(lib_dir, fingerprint + ".prv")
+    prv = pathguard.join(lib_dir, fingerprint + ".prv")
     if not system.path(prv).is_file():
         raise OSUtilError(f"Can't find {fingerprint}.prv")
     key_pem = system.read_bytes(prv)

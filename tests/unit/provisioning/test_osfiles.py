@@ -274,3 +274,17 @@ def test_an_existing_system_account_is_not_provisioned(passwd):
     with pytest.raises(ProvisionError, match=r"'bin'.*existing system account"):
         prov.config_user_account(OvfEnv(version="1.0", hostname="h", username="bin"))
     assert not (passwd / "etc/sudoers.d/waagent").exists()
+
+
+def test_a_key_fingerprint_that_leaves_the_lib_dir_is_refused(goal_state_certs):
+    """The ovf-env's Fingerprint names <lib>/<fp>.crt, .pub and .prv: fabric data, kept inside the lib dir."""
+    from guestagent.errors import PathEscapeError
+
+    root, _ = goal_state_certs
+    fp = "../../../tmp/F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9"
+    with pytest.raises(PathEscapeError):
+        ssh.deploy_ssh_pubkey("azureuser", "$HOME/azureuser/.ssh/authorized_keys", fp, None, "/var/lib/waagent",
+                              "/home")
+    with pytest.raises(PathEscapeError):
+        ssh.deploy_ssh_keypair("azureuser", "$HOME/azureuser/.ssh/id_rsa", fp, "/var/lib/waagent", "/home")
+    assert not (root / "tmp").exists() or not any((root / "tmp").iterdir())
