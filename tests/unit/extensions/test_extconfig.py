@@ -185,7 +185,7 @@ def test_vm_settings_refusals_are_per_handler_the_rest_of_the_document_stands():
            dict(good, name="P.Bool", settingsSeqNo=False), dict(good, name="P.Neg", settingsSeqNo=-3),
            dict(good, name="P.Mc", isMultiConfig=True,
                 settings=[{"extensionName": "../e", "seqNo": 0, "extensionState": "enabled"}])]
-    egs = parse_vm_settings(json.dumps({"extensionGoalStates": [good] + bad}), "e1")
+    egs = parse_vm_settings(json.dumps({"extensionGoalStates": [good, *bad]}), "e1")
     by_name = {e.name: e for e in egs.extensions}
     assert by_name["P.Good"].invalid_setting_reason is None and by_name["P.Good"].settings[0].sequence_number == 3
     assert [(e.name, e.unsafe) for e in egs.extensions if e.invalid_setting_reason] == [
