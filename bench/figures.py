@@ -44,8 +44,10 @@ FIGURES = [
     Figure("cli_showconf", "waagent -show-configuration", "s", None, None, "cli"),
     Figure("inc_update", "new incarnation -> status: extension update", "s", 1.0, 10.0, "incarnation"),
     Figure("inc_disable", "new incarnation -> status: extension disable", "s", 0.3, 2.0, "incarnation"),
+    Figure("parse_xml", "20 000 plugins parse: ExtensionsConfig (CPU)", "s", 1.0, None, "parse"),
+    Figure("parse_json", "20 000 plugins parse: vmSettings (CPU)", "s", 1.0, None, "parse"),
 ]
-GROUPS = ("ready", "status", "memory", "idle", "cli", "incarnation")
+GROUPS = ("ready", "status", "memory", "idle", "cli", "incarnation", "parse")
 
 
 def summary(values: list[float]) -> Optional[tuple[float, float, float]]:

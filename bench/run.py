@@ -3,7 +3,7 @@
 
     python3 bench/run.py [--runs N] [--idle-seconds S] [--only GROUP[,GROUP]] [--upstream | --no-upstream]
 
-Groups: ready, status, memory, idle, cli, incarnation. Each figure is printed as median/min/max of N
+Groups: ready, status, memory, idle, cli, incarnation, parse. Each figure is printed as median/min/max of N
 runs; the last table compares with upstream (Debian's waagent measured in the same sandbox, when
 asked and available) and with the figures the issues give for WALinuxAgent 2.15.
 """
@@ -36,6 +36,7 @@ from harness import (  # noqa: E402
 
 SCENARIOS = BENCH_DIR / "scenarios"
 SAMPLE = "GuestAgent.Fabric.Sample"
+PLUGINS = 20000
 MB = 1024.0
 
 
@@ -152,6 +153,18 @@ class Runner:
                 self.record(agent, key, t)
             say(f"[{agent.name}] waagent {verb}: " + ", ".join(f"{t:.3f}" for t in times[verb]) + " s")
 
+    def parse(self, agent: Agent) -> None:
+        """In this process (our code only): the figures are CPU seconds for PLUGINS plugins."""
+        import parse
+
+        doc_mb = len(parse.extensions_config(PLUGINS)) / 1e6
+        for _ in range(self.args.runs):
+            xml_s, json_s = parse.extensions_config_seconds(PLUGINS), parse.vm_settings_seconds(PLUGINS)
+            self.record(agent, "parse_xml", xml_s)
+            self.record(agent, "parse_json", json_s)
+            say(f"[{agent.name}] {PLUGINS:,} plugins parse in {xml_s:.2f} s (ExtensionsConfig, {doc_mb:.1f} MB), "
+                f"{json_s:.2f} s (vmSettings)".replace(",", " ", 1))
+
     def run(self, agents: list[Agent]) -> int:
         self.load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         self.source = source_state()
@@ -170,6 +183,8 @@ class Runner:
         if "cli" in self.groups:
             for agent in agents:
                 self.cli(agent)
+        if "parse" in self.groups:
+            self.parse(agents[0])
         self.report(agents)
         return 1 if self.failures else 0
 

@@ -115,3 +115,24 @@ def test_a_session_reaches_ready_and_reads_the_processes():
         assert s.cpu() > 0 and memory_kb(s.daemon_pid())["VmRSS"] > 0
         kinds = s.requests_between(0, status["t"] + 1)
         assert kinds["goalstate"] >= 1 and kinds["health"] >= 1
+
+
+def test_extensions_goal_state_parsing_is_linear_in_the_number_of_plugins():
+    """Issue 13 D5: 4x the plugins must cost well under the 16x of a quadratic parse (8x allowed for
+    noise); CPU time, best of 3."""
+    import parse
+
+    for measure in (parse.extensions_config_seconds, parse.vm_settings_seconds):
+        small, large = measure(1000, repeat=3), measure(4000, repeat=3)
+        assert large < 8 * small, f"{measure.__name__}: 1000 plugins {small:.3f} s, 4000 plugins {large:.3f} s"
+
+
+def test_the_parse_documents_are_what_they_claim():
+    import parse
+
+    from guestagent.protocol.extconfig import parse_extensions_config, parse_vm_settings
+
+    for egs in (parse_extensions_config(parse.extensions_config(30), "1"), parse_vm_settings(parse.vm_settings(30), "e")):
+        assert len(egs.extensions) == 30
+        assert all(e.invalid_setting_reason is None and len(e.settings) == 1 for e in egs.extensions)
+        assert egs.extensions[12].settings[0].sequence_number == 2

@@ -75,6 +75,10 @@ class CommandError(OSUtilError):
         super().__init__(f"Command {argv[0] if argv else '?'} failed: {what}; stderr: {stderr.strip()[:512]}")
 
 
+class PathEscapeError(OSUtilError):
+    """A path built from fabric data does not resolve inside the folder it belongs to."""
+
+
 class ProvisionError(AgentError):
     pass
 

@@ -114,6 +114,9 @@ class RemoteAccessHandler:
     # -- actions ---------------------------------------------------------------------------------------
     def _add(self, user: Any, expiration: datetime) -> None:
         expiry = (expiration + timedelta(days=1)).strftime(DATE_FORMAT)
+        why = users.username_error(user.name)
+        if why is not None:
+            raise RuntimeError(f"invalid user name {user.name!r}: {why}")
         log.info("Adding remote access user '{0}' with expiration date {1}", user.name, expiry)
         if not self.ops.useradd(user.name, expiry, COMMENT):
             raise RuntimeError(f"an account named '{user.name}' exists and is not a remote access account; "

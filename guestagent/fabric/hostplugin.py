@@ -104,6 +104,7 @@ def vm_settings_doc(fab: Fabric, view: GoalView, host: str, hgap_version: str) -
             item["settings"] = settings
         if depends:
             item["dependsOn"] = depends
+        item.update(ext.vm_settings_fields)
         doc["extensionGoalStates"].append(item)
     return doc
 

@@ -45,6 +45,9 @@ class ExtensionSpec:
     settings: List[SettingsSpec] = field(default_factory=list)
     encoded_signature: str = ""
     signature: Optional[str] = None      # the fabric signs the package it serves: valid|tampered|wrong_signer
+    #: Fault option: raw JSON fields laid over this extension's vmSettings item as they are (hostile types
+    #: such as ``"isMultiConfig": "false"`` or a float ``settingsSeqNo``); the ExtensionsConfig is unchanged.
+    vm_settings_fields: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -217,7 +220,10 @@ class _Reader:
 
 _SETTINGS_KEYS = ("name", "seqNo", "state", "settings", "protected_settings", "dependency_level", "depends_on")
 _EXT_KEYS = ("name", "version", "state", "multi_config", "seqNo", "settings", "protected_settings",
-             "dependency_level", "depends_on", "extensions", "encoded_signature", "no_settings", "signature")
+             "dependency_level", "depends_on", "extensions", "encoded_signature", "no_settings", "signature",
+             "vm_settings_fields")
+#: vmSettings item fields a scenario may overwrite with raw (possibly ill-typed) JSON.
+_VM_SETTINGS_FIELDS = ("name", "version", "state", "isMultiConfig", "settingsSeqNo", "settings")
 _STEP_KEYS = ("incarnation", "fast_track", "status_blob_type", "on_hold", "required_features", "extensions",
               "vm_settings", "remote_access", "container_id", "certificates", "extensions_config", "comment")
 _OVF_KEYS = ("hostname", "username", "password", "disable_ssh_password_auth", "ssh_public_keys", "ssh_key_pairs",
@@ -230,7 +236,7 @@ _TOP_KEYS = ("name", "description", "container_id", "role_instance_id", "role_na
 
 def _settings(r: _Reader, raw: dict, where: str, multi: bool) -> SettingsSpec:
     r.obj(raw, where, _SETTINGS_KEYS + (("multi_config", "version", "extensions", "encoded_signature", "no_settings",
-                                         "signature")
+                                         "signature", "vm_settings_fields")
                                         if not multi else ()))
     depends = []
     for j, dep in enumerate(r.lst(raw.get("depends_on"), f"{where}.depends_on")):
@@ -255,7 +261,9 @@ def _extension(r: _Reader, raw: Any, where: str) -> ExtensionSpec:
                         encoded_signature=r.string(raw.get("encoded_signature"), f"{where}.encoded_signature",
                                                    default="") or "",
                         signature=(r.choice(raw.get("signature"), f"{where}.signature", SIGNATURE_MODES, "valid")
-                                   if raw.get("signature") is not None else None))
+                                   if raw.get("signature") is not None else None),
+                        vm_settings_fields=dict(r.obj(raw.get("vm_settings_fields") or {},
+                                                      f"{where}.vm_settings_fields", _VM_SETTINGS_FIELDS)))
     if ext.signature and ext.encoded_signature:
         raise r.fail(where, "give either 'signature' (the fabric signs) or 'encoded_signature' (literal), not both")
     if multi:

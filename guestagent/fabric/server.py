@@ -211,10 +211,10 @@ class Fabric:
         return f"{self.storage_base(host)}/$system/{self.scenario.vm_name}.{self.vm_id}.vmSettings?{self._sas('r')}"
 
     def manifest_url(self, host: Optional[str], name: str, failover: bool = False) -> str:
-        return f"{self.storage_base(host)}/{'failover' if failover else 'manifests'}/{quote(name)}_manifest.xml"
+        return f"{self.storage_base(host)}/{'failover' if failover else 'manifests'}/{quote(name, safe='')}_manifest.xml"
 
     def package_url(self, host: Optional[str], name: str, version: str) -> str:
-        return f"{self.storage_base(host)}/packages/{quote(name)}__{quote(version)}"
+        return f"{self.storage_base(host)}/packages/{quote(name, safe='')}__{quote(version, safe='')}"
 
     def agent_manifest_url(self, host: Optional[str] = None) -> str:
         return f"{self.storage_base(host)}/manifests/{storage.AGENT_FAMILY_MANIFEST}_manifest.xml"

@@ -13,7 +13,7 @@ from typing import Optional
 
 from guestagent import log
 from guestagent.errors import CommandError, CryptError, OSUtilError, ProvisionError
-from guestagent.osutil import sshkeys, system, users
+from guestagent.osutil import pathguard, sshkeys, system, users
 
 SSH_HOME_CONTEXT = "unconfined_u:object_r:ssh_home_t:s0"
 HOST_KEY_TYPES = ("rsa", "dsa", "ecdsa", "ed25519")
@@ -96,14 +96,14 @@ def deploy_ssh_pubkey(username: str, path: Optional[str], fingerprint: Optional[
     """Append one authorized key (by value, or from ``<lib>/<FP>.crt``); returns the file path."""
     if path is None:
         raise OSUtilError("Public key path is None")
-    path = norm_path(path, home_dir)
+    path = pathguard.within(os.path.join(home_dir, username), norm_path(path, home_dir))
     _mkdir_for(username, os.path.dirname(path))
     if value is not None:
         if not value.startswith("ssh-"):
             raise OSUtilError(f"Bad public key: {value[:64]}")
         _append(path, value, username)
     elif fingerprint is not None:
-        crt = os.path.join(lib_dir, fingerprint + ".crt")
+        crt = pathguard.join(lib_dir, fingerprint + ".crt")
         if not system.path(crt).is_file():
             raise OSUtilError(f"Can't find {fingerprint}.crt")
         try:
@@ -112,7 +112,7 @@ def deploy_ssh_pubkey(username: str, path: Optional[str], fingerprint: Optional[
             line = sshkeys.ssh_public_key_from_cert(cert_pem)
         except CryptError as e:
             raise OSUtilError(f"Invalid certificate {fingerprint}.crt", inner=e)
-        system.write_file(os.path.join(lib_dir, fingerprint + ".pub"), pem, mode=0o600)
+        system.write_file(pathguard.join(lib_dir, fingerprint + ".pub"), pem, mode=0o600)
         _append(path, line, username)
     else:
         raise OSUtilError("SSH public key Fingerprint and Value are None")
@@ -127,9 +127,9 @@ def deploy_ssh_keypair(username: str, path: str, fingerprint: str, lib_dir: str,
     0644 key, 0600 .pub; not chowned)."""
     if path is None or fingerprint is None:
         raise OSUtilError("SSH key pair Path or Fingerprint is None")
-    path = norm_path(path, home_dir)
+    path = pathguard.within(os.path.join(home_dir, username), norm_path(path, home_dir))
     _mkdir_for(username, os.path.dirname(path))
-    prv = os.path.join(lib_dir, fingerprint + ".prv")
+    prv = pathguard.join(lib_dir, fingerprint + ".prv")
     if not system.path(prv).is_file():
         raise OSUtilError(f"Can't find {fingerprint}.prv")
     key_pem = system.read_bytes(prv)

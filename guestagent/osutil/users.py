@@ -8,6 +8,7 @@ hash travels to ``chpasswd -e`` on stdin — never on a command line, never in a
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple, Optional
 
 from guestagent import log
@@ -16,6 +17,23 @@ from guestagent.osutil import password as passwords
 from guestagent.osutil import system
 
 LOCKED_ROOT = "root:*LOCK*:14600::::::"
+#: What useradd (shadow's is_valid_user_name, Debian's default) and Azure both accept, at most 32
+#: characters: the name becomes a path (/home/<name>), a sudoers line and a command argument.
+_USERNAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}")
+#: Never provisioned whatever the configuration (upstream only refuses to set their password).
+RESERVED_USERS = ("root",)
+
+
+def username_error(name: str) -> Optional[str]:
+    """Why ``name`` may not be the provisioned user (None when it may)."""
+    if name in RESERVED_USERS:
+        return "a reserved system account"
+    if not _USERNAME.fullmatch(name) or ".." in name:
+        return ("expected at most 32 letters, digits, '.', '_' or '-', starting with a letter or '_', "
+                "no '..'")
+    return None
+
+
 DEFAULT_UID_MIN = 100
 
 

@@ -9,6 +9,7 @@ document (``ExtensionsConfigError`` / ``VmSettingsParseError``) with the reason.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -54,6 +55,8 @@ class Extension:
     encoded_signature: str = ""
     settings: list = field(default_factory=list)
     invalid_setting_reason: Optional[str] = None
+    #: The name or version is not safe to join into a path: nothing of this handler may touch the disk.
+    unsafe: bool = False
 
     @property
     def full_name(self) -> str:
@@ -108,6 +111,80 @@ def empty_goal_state(incarnation: str) -> ExtensionsGoalState:
     """The goal state used when the WireServer goal state has no ExtensionsConfig (03 §1 "Empty")."""
     return ExtensionsGoalState(id=f"incarnation_{incarnation}", source="Empty", channel="Empty",
                                incarnation=incarnation, svd_sequence_number=incarnation)
+
+
+# --- validation at the edge (issue 13) ------------------------------------------------------------------------
+# Names and numbers from the fabric become folder and file names and command environments; they are checked
+# here, before anything is joined into a path. Upstream applies no rule when parsing (its folder pattern only
+# reads names without '-' back); these rules refuse only what could never be a real handler.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})*")
+_SEQ_NO = re.compile(r"[0-9]{1,18}")
+MAX_NAME = 200      # "<name>-<version>" and ".<name>-<version>.unpacking" stay under NAME_MAX (255)
+MAX_VERSION = 40
+
+
+def _bad_name(value: Any, max_len: int = MAX_NAME) -> Optional[str]:
+    """Why ``value`` is not a safe handler or extension name (None when it is)."""
+    if not isinstance(value, str) or not value:
+        return "empty or not a string"
+    if len(value) > max_len:
+        return f"longer than {max_len} characters"
+    if not _NAME.fullmatch(value) or ".." in value:
+        return "only letters, digits, '.', '_' and '-' are allowed, starting with a letter or digit, no '..'"
+    return None
+
+
+def handler_name_error(name: Any) -> Optional[str]:
+    why = _bad_name(name)
+    return None if why is None else f"Invalid handler name {name!r}: {why}"
+
+
+def version_error(version: Any) -> Optional[str]:
+    if isinstance(version, str) and len(version) <= MAX_VERSION and _VERSION.fullmatch(version):
+        return None
+    return f"Invalid handler version {version!r}: expected dotted numbers (e.g. 1.2.3)"
+
+
+def extension_name_error(name: Any) -> Optional[str]:
+    why = _bad_name(name)
+    return None if why is None else f"Invalid multi-config extension name {name!r}: {why}"
+
+
+def seq_no_from_json(value: Any, name: str) -> int:
+    """A JSON sequence number: an integer, not a bool, float or string, and not negative."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10 ** 18:
+        raise ExtensionsConfigError(f"Invalid sequence number {value!r} for the Extension: {name} "
+                                    f"(expected a non-negative integer)")
+    return value
+
+
+def seq_no_from_xml(value: str, name: str) -> int:
+    if not _SEQ_NO.fullmatch(value):
+        raise ExtensionsConfigError(f"Invalid sequence number {value!r} for the Extension: {name} "
+                                    f"(expected a non-negative integer)")
+    return int(value)
+
+
+def _refuse_unsafe(ext: Extension) -> bool:
+    """Mark ``ext`` invalid and unsafe when its name or version may not become a folder name."""
+    reason = handler_name_error(ext.name) or version_error(ext.version)
+    if reason is None:
+        return False
+    ext.invalid_setting_reason, ext.unsafe = reason, True
+    return True
+
+
+def _check_extension_names(ext: Extension) -> None:
+    """A multi-config extension name becomes a file name: one bad name refuses the handler (its settings,
+    which would be written under that name, are dropped)."""
+    if not ext.supports_multi_config:
+        return
+    for settings in ext.settings:
+        reason = extension_name_error(settings.name)
+        if reason is not None:
+            ext.settings = []
+            raise ExtensionsConfigError(reason)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
@@ -185,7 +262,9 @@ def _from_extensions_config(root: Any, incarnation: str) -> ExtensionsGoalState:
             version=xml.findtext(fam, "Version"), from_version=xml.findtext(fam, "FromVersion"),
             is_version_from_rsm=_bool_or_none(xml.findtext(fam, "IsVersionFromRSM")),
             is_vm_enabled_for_rsm_upgrades=_bool_or_none(xml.findtext(fam, "IsVMEnabledForRSMUpgrades"))))
-    plugin_settings = xml.findall(xml.find(root, "PluginSettings"), "Plugin")
+    plugin_settings: dict = {}
+    for node in xml.findall(xml.find(root, "PluginSettings"), "Plugin"):
+        plugin_settings.setdefault((xml.attr(node, "name") or "").lower(), []).append(node)
     for plugin in xml.findall(xml.find(root, "Plugins"), "Plugin"):
         ext = Extension(name=xml.attr(plugin, "name", "") or "", version=xml.attr(plugin, "version", "") or "",
                         state=xml.attr(plugin, "state", "") or "",
@@ -193,12 +272,15 @@ def _from_extensions_config(root: Any, incarnation: str) -> ExtensionsGoalState:
         for what, value in (("name", ext.name), ("version", ext.version)):
             if not value:
                 warnings.append(f"Extensions.Plugins.Plugin.{what} is None for ExtensionConfig, logging error")
+        egs.extensions.append(ext)
+        if _refuse_unsafe(ext):
+            continue
         try:
             _parse_plugin(ext, plugin)
-            _parse_plugin_settings(ext, plugin_settings, warnings)
+            _parse_plugin_settings(ext, plugin_settings.get(ext.name.lower(), []), warnings)
+            _check_extension_names(ext)
         except ExtensionsConfigError as e:
             ext.invalid_setting_reason = e.msg
-        egs.extensions.append(ext)
     return egs
 
 
@@ -215,8 +297,8 @@ def _parse_plugin(ext: Extension, plugin: Any) -> None:
             ext.manifest_uris.append(value)
 
 
-def _parse_plugin_settings(ext: Extension, plugin_settings: list, warnings: list) -> None:
-    mine = [p for p in plugin_settings if (xml.attr(p, "name") or "").lower() == ext.name.lower()]
+def _parse_plugin_settings(ext: Extension, mine: list, warnings: list) -> None:
+    """``mine``: the PluginSettings/Plugin nodes with this handler's name (indexed once per document)."""
     if not mine:
         return
     same = [p for p in mine if xml.attr(p, "version") == ext.version]
@@ -277,10 +359,7 @@ def _add_settings(ext: Extension, node: Any, name: str, level: int, state: str, 
     seq_no = xml.attr(node, "seqNo")
     if seq_no in (None, ""):
         raise ExtensionsConfigError(f"SeqNo not specified for the Extension: {name}")
-    try:
-        seq = int(seq_no)  # type: ignore[arg-type]
-    except ValueError:
-        raise ExtensionsConfigError(f"Invalid SeqNo {seq_no!r} for the Extension: {name}") from None
+    seq = seq_no_from_xml(seq_no, name)  # type: ignore[arg-type]
     try:
         doc = json.loads(xml.text(node) or "")
         items = doc["runtimeSettings"]
@@ -404,8 +483,24 @@ def _vm_extension(item: _Folded, warnings: list) -> Extension:
                     encoded_signature=item.get("encodedSignature") or "")
     if ext.state not in REQUESTED_STATES:
         raise VmSettingsParseError(f"Invalid extension state: {ext.state} ({name})")
+    if _refuse_unsafe(ext):
+        return ext
+    try:
+        _vm_extension_settings(ext, item, where, warnings)
+    except ExtensionsConfigError as e:
+        ext.invalid_setting_reason = e.msg
+    return ext
+
+
+def _vm_extension_settings(ext: Extension, item: _Folded, where: str, warnings: list) -> None:
+    """Locations, settings and dependencies of one handler; ExtensionsConfigError refuses only this handler,
+    VmSettingsParseError the whole document."""
+    name = ext.name
     multi = item.get("isMultiConfig")
-    ext.supports_multi_config = bool(multi) if multi is not None else False
+    if multi is not None and not isinstance(multi, bool):
+        raise ExtensionsConfigError(f"Invalid isMultiConfig {multi!r} for the Extension: {name} "
+                                    f"(expected true or false)")
+    ext.supports_multi_config = bool(multi)
     for key in ("location", "failoverLocation"):
         value = item.get(key)
         if value:
@@ -424,13 +519,16 @@ def _vm_extension(item: _Folded, warnings: list) -> Extension:
         if protected is not None and thumb is None:
             raise VmSettingsParseError(f"The certificate thumbprint for protected settings is missing ({where})")
         if ext.supports_multi_config:
-            settings = ExtensionSettings(name=s.need("extensionName", where), sequence_number=int(s.need("seqNo", where)),
+            ext_name = s.need("extensionName", where)
+            settings = ExtensionSettings(name=ext_name, sequence_number=seq_no_from_json(s.need("seqNo", where),
+                                                                                         str(ext_name)),
                                          state=str(s.need("extensionState", where)).lower())
         else:
-            settings = ExtensionSettings(name=name, sequence_number=int(item.need("settingsSeqNo", where)),
-                                         state=ext.state)
+            settings = ExtensionSettings(name=name, sequence_number=seq_no_from_json(
+                item.need("settingsSeqNo", where), name), state=ext.state)
         settings.public_settings, settings.protected_settings, settings.certificate_thumbprint = public, protected, thumb
         ext.settings.append(settings)
+    _check_extension_names(ext)
     depends_on = _list(item.get("dependsOn"), f"dependsOn ({where})")
     if ext.supports_multi_config:
         by_name = {s.name: s for s in ext.settings}
@@ -451,7 +549,6 @@ def _vm_extension(item: _Folded, warnings: list) -> Extension:
             ext.settings[0].dependency_level = int(dep.get("dependencyLevel") or 0)
         else:
             warnings.append(f"Single-config extension {name} has a dependsOn but no settings; ignoring it")
-    return ext
 
 
 def _check_depends_on_list(dep: _Folded, where: str, warnings: list) -> None:

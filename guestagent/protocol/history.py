@@ -13,7 +13,8 @@ import time
 from typing import Optional
 
 from guestagent import log
-from guestagent.osutil import atomic, system
+from guestagent.errors import PathEscapeError
+from guestagent.osutil import atomic, pathguard, system
 from guestagent.protocol.certificates import CertSummary
 
 REDACTED = "***REDACTED***"
@@ -59,8 +60,12 @@ class History:
         self._error_logged = False
         try:
             system.mkdir(self.root, mode=0o700)
+            pathguard.within(self.root, self.current)  # the tag is the fabric's incarnation / ETag
             system.mkdir(self.current, mode=0o700)
             self.purge()
+        except PathEscapeError as e:
+            self._log_error(e)
+            self.current = None
         except OSError as e:
             self._log_error(e)
         return self.current
@@ -74,8 +79,8 @@ class History:
         if not self.enabled or self.current is None:
             return
         try:
-            system.write_file(os.path.join(self.current, name), text, fsync=False)
-        except OSError as e:
+            system.write_file(pathguard.join(self.current, name), text, fsync=False)
+        except (OSError, PathEscapeError) as e:
             self._log_error(e)
 
     def save_goal_state(self, text: str) -> None:

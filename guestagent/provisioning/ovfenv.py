@@ -16,6 +16,7 @@ from lxml import etree
 
 from guestagent import log
 from guestagent.errors import ProtocolError, XmlError
+from guestagent.osutil import users
 from guestagent.protocol import xml as hardened
 
 OVF_VERSION = "1.0"
@@ -137,6 +138,9 @@ def _parse(root: etree._Element, deprovision: bool) -> OvfEnv:
                         "LinuxProvisioningConfigurationSet")
     hostname = _require(_findtext(conf_set, WA_NS, "HostName"), "HostName")
     username = _require(_findtext(conf_set, WA_NS, "UserName"), "UserName")
+    why = users.username_error(username)
+    if why is not None:
+        raise ProtocolError(f"Failed to validate OVF: invalid user name {username!r}: {why}")
     ovf = OvfEnv(version=version, hostname=hostname, username=username,
                  configuration_set_type=_findtext(conf_set, WA_NS, "ConfigurationSetType"))
     if not deprovision:

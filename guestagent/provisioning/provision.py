@@ -47,6 +47,9 @@ class Provisioner:
 
     def config_user_account(self, ovf: OvfEnv) -> None:
         conf = self.conf
+        if users.is_sys_user(ovf.username, conf.provisioning_allow_reset_sys_user):
+            raise ProvisionError(f"Refusing to provision the user name {ovf.username!r}: it is an existing system "
+                                 f"account (uid below UID_MIN; Provisioning.AllowResetSysUser=n)")
         log.info("Create user account if not exists")
         users.useradd(ovf.username)
         if ovf.user_password is not None:

@@ -86,3 +86,34 @@ def test_provisioning_reports_to_the_fabric(sandbox, fs_image, break_it):
         assert states[-1][:2] == ("NotReady", "ProvisioningFailed"), reports
         assert "Can't find " + "AB" * 20 + ".crt" in states[-1][2]
         assert not sb.host_path("/var/lib/waagent/provisioned").exists()
+
+
+@pytest.mark.parametrize("username", ["../x", "root"])
+def test_a_hostile_username_fails_provisioning_before_any_account_change(sandbox, fs_image, username):
+    """Issue 13 D6: real useradd once made the home /x, a sudoers entry and authorized_keys for ``../x`` and
+    the VM reported Ready. The name is refused when ovf-env.xml is read: ProvisioningFailed naming it."""
+    sb = sandbox
+    sb.write_file("/etc/waagent.conf", CONF)
+    sb.write_file("/etc/ssh/sshd_config", "PasswordAuthentication no\n")
+    passwd, shadow = sb.read_text("/etc/passwd"), sb.read_text("/etc/shadow")
+    proc = start_fabric(sb)
+    try:
+        xml = sb.run(["python3", "-m", "guestagent.tools", "fabric", "ovf", "--state-dir", "/run/fabric"]).stdout
+        xml = xml.replace("<UserName>azureuser</UserName>", f"<UserName>{username}</UserName>")
+        sb.attach_image(fs_image({"ovf-env.xml": xml}, fstype="ext4"), device="/dev/sr0")
+        res = sb.python(DRIVER, timeout=180)
+        result = json.loads(res.stdout.strip().splitlines()[-1])
+        reports = health(sb)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert not result["ok"], result
+    last = reports[-1]
+    assert ((last.get("state") or last.get("status")), last.get("substatus") or last.get("sub_status")) == \
+        ("NotReady", "ProvisioningFailed"), reports
+    assert repr(username) in last["description"] and "user name" in last["description"], last
+    assert (sb.read_text("/etc/passwd"), sb.read_text("/etc/shadow")) == (passwd, shadow)
+    assert not sb.host_path("/x").exists() and not sb.host_path("/home/x").exists()
+    assert not sb.host_path("/etc/sudoers.d/waagent").exists()
+    assert username in sb.read_text("/var/log/waagent.log")
+    assert not sb.host_path("/var/lib/waagent/provisioned").exists()

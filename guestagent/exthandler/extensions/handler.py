@@ -20,7 +20,7 @@ from guestagent.exthandler.extensions.manifest import HandlerManifest, load_hand
 from guestagent.exthandler.extensions.package import zip_path
 from guestagent.exthandler.extensions.state import ENABLED, FAILED_UPGRADE, INSTALLED, HandlerFiles
 from guestagent.exthandler.extensions.versions import compare_versions
-from guestagent.osutil import system
+from guestagent.osutil import pathguard, system
 
 CODE_UPDATE = 1008
 NOT_RUN = "NOT_RUN"
@@ -84,6 +84,7 @@ class Handler:
         seq = settings.sequence_number if settings is not None else self.files.latest_seq(ext_name)
         env = runner.base_environment(self.files.base_dir, self.version, self.ctx.wire_address, seq, ext_name)
         env.update(extra_env or {})
+        pathguard.within(self.ctx.lib_dir, self.files.base_dir)  # the folder it runs in, right before exec
         try:
             result = runner.run_command(op, self.files.base_dir, self.manifest.command(op), env,
                                         handler_name=self.name, log_dir=self.files.log_dir, ext_name=ext_name,

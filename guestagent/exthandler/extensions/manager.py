@@ -100,6 +100,7 @@ class ExtensionsManager:
         self._uninstall_exit: dict = {}
         self._done: set = set()
         self._policy = policy.PolicyEngine()
+        self._refused: dict = {}   # handler name → its status entry, for handlers refused at the edge
         self._startup()
 
     # --- seams ---------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ class ExtensionsManager:
 
     # --- processing --------------------------------------------------------------------------------------------
     def _process(self, egs: ExtensionsGoalState) -> None:
-        self._manifests, self._uninstall_exit, self._done = {}, {}, set()
+        self._manifests, self._uninstall_exit, self._done, self._refused = {}, {}, set(), {}
         signing.report_signed(egs, self.lib_dir)
         if egs.on_hold and self.conf.enable_over_provisioning:
             log.info("Extension handling is on hold")
@@ -243,8 +244,8 @@ class ExtensionsManager:
     def _handle(self, ext: Extension, settings: Optional[ExtensionSettings], first_after_restart: bool) -> bool:
         try:
             if ext.invalid_setting_reason:
-                raise ExtensionError(f"Extension will not be processed since its configuration is invalid: "
-                                     f"{ext.invalid_setting_reason}. Please retry with updated settings.", code=-1)
+                self._refuse(ext, settings)
+                return False
             self._certificates_for(ext)
             if ext.state == "enabled":
                 self._enable(ext, settings, first_after_restart)
@@ -264,6 +265,21 @@ class ExtensionsManager:
             self._report(ext, settings, err, self._version_for_report(ext))
             return False
 
+    def _refuse(self, ext: Extension, settings: Optional[ExtensionSettings]) -> None:
+        """A handler whose goal-state entry was refused at the edge (extconfig): upstream's config error
+        status (NotReady, -1), an InvalidExtensionConfig event and a log line naming it; nothing runs."""
+        message = (f"Ran into config errors: {ext.invalid_setting_reason}. \nPlease retry again as another "
+                   f"operation with updated settings")
+        log.error("[{0}] Refusing the handler {0!r} version {1!r}: {2}", ext.name, ext.version,
+                  ext.invalid_setting_reason)
+        self._report(ext, settings, ExtensionError(message, code=-1), self._version_for_report(ext))
+        if self.ctx.event is not None:
+            try:
+                self.ctx.event("InvalidExtensionConfig", name=ext.name, version=ext.version, is_success=False,
+                               message=message, duration=0)
+            except Exception as e:  # telemetry never breaks processing
+                log.warn("Event failed: {0}", e)
+
     def _certificates_for(self, ext: Extension) -> None:
         """Before any command of ``ext``: if its protected settings name a ``<thumbprint>.prv`` not on disk
         yet, wait for the goal state's certificate helper; otherwise (a disable, an update with the
@@ -274,6 +290,11 @@ class ExtensionsManager:
 
     def _report(self, ext: Extension, settings: Optional[ExtensionSettings], err: ExtensionError,
                 version: str) -> None:
+        if ext.unsafe:  # its name or version may not become a path: the status lives in memory only
+            self._refused[ext.name] = {"handlerVersion": ext.version, "handlerName": ext.name, "status": "NotReady",
+                                       "code": err.code, "useExactVersion": True,
+                                       "formattedMessage": {"lang": "en-US", "message": err.msg}}
+            return
         handler = Handler(self.ctx, ext.name, version, ext.supports_multi_config)
         handler.report_error(err.code, err.msg)
         self.versions.setdefault(ext.name, version)
@@ -285,6 +306,8 @@ class ExtensionsManager:
                 log.warn("Could not write a placeholder status for {0}: {1}", settings.name, e)
 
     def _version_for_report(self, ext: Extension) -> str:
+        if ext.unsafe:
+            return ext.version
         return self.versions.get(ext.name) or (installed_versions(self.lib_dir, ext.name) or [ext.version])[-1]
 
     def _packages(self, ext: Extension) -> tuple:
@@ -463,6 +486,9 @@ class ExtensionsManager:
         return out
 
     def _status_of(self, ext: Extension) -> list:
+        if ext.unsafe:
+            refused = self._refused.get(ext.name)
+            return [dict(refused)] if refused is not None else []
         version = self.versions.get(ext.name)
         if version is None:
             candidates = [v for n, v, _ in handler_dirs(self.lib_dir) if n == ext.name]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from guestagent import log
 from guestagent.errors import ExtensionError
-from guestagent.osutil import system
+from guestagent.osutil import pathguard, system
 
 if TYPE_CHECKING:
     import zipfile
@@ -33,7 +33,7 @@ class PackageError(ExtensionError):
 
 
 def zip_path(lib_dir: str, name: str, version: str) -> str:
-    return os.path.join(lib_dir, f"{name}__{version}.zip")
+    return pathguard.join(lib_dir, f"{name}__{version}.zip")
 
 
 def _check_member(info: zipfile.ZipInfo) -> str:
@@ -132,7 +132,7 @@ def install_package(protocol: Any, files: Any, uris: list, manifest_location: Op
     (HandlerManifest.json copy, config/ status/ events/, HandlerEnvironment.json). A package ``checks``
     refuses is removed and nothing of it is installed."""
     zpath = zip_path(files.lib_dir, files.name, files.version)
-    staging = os.path.join(files.lib_dir, f".{files.name}-{files.version}.unpacking")
+    staging = pathguard.join(files.lib_dir, f".{files.name}-{files.version}.unpacking")
     system.remove(staging)
     for attempt in range(DOWNLOAD_ATTEMPTS):
         if not system.exists(zpath):
@@ -173,7 +173,7 @@ def install_package(protocol: Any, files: Any, uris: list, manifest_location: Op
             system.remove(staging)
             system.remove(zpath)
             raise
-    _merge_into(system.path(staging), system.path(files.base_dir))
+    _merge_into(system.path(staging), system.path(pathguard.within(files.lib_dir, files.base_dir)))
     system.remove(zpath)
     system.write_file(files.manifest_file, text, mode=0o744, fsync=False)
     initialize_layout(files)

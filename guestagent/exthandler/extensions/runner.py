@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from guestagent import log
-from guestagent.errors import ExtensionError
+from guestagent.errors import ExtensionError, PathEscapeError
 from guestagent.exthandler.cgroups import CGroupConfigurator
-from guestagent.osutil import system
+from guestagent.osutil import pathguard, system
 
 TIMEOUTS = {"install": 900, "enable": 300, "disable": 900, "update": 900, "uninstall": 300}
 ERROR_CODES = {"install": 1007, "enable": 1009, "disable": 1010, "update": 1008, "uninstall": 1000}
@@ -143,24 +143,24 @@ def _log_execution(plog: Any, log_dir: Optional[str], ext_name: Optional[str], c
     try:
         system.mkdir(log_dir, mode=0o755)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1e6) % 1000000:06d}Z"
-        system.append_file(os.path.join(log_dir, name),
+        system.append_file(pathguard.join(log_dir, name),
                            f"{stamp} INFO [{result.op}] exit code {result.exit_code} in "
                            f"{result.duration:.3f} s\n{log.redact(text)}\n")
-    except OSError as e:
+    except (OSError, PathEscapeError) as e:
         log.periodic(3600, log.WARNING, "Could not write {0}: {1}", name, e)
 
 
 def truncate_command_log(log_dir: str, ext_name: Optional[str] = None) -> None:
     """Keep only the last ~10 MiB of CommandExecution.log (done when a handler object is created)."""
     name = f"CommandExecution_{ext_name}.log" if ext_name else "CommandExecution.log"
-    path = system.path(os.path.join(log_dir, name))
     try:
+        path = system.path(pathguard.join(log_dir, name))
         size = os.path.getsize(path)
         if size <= COMMAND_LOG_CAP:
             return
         with open(path, "rb") as f:
             f.seek(size - COMMAND_LOG_CAP)
             tail = f.read()
-        system.write_file(os.path.join(log_dir, name), tail, fsync=False)
-    except OSError:
+        system.write_file(pathguard.join(log_dir, name), tail, fsync=False)
+    except (OSError, PathEscapeError):
         pass

@@ -13,7 +13,7 @@ import re
 from typing import Any, Optional
 
 from guestagent.exthandler.extensions.versions import version_key
-from guestagent.osutil import system
+from guestagent.osutil import pathguard, system
 from guestagent.protocol.status import redact_sas
 
 NOT_INSTALLED, INSTALLED, ENABLED, FAILED_UPGRADE = "NotInstalled", "Installed", "Enabled", "FailedUpgrade"
@@ -58,16 +58,17 @@ def handler_dirs(lib_dir: str) -> list:
 
 
 class HandlerFiles:
-    """Paths and state files of one handler version."""
+    """Paths and state files of one handler version. Every path holding a name from the goal state is
+    checked by :mod:`pathguard` (PathEscapeError) when it is built, i.e. right before its use."""
 
     def __init__(self, lib_dir: str, name: str, version: str, log_root: str = LOG_ROOT):
         self.lib_dir, self.name, self.version = lib_dir, name, version
-        self.base_dir = os.path.join(lib_dir, f"{name}-{version}")
+        self.base_dir = pathguard.join(lib_dir, f"{name}-{version}")
         self.config_dir = os.path.join(self.base_dir, "config")
         self.status_dir = os.path.join(self.base_dir, "status")
         self.heartbeat_file = os.path.join(self.base_dir, "heartbeat.log")
         self.manifest_file = os.path.join(self.base_dir, "HandlerManifest.json")
-        self.log_dir = os.path.join(log_root, name)
+        self.log_dir = pathguard.join(log_root, name)
         self.events_dir = os.path.join(self.log_dir, "events")
 
     def exists(self) -> bool:
@@ -80,15 +81,18 @@ class HandlerFiles:
 
     def set_state(self, value: str) -> None:
         system.mkdir(self.config_dir, mode=0o700)
-        system.write_file(os.path.join(self.config_dir, "HandlerState"), value, mode=0o600)
+        system.write_file(self._config("HandlerState"), value, mode=0o600)
+
+    def _config(self, leaf: str) -> str:
+        return pathguard.join(self.config_dir, leaf)
 
     def ext_state(self, ext_name: str) -> str:
-        text = read_optional(os.path.join(self.config_dir, f"{ext_name}.HandlerState"))
+        text = read_optional(self._config(f"{ext_name}.HandlerState"))
         return (text or "").strip() or "disabled"
 
     def set_ext_state(self, ext_name: str, value: str) -> None:
         system.mkdir(self.config_dir, mode=0o700)
-        system.write_file(os.path.join(self.config_dir, f"{ext_name}.HandlerState"), value, mode=0o600)
+        system.write_file(self._config(f"{ext_name}.HandlerState"), value, mode=0o600)
 
     def enabled_mc_extensions(self) -> list:
         try:
@@ -118,14 +122,14 @@ class HandlerFiles:
         doc = {"name": self.name, "version": self.version, "status": status, "code": code,
                "message": redact_sas(message), "supports_multi_config": supports_mc, "extension_status": None}
         system.mkdir(self.config_dir, mode=0o700)
-        system.write_file(os.path.join(self.config_dir, "HandlerStatus"), dumps(doc), mode=0o600)
+        system.write_file(self._config("HandlerStatus"), dumps(doc), mode=0o600)
 
     # --- settings and status files ----------------------------------------------------------------------
     def settings_file(self, seq: int, ext_name: Optional[str] = None) -> str:
-        return os.path.join(self.config_dir, f"{ext_name}.{seq}.settings" if ext_name else f"{seq}.settings")
+        return self._config(f"{ext_name}.{seq}.settings" if ext_name else f"{seq}.settings")
 
     def status_file(self, seq: int, ext_name: Optional[str] = None) -> str:
-        return os.path.join(self.status_dir, f"{ext_name}.{seq}.status" if ext_name else f"{seq}.status")
+        return pathguard.join(self.status_dir, f"{ext_name}.{seq}.status" if ext_name else f"{seq}.status")
 
     def write_settings(self, settings: Any, multi_config: bool) -> None:
         """``<seq>.settings`` / ``<Ext>.<seq>.settings`` with upstream's JSON; ``0.settings`` empty when the
@@ -179,7 +183,7 @@ class HandlerFiles:
                 if entry.startswith(ext_name + ".") and entry.endswith(suffix) and \
                         entry[len(ext_name) + 1:-len(suffix)].isdigit():
                     system.remove(os.path.join(folder, entry))
-        system.remove(os.path.join(self.config_dir, f"{ext_name}.HandlerState"))
+        system.remove(self._config(f"{ext_name}.HandlerState"))
 
     def write_environment(self) -> None:
         """HandlerEnvironment.json (04 §4), key order as upstream."""
@@ -187,7 +191,7 @@ class HandlerFiles:
                "heartbeatFile": self.heartbeat_file, "eventsFolder": self.events_dir,
                "eventsFolder_preview": self.events_dir}
         doc = [{"name": self.name, "version": 1.0, "handlerEnvironment": env}]
-        system.write_file(os.path.join(self.base_dir, "HandlerEnvironment.json"), dumps(doc), mode=0o644)
+        system.write_file(pathguard.join(self.base_dir, "HandlerEnvironment.json"), dumps(doc), mode=0o644)
 
 
 def installed_versions(lib_dir: str, name: str) -> list:

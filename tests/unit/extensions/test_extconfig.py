@@ -138,3 +138,57 @@ def test_processing_order_puts_removals_first_deepest_dependents_first():
     pairs = ordered_pairs(parse_extensions_config(xml, "1").extensions)
     assert [(k, e.name) for k, e, _ in pairs] == [(-3, "X.Remove2"), (-1, "W.Remove0"), (0, "Y.Enabled0"),
                                                   (0, "V.NoSettings"), (1, "Z.Enabled1")]
+
+
+# --- issue 13: names and numbers checked at the edge -------------------------------------------------------
+@pytest.mark.parametrize("name, version, unsafe, words", [
+    ("Microsoft.Azure.Extensions.CustomScript", "2.1.10", False, None),
+    ("Pub.Type_x-1", "1", False, None),
+    ("../x", "1.0", True, "Invalid handler name"),
+    ("Pub/Type", "1.0", True, "Invalid handler name"),
+    (".hidden", "1.0", True, "Invalid handler name"),
+    ("Pub..Type", "1.0", True, "Invalid handler name"),
+    ("P" * 201, "1.0", True, "longer than 200"),
+    ("Pub.Type", "1.0/../..", True, "Invalid handler version"),
+    ("Pub.Type", "1.0-beta", True, "Invalid handler version"),
+    ("Pub.Type", "1." * 25 + "1", True, "Invalid handler version"),
+])
+def test_handler_names_and_versions(name, version, unsafe, words):
+    [ext] = parse_extensions_config(doc([ExtensionSpec(name, version, settings=[SettingsSpec(seq_no=0)])]),
+                                    "3").extensions
+    assert ext.unsafe is unsafe
+    if words is None:
+        assert ext.invalid_setting_reason is None and len(ext.settings) == 1
+    else:
+        assert words in ext.invalid_setting_reason and ext.settings == []
+
+
+@pytest.mark.parametrize("seq", ["+1", "1.5", " 1", "1_0", "-1", "0x1", "1" * 19])
+def test_extensions_config_sequence_numbers_must_be_plain_non_negative_integers(seq):
+    text = doc([ExtensionSpec("P.T", "1.0", settings=[SettingsSpec(seq_no=7)])]).replace('seqNo="7"', f'seqNo="{seq}"')
+    [ext] = parse_extensions_config(text, "3").extensions
+    assert "Invalid sequence number" in ext.invalid_setting_reason and not ext.unsafe
+
+
+def test_a_bad_multi_config_extension_name_drops_the_handlers_settings():
+    ext = ExtensionSpec("P.T", "1.0", multi_config=True,
+                        settings=[SettingsSpec(seq_no=0, name="ok"), SettingsSpec(seq_no=0, name="a/../../b")])
+    [parsed] = parse_extensions_config(doc([ext]), "3").extensions
+    assert "Invalid multi-config extension name 'a/../../b'" in parsed.invalid_setting_reason
+    assert parsed.settings == [] and not parsed.unsafe
+
+
+def test_vm_settings_refusals_are_per_handler_the_rest_of_the_document_stands():
+    good = {"name": "P.Good", "version": "1.0", "state": "enabled", "settingsSeqNo": 3, "settings": [{}]}
+    bad = [dict(good, name="../x"), dict(good, name="P.Ver", version="1.0/.."),
+           dict(good, name="P.Multi", isMultiConfig="false"), dict(good, name="P.Float", settingsSeqNo=2.0),
+           dict(good, name="P.Bool", settingsSeqNo=False), dict(good, name="P.Neg", settingsSeqNo=-3),
+           dict(good, name="P.Mc", isMultiConfig=True,
+                settings=[{"extensionName": "../e", "seqNo": 0, "extensionState": "enabled"}])]
+    egs = parse_vm_settings(json.dumps({"extensionGoalStates": [good, *bad]}), "e1")
+    by_name = {e.name: e for e in egs.extensions}
+    assert by_name["P.Good"].invalid_setting_reason is None and by_name["P.Good"].settings[0].sequence_number == 3
+    assert [(e.name, e.unsafe) for e in egs.extensions if e.invalid_setting_reason] == [
+        ("../x", True), ("P.Ver", True), ("P.Multi", False), ("P.Float", False), ("P.Bool", False), ("P.Neg", False),
+        ("P.Mc", False)]
+    assert by_name["P.Mc"].settings == []

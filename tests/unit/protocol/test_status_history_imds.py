@@ -157,3 +157,16 @@ def test_imds_heartbeat_over_loopback():
         srv.shutdown()
         srv.server_close()
     assert time.time() > 0
+
+
+def test_history_names_from_the_fabric_stay_inside_the_history_folder(tmp_root):
+    """Issue 13: the folder's tag is the incarnation / ETag and a saved file may carry a handler name —
+    fabric data; nothing may be written outside <lib>/history."""
+    (tmp_root / "var/lib/waagent").mkdir(parents=True)
+    h = history.History("/var/lib/waagent")
+    h.start("../../../../../escape", now=0)
+    h.save("GoalState.xml", "<x/>")
+    h.start("1", now=1)
+    h.save("../../../../escape.manifest.xml", "<x/>")
+    written = sorted(str(p.relative_to(tmp_root)) for p in tmp_root.rglob("*") if p.is_file())
+    assert all(p.startswith("var/lib/waagent/history/") for p in written), written

@@ -248,3 +248,43 @@ def test_host_key_regeneration_and_thumbprint(tmp_root):
         ssh.host_key_thumbprint("/etc/ssh", "rsa")
     with pytest.raises(ProvisionError, match="Unsupported SSH host key type"):
         ssh.regenerate_host_keys("/etc/ssh", "rsa1024")
+
+
+@pytest.mark.parametrize("path", ["$HOME/../etc/ssh/authorized_keys", "/root/.ssh/authorized_keys",
+                                  "$HOME/other/.ssh/authorized_keys", "$HOME/azureuserX/.ssh/authorized_keys"])
+def test_a_key_path_outside_the_users_home_is_refused(tmp_root, path):
+    """Issue 13: the ovf-env's key paths are fabric data; they must resolve inside /home/<user>."""
+    from guestagent.errors import PathEscapeError
+
+    with pytest.raises(PathEscapeError, match="outside /home/azureuser"):
+        ssh.deploy_ssh_pubkey("azureuser", path, None, "ssh-rsa AAAAB3 by-value", "/var/lib/waagent", "/home")
+    with pytest.raises(PathEscapeError):
+        ssh.deploy_ssh_keypair("azureuser", path, "F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9", "/var/lib/waagent",
+                               "/home")
+    assert not any(p.is_file() for p in tmp_root.rglob("*"))
+
+
+def test_an_existing_system_account_is_not_provisioned(passwd):
+    from guestagent.conf import Config
+    from guestagent.errors import ProvisionError
+    from guestagent.provisioning.ovfenv import OvfEnv
+    from guestagent.provisioning.provision import Provisioner
+
+    prov = Provisioner(Config({}), distro=None, net=object())  # type: ignore[arg-type]
+    with pytest.raises(ProvisionError, match=r"'bin'.*existing system account"):
+        prov.config_user_account(OvfEnv(version="1.0", hostname="h", username="bin"))
+    assert not (passwd / "etc/sudoers.d/waagent").exists()
+
+
+def test_a_key_fingerprint_that_leaves_the_lib_dir_is_refused(goal_state_certs):
+    """The ovf-env's Fingerprint names <lib>/<fp>.crt, .pub and .prv: fabric data, kept inside the lib dir."""
+    from guestagent.errors import PathEscapeError
+
+    root, _ = goal_state_certs
+    fp = "../../../tmp/F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9"
+    with pytest.raises(PathEscapeError):
+        ssh.deploy_ssh_pubkey("azureuser", "$HOME/azureuser/.ssh/authorized_keys", fp, None, "/var/lib/waagent",
+                              "/home")
+    with pytest.raises(PathEscapeError):
+        ssh.deploy_ssh_keypair("azureuser", "$HOME/azureuser/.ssh/id_rsa", fp, "/var/lib/waagent", "/home")
+    assert not (root / "tmp").exists() or not any((root / "tmp").iterdir())

@@ -148,3 +148,18 @@ def test_an_elements_text_is_minidoms_first_text_node(fragment):
     nodes = minidom.parseString(fragment).documentElement.childNodes
     expected = next((n.data for n in nodes if n.nodeType == n.TEXT_NODE), None)
     assert _text(xml.parse_tree(fragment)) == expected
+
+
+@pytest.mark.parametrize("name", ["../x", "..", "/etc", "a/b", "root", "-rf", "1abc", "x" * 33, "a b", "a..b",
+                                  "user\n", "tom;id", "é"])
+def test_a_user_name_useradd_or_azure_would_not_take_is_refused_at_the_edge(name):
+    """Issue 13 D6: ``../x`` once became the home /x, a sudoers line and authorized_keys."""
+    text = full().replace("<UserName>azureuser</UserName>", f"<UserName>{name.replace(chr(10), '&#10;')}</UserName>")
+    with pytest.raises(ProtocolError, match=f"invalid user name {re.escape(repr(name))}"):
+        parse_ovf_env(text)
+
+
+@pytest.mark.parametrize("name", ["azureuser", "Admin_1", "_svc", "first.last", "a-b", "x" * 32])
+def test_ordinary_user_names_are_accepted(name):
+    assert parse_ovf_env(full().replace("<UserName>azureuser</UserName>", f"<UserName>{name}</UserName>")).username \
+        == name

@@ -153,3 +153,13 @@ def test_runs_only_on_a_new_incarnation(env):
     gs.incarnation = "4"
     assert env.handler.on_goal_state(gs) and jit_users() == {"alice"}
     assert not env.handler.on_goal_state(None)
+
+
+def test_a_remote_access_user_name_useradd_would_misread_is_refused(env):
+    """Issue 13: the RemoteAccess document's names are fabric data, checked as the provisioned user's."""
+    env.handler.run(document(("../x", FUTURE), ("root", FUTURE), ("alice", FUTURE)))
+    assert jit_users() == {"alice"}
+    assert not any(c[1] in ("../x", "root") for c in env.accounts.calls)
+    assert len(env.handler.errors) == 2 and "invalid user name '../x'" in env.handler.errors[0]
+    assert "invalid user name '../x'" in env.log.getvalue()
+    assert [e[1]["is_success"] for e in env.events if e[0] == "RemoteAccessHandling"][:2] == [False, False]
