@@ -36,9 +36,6 @@ SLICE_DROP_IN = "10-Slice.conf"
 SLICE_DROP_IN_CONTENTS = "\n" + HEADER + "[Service]\nSlice=azure.slice\n"
 OLD_DROP_INS = ("11-CPUAccounting.conf", "12-CPUQuota.conf", "13-MemoryAccounting.conf")
 OLD_EXTENSIONS_SLICE = "/etc/systemd/system/system-walinuxagent.extensions.slice"
-SUPPORTED_DISTROS = (("ubuntu", lambda v: v >= 16), ("centos", lambda v: v == 8), ("redhat", lambda v: v == 8),
-                     ("rhel", lambda v: v == 9), ("azurelinux", lambda v: v == 3))
-
 
 def info(msg: str, send_event: bool = True) -> None:
     log.info("[CGI] {0}", msg)
@@ -60,11 +57,7 @@ def extension_slice_name(extension_name: str, old_slice: bool = False) -> str:
 
 
 def distro_supported(name: str, version: str) -> bool:
-    try:
-        major = int(version.split(".")[0])
-    except (ValueError, IndexError):
-        return False
-    return any(name.lower() == n and ok(major) for n, ok in SUPPORTED_DISTROS)
+    return distros.cgroups_supported(name, version)
 
 
 def quota_percent(value: str) -> str:

@@ -86,13 +86,14 @@ def operations(ctx: ThreadContext) -> list[Operation]:
     ops: list[Operation] = []
 
     def remove_rules() -> None:
-        if netrules.applies_to(distro.name):
+        if distro.remove_net_rules:
             netrules.remove_rules_files(ctx.lib_dir)
 
     ops.append(Operation("RemovePersistentNetworkRules", remove_rules,
                          config.os_remove_persistent_net_rules_period))
 
-    monitor = dhcpmonitor.DhcpClientMonitor(distro.dhcp_pid_command, nethelper.Helper())
+    monitor = dhcpmonitor.DhcpClientMonitor(distro.dhcp_pid_command, nethelper.Helper(),
+                                            pid_prefix=distro.dhcp_pid_prefix)
     ops.append(Operation("MonitorDhcpClientRestart", monitor.check,
                          config.os_monitor_dhcp_client_restart_period))
 

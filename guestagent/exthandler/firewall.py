@@ -221,7 +221,7 @@ class PersistFirewallRules:
     @property
     def unit_path(self) -> str:
         unit_dir = self.distro.unit_dir
-        if self.distro.unit_dir == "/usr/lib/systemd/system" and system.exists("/run/ostree-booted"):
+        if self.distro.ostree_network_setup and system.exists("/run/ostree-booted"):
             unit_dir = "/etc/systemd/system"  # image mode: /usr is read-only
         return os.path.join(unit_dir, self.service)
 

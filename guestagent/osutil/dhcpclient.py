@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from guestagent import log
 from guestagent.errors import CommandError, NetworkError
-from guestagent.osutil import distros, system
+from guestagent.osutil import dhcpmonitor, distros, system
 from guestagent.osutil.nethelper import Helper, NetOps
 
 DHCLIENT_FILES = ("/etc/dhcp/dhclient.conf", "/etc/dhcp3/dhclient.conf", "/etc/dhclient.conf")
@@ -22,6 +22,7 @@ DHCLIENT_FILES = ("/etc/dhcp/dhclient.conf", "/etc/dhcp3/dhclient.conf", "/etc/d
 # template or gethostname() means dhclient already sends the current name.
 _AUTOSEND = re.compile(r"^[^#]*?send\s*host-name.*?(<hostname>|gethostname[(,)])", re.MULTILINE)
 IFCFG = "/etc/sysconfig/network-scripts/ifcfg-{0}"
+SUSE_DHCP = "/etc/sysconfig/network/dhcp"
 
 
 def update_conf_file(p: str, line_start: str, line: str) -> None:
@@ -54,10 +55,27 @@ def set_ifcfg_hostname(hostname: str, ifname: str) -> str:
     return p
 
 
+def set_suse_dhcp_hostname(hostname: str) -> None:
+    """SUSE's DHCLIENT_HOSTNAME_OPTION: left alone when AUTO or already the name, else replaced/appended."""
+    current = system.read_text(SUSE_DHCP, default="") or ""  # upstream raises when missing: SUSE ships it
+    lines = current.split("\n")
+    setting = next((x for x in lines if x.startswith("DHCLIENT_HOSTNAME_OPTION")), None)
+    wanted = f'DHCLIENT_HOSTNAME_OPTION="{hostname}"'
+    if setting is None:
+        system.write_file(SUSE_DHCP, current + wanted, mode=0o644)
+        return
+    if setting.split("=")[-1] in ('"AUTO"', "'AUTO'", "AUTO", f'"{hostname}"'):
+        return
+    text = "\n".join(wanted if x.startswith("DHCLIENT_HOSTNAME_OPTION") else x for x in lines)
+    system.write_file(SUSE_DHCP, text, mode=0o644)
+
+
 def set_dhcp_hostname(hostname: str, distro: distros.Distro, ifname: Optional[str] = None,
                       net: Optional[NetOps] = None) -> None:
     """The DHCP client's hostname; the ifcfg path needs the interface (asked of ``net`` when not given)."""
-    if distro.dhcp_hostname == distros.DHCP_IFCFG:
+    if distro.dhcp_hostname == distros.DHCP_SUSE:
+        set_suse_dhcp_hostname(hostname)
+    elif distro.dhcp_hostname == distros.DHCP_IFCFG:
         set_ifcfg_hostname(hostname, ifname or (net or Helper()).interface_name())
     else:
         set_dhclient_hostname(hostname)
@@ -109,22 +127,27 @@ def restart_interface(ifname: str, distro: distros.Distro, net: NetOps, retries:
     (upstream would retry a shell "not found" 3 × 5 s)."""
     style = distro.restart_interface
     ran: list[list[str]] = []
-    if style == distros.RESTART_NETWORKD:
-        cmds: Optional[list[list[str]]] = [["systemctl", "restart", "systemd-networkd"]]
-        stop_on_success = False  # upstream's loop has no exit on success: it restarts 3 times
+    if distro.network_manager == distros.NM_ALWAYS or \
+            (distro.network_manager == distros.NM_UNMANAGED and not _nm_controlled(ifname)):
+        nm = ["systemctl", "restart", "NetworkManager"] if distro.network_manager == distros.NM_ALWAYS \
+            else ["service", "NetworkManager", "restart"]
+        ran.append(nm)
+        try:
+            system.run(nm, timeout=120, check=False)
+        except CommandError as e:
+            log.warn("NetworkManager restart failed: {0}", e)
+    if style == distros.RESTART_DHCPCD_HUP:
+        return ran + _hup_dhcpcd(distro)
+    stop_on_success = style in (distros.RESTART_IFUPDOWN, distros.RESTART_IPLINK)
+    cmds: Optional[list[list[str]]] = None  # the link bounce: netlink, no `ip link set` process
+    if style in (distros.RESTART_NETWORKD, distros.RESTART_NETWORKD_ONCE):
+        cmds = [["systemctl", "restart", "systemd-networkd"]]
+        if style == distros.RESTART_NETWORKD_ONCE:
+            retries = 1  # upstream runs it once, result ignored
     elif style == distros.RESTART_IFUPDOWN:
         cmds = [["ifdown", ifname], ["ifup", ifname]]
-        stop_on_success = True
-    else:
-        cmds = None  # the link bounce: netlink, no `ip link set` process
-        stop_on_success = True
-        if style == distros.RESTART_NM_IPLINK and not _nm_controlled(ifname):
-            nm = ["systemctl", "restart", "NetworkManager"]
-            ran.append(nm)
-            try:
-                system.run(nm, timeout=120, check=False)
-            except CommandError as e:
-                log.warn("NetworkManager restart failed: {0}", e)
+    elif style == distros.RESTART_IFUP:
+        cmds = [["ifup", ifname]]  # SUSE: upstream's loop has no exit on success either
     for attempt in range(1, retries + 1):
         if cmds is None:
             ran.append(bounce_step(ifname))
@@ -144,3 +167,17 @@ def restart_interface(ifname: str, distro: distros.Distro, net: NetOps, retries:
             else:
                 log.warn("exceeded restart retries")
     return ran
+
+
+def _hup_dhcpcd(distro: distros.Distro) -> list[list[str]]:
+    """Alpine: the "restart" is a SIGHUP to the first dhcpcd (none running: nothing to do)."""
+    pids = dhcpmonitor.dhcp_client_pids(distro.dhcp_pid_command, distro.dhcp_pid_prefix)
+    if not pids:
+        log.warn("Cannot restart the network interface to publish the hostname: dhcpcd is not running")
+        return []
+    argv = ["kill", "-HUP", str(pids[0])]
+    try:
+        system.run(argv, timeout=60, check=False)
+    except CommandError as e:
+        log.warn("{0} failed: {1}", " ".join(argv), e)
+    return [argv]

@@ -18,12 +18,15 @@ from guestagent.osutil.nethelper import NetOps, RouteSpec
 from guestagent.osutil.processes import pid_alive
 
 
-def dhcp_client_pids(command: Sequence[str]) -> list[int]:
-    """PIDs from ``pidof <client>`` sorted (empty when none runs or the command fails)."""
+def dhcp_client_pids(command: Sequence[str], prefix: str = "") -> list[int]:
+    """PIDs from ``pidof <client>`` sorted (empty when none runs or the command fails); ``prefix`` is
+    dropped first (CoreOS asks systemctl, which answers ``MainPID=<pid>``)."""
     try:
         out = system.run(list(command), timeout=60, log=False).stdout
     except CommandError:
         return []
+    if prefix:
+        out = out.replace(prefix, "")
     return sorted(int(p) for p in out.split() if p.isdigit())
 
 
@@ -47,8 +50,9 @@ class DhcpClientMonitor:
     """State of one ``MonitorDhcpClientRestart`` operation."""
 
     def __init__(self, pid_command: Sequence[str], net: NetOps, gateway: Optional[str] = None,
-                 routes: Optional[Sequence[RouteSpec]] = None):
+                 routes: Optional[Sequence[RouteSpec]] = None, pid_prefix: str = ""):
         self.pid_command = list(pid_command)
+        self.pid_prefix = pid_prefix
         self.net = net
         self.gateway = gateway
         self.routes = routes
@@ -58,7 +62,7 @@ class DhcpClientMonitor:
         conf_routes(net, gateway, routes)
 
     def _current(self) -> list[int]:
-        pids = dhcp_client_pids(self.pid_command)
+        pids = dhcp_client_pids(self.pid_command, self.pid_prefix)
         if not pids and self.warning_enabled:
             log.warn("Dhcp client is not running.")
         self.warning_enabled = bool(pids)

@@ -22,15 +22,27 @@ CLOUD_INIT_HOSTNAME = "/var/lib/cloud/data/set-hostname"
 
 
 def set_hostname(hostname: str, distro: distros.Distro) -> None:
-    if distro.set_hostname == distros.HOSTNAME_HOSTNAMECTL:
+    style = distro.set_hostname
+    if style == distros.HOSTNAME_HOSTNAMECTL_ONLY:
+        _quietly(["hostnamectl", "set-hostname", hostname])
+        return
+    if style == distros.HOSTNAME_HOSTNAMECTL:
         try:
             system.run(["hostnamectl", "set-hostname", hostname, "--static"], timeout=60)
             return
         except CommandError:
             log.warn("[hostnamectl set-hostname {0} --static] failed, attempting fallback", hostname)
-    system.write_file("/etc/hostname", hostname, mode=0o644)
+    if style == distros.HOSTNAME_SYSCONFIG:
+        dhcpclient.update_conf_file("/etc/sysconfig/network", "HOSTNAME", f"HOSTNAME={hostname}")
+    else:
+        system.write_file("/etc/HOSTNAME" if style == distros.HOSTNAME_SUSE11 else "/etc/hostname",
+                          hostname, mode=0o644)
+    _quietly(["hostname", hostname])
+
+
+def _quietly(argv: list[str]) -> None:
     try:
-        system.run(["hostname", hostname], timeout=60, check=False)
+        system.run(argv, timeout=60, check=False)
     except CommandError:
         pass  # upstream ignores errors (tool missing included)
 

@@ -2,7 +2,8 @@
 
 A generalised image must not pin the NIC name to the MAC address of the VM it was captured on, so
 the rules are moved into the agent's lib dir (replacing older copies). Ubuntu and Debian do not
-need it (their udev has no persistent-net generator): there the operation is a no-op, as upstream.
+need it (their udev has no persistent-net generator): there the operation is a no-op, as upstream
+(:attr:`~guestagent.osutil.distros.Distro.remove_net_rules`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,6 @@ from guestagent import log
 from guestagent.osutil import system
 
 RULES_FILES = ("/lib/udev/rules.d/75-persistent-net-generator.rules", "/etc/udev/rules.d/70-persistent-net.rules")
-NO_OP_DISTROS = ("ubuntu", "debian", "devuan")
-
-
-def applies_to(distro_name: str) -> bool:
-    return distro_name.lower() not in NO_OP_DISTROS
-
-
 def remove_rules_files(lib_dir: str, rules_files: tuple[str, ...] = RULES_FILES) -> list[str]:
     """Move each rules file into ``lib_dir``; returns the files moved."""
     moved = []

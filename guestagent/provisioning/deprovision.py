@@ -95,7 +95,7 @@ class Deprovisioner:
 
     def network_setup_unit(self) -> str:
         unit_dir = self.distro.unit_dir
-        if self.distro.unit_dir == "/usr/lib/systemd/system" and system.exists("/run/ostree-booted"):
+        if self.distro.ostree_network_setup and system.exists("/run/ostree-booted"):
             unit_dir = "/etc/systemd/system"
         return os.path.join(unit_dir, f"{self.distro.service_name}-network-setup.service")
 
@@ -168,6 +168,9 @@ class Deprovisioner:
             self._del_user(plan)
         self._del_persist_firewall_rules(plan)
         self._remove_agent_cgroup_config(plan)
+        for name in self.distro.deprovision_files:  # CoreOS/Flatcar, Arch: upstream's handler appends these last
+            plan.warnings.append(f"WARNING! {name} will be removed.")
+            plan.actions.append(Action(f"delete {name}", rm_files, (name,)))
         return plan
 
     def setup_changed_unique_id(self) -> Plan:

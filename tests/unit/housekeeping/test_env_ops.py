@@ -49,7 +49,8 @@ def test_persistent_net_rules_are_moved_into_the_lib_dir(tmp_root):
     assert not (tmp_root / "var/lib/waagent/75-persistent-net-generator.rules").exists()
     assert netrules.restore_rules_files(lib) == ["/etc/udev/rules.d/70-persistent-net.rules"]
     assert (tmp_root / "etc/udev/rules.d/70-persistent-net.rules").read_text() == "new"
-    assert not netrules.applies_to("ubuntu") and not netrules.applies_to("debian") and netrules.applies_to("rhel")
+    assert not distros.make("ubuntu", "22.04").remove_net_rules and not distros.make("kali", "2024").remove_net_rules
+    assert distros.make("rhel", "9.4").remove_net_rules
 
 
 def test_scsi_timeout_written_only_where_it_differs(tmp_root):

@@ -141,7 +141,7 @@ class FlakyLink:
 
 def test_link_bounce_is_netlink_with_upstream_retries(tmp_root):
     net, slept = FlakyLink(), []
-    ran = dhcpclient.restart_interface("eth0", distros.make("rhel", "9.4"), net, sleep=slept.append)
+    ran = dhcpclient.restart_interface("eth0", distros.make("fedora", "40"), net, sleep=slept.append)
     assert ran == [["netlink", "bounce", "eth0"]] * 2 and net.bounced == ["eth0", "eth0"] and slept == [5.0]
 
 
