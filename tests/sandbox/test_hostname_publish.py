@@ -62,12 +62,9 @@ def test_ifcfg_and_networkmanager_path(sandbox, nm_controlled):
     assert "DEVICE=eth0" in text and "BOOTPROTO=dhcp" in text
     assert sb.read_text("/var/lib/waagent/published_hostname") == "pub-rhel"
     bounce = [["netlink", "bounce", "eth0"]]
-    if nm_controlled == "no":
-        # an interface NetworkManager does not control: upstream restarts NetworkManager first
-        assert out["ran"] == [["systemctl", "restart", "NetworkManager"], *bounce]
-        assert sb.read_text("/run/systemctl.log") == "systemctl restart NetworkManager\n"
-    else:
-        assert out["ran"] == bounce
-        assert sb.run(["test", "-e", "/run/systemctl.log"], check=False).returncode != 0
+    # RHEL >= 8.6 (upstream's RedhatOSModernUtil): NetworkManager is restarted first whatever
+    # NM_CONTROLLED says (the NM_CONTROLLED=n rule is RHEL 7 - 8.5's, tests/unit/provisioning/test_distros.py)
+    assert out["ran"] == [["systemctl", "restart", "NetworkManager"], *bounce]
+    assert sb.read_text("/run/systemctl.log") == "systemctl restart NetworkManager\n"
     assert out["link_up"], "eth0 must be up again after the bounce"
     assert not out["pyroute2"], "the bounce runs in the helper interpreter, not in the publishing process"
