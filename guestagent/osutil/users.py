@@ -76,8 +76,9 @@ def uid_min() -> int:
     return DEFAULT_UID_MIN
 
 
-def is_sys_user(name: str, allow_reset_sys_user: bool = False) -> bool:
-    if allow_reset_sys_user:
+def is_sys_user(name: str, allow_reset_sys_user: bool = False, regular_users: tuple[str, ...] = ()) -> bool:
+    """Below UID_MIN; ``regular_users`` never are (the distro record's: CoreOS's ``core``)."""
+    if allow_reset_sys_user or name in regular_users:
         return False
     entry = get_user(name)
     return entry is not None and entry.uid < uid_min()
@@ -101,10 +102,10 @@ def useradd(name: str, expiration: Optional[str] = None, comment: Optional[str] 
 
 
 def set_password(name: str, password: str, crypt_id: str = "6", salt_len: int = 10,
-                 allow_reset_sys_user: bool = False) -> str:
+                 allow_reset_sys_user: bool = False, regular_users: tuple[str, ...] = ()) -> str:
     """Hash per Provisioning.PasswordCryptId/SaltLength and store it; returns the scheme id used."""
     log.register_secret(password)
-    if is_sys_user(name, allow_reset_sys_user):
+    if is_sys_user(name, allow_reset_sys_user, regular_users):
         raise OSUtilError(f"User {name} is a system user, will not set password.")
     hashed = passwords.hash_password(password, crypt_id, salt_len)
     log.register_secret(hashed)

@@ -56,7 +56,7 @@ class Provisioner:
             log.info("Set user password.")
             users.set_password(ovf.username, ovf.user_password, conf.provisioning_password_crypt_id,
                                conf.provisioning_password_crypt_salt_length,
-                               conf.provisioning_allow_reset_sys_user)
+                               conf.provisioning_allow_reset_sys_user, self.distro.regular_users)
         log.info("Configure sudoer")
         users.conf_sudoer(ovf.username, nopasswd=ovf.user_password is None, sudoers_dir=conf.os_sudoers_dir)
         log.info("Configure sshd")

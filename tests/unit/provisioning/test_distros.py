@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from guestagent.conf import Config
-from guestagent.osutil import dhcpclient, dhcpmonitor, distros, hostname, ssh
+from guestagent.osutil import dhcpclient, dhcpmonitor, distros, hostname, ssh, users
 from guestagent.provisioning.deprovision import Deprovisioner
 
 # (name, version, code name, full name) -> family, as upstream 2.15's factory and its tests decide.
@@ -252,3 +252,12 @@ def test_coreos_dhcp_pid_reads_systemctl_main_pid(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(bin_dir))
     flatcar = distros.make("flatcar", "3815.2.0")
     assert dhcpmonitor.dhcp_client_pids(flatcar.dhcp_pid_command, flatcar.dhcp_pid_prefix) == [777]
+
+
+def test_coreos_core_account_is_not_a_system_user(tmp_root):
+    (tmp_root / "etc").mkdir()
+    (tmp_root / "etc/passwd").write_text("core:x:500:500:CoreOS Admin:/home/core:/bin/bash\n")
+    (tmp_root / "etc/login.defs").write_text("UID_MIN 1000\n")
+    assert users.is_sys_user("core")
+    assert not users.is_sys_user("core", regular_users=distros.make("flatcar", "3815.2.0").regular_users)
+    assert users.is_sys_user("core", regular_users=distros.make("debian", "12").regular_users)
