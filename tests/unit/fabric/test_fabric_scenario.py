@@ -50,8 +50,9 @@ def test_scenario_errors_name_the_place(tmp_path, doc, message):
 
 
 def test_scenario_file_errors(tmp_path):
+    # a missing comma: every Python reports it at the same place (3.13 words a trailing comma differently)
     with pytest.raises(ScenarioError, match="invalid JSON at line 2 column 1"):
-        load_scenario(_write(tmp_path, '{"name": "x",\n}'))
+        load_scenario(_write(tmp_path, '{"name": "x"\n"y": 1}'))
     with pytest.raises(ScenarioError, match="cannot read scenario"):
         load_scenario(tmp_path / "missing.json")
     with pytest.raises(ScenarioError, match="larger than 4 MiB"):
