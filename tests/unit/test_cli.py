@@ -279,11 +279,15 @@ def test_failures_are_logged(tmp_root, capsys, commands):
     commands("provision", "h1_cli_broken:run")
     assert cli.main(["-provision"]) == 1
     assert "Failed to run 'provision': No module named 'h1_no_such_dependency'" in capsys.readouterr().out
-    # no configuration file: the start-up fails the same way
-    (tmp_root / "etc" / "waagent.conf").unlink()
-    assert cli.main(["-daemon"]) == 1
-    assert "Failed to run 'daemon': [ConfigError] Missing configuration in /etc/waagent.conf" in \
-        capsys.readouterr().out
+
+
+def test_no_configuration_file_is_one_line_without_traceback(tmp_root, capsys):
+    for command in ("show-configuration", "daemon"):
+        assert cli.main([f"-{command}"]) == 1
+        out, err = capsys.readouterr()
+        assert err == (f"waagent -{command}: Missing configuration in /etc/waagent.conf "
+                       "(-configuration-path:<file> names another file)\n")
+        assert "Traceback" not in out + err
 
 
 def test_command_table():
