@@ -326,3 +326,26 @@ def test_bin_waagent_runs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "guestagent.cli", "-nonsense"], env=ENV, capture_output=True,
                          text=True, cwd=tmp_path)
     assert out.returncode == 2 and "usage:" in out.stdout
+
+
+@pytest.mark.parametrize("distro, calls", [
+    ("rhel:9.4", ["enable waagent", "stop waagent", "start waagent"]),
+    ("ubuntu:22.04", ["unmask walinuxagent", "stop walinuxagent", "start walinuxagent"]),
+    ("debian:12", ["stop walinuxagent", "start walinuxagent"]),
+])
+def test_register_service_runs_the_distributions_systemctl_commands(tmp_root, tmp_path, capsys, monkeypatch,
+                                                                    distro, calls):
+    """As upstream's OS-utils: enable (RHEL) / unmask (Ubuntu) / nothing (Debian), then stop and start."""
+    _conf(tmp_root)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    record = tmp_path / "systemctl.log"
+    (bindir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {record}\n[ "$1" != stop ]\n')  # stop fails
+    (bindir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("GUESTAGENT_DISTRO", distro)
+    assert cli.main(["-register-service"]) == 0
+    assert record.read_text().splitlines() == calls
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.endswith(" service")] == [
+        "Register WALinuxAgent service", "Stop WALinuxAgent service", "Start WALinuxAgent service"]
