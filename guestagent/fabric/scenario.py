@@ -425,7 +425,7 @@ def load_scenario(path) -> Scenario:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         # a typo in a built-in name is the likely cause: say which names exist
-        raise ScenarioError(f"{p}: no such scenario file, and no built-in scenario of that name "
+        raise ScenarioError(f"{p}: cannot read scenario: no such file, nor a built-in scenario of that name "
                             f"(built-in: {', '.join(builtin_scenarios())})") from None
     except OSError as exc:
         raise ScenarioError(f"{p}: cannot read scenario: {exc.strerror or exc}") from None
