@@ -21,6 +21,7 @@ if os.environ.get("_GUESTAGENT_DAEMON_SUPERVISE_") == str(os.getpid()):
 import re
 from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
+from guestagent.errors import ConfigError
 from guestagent.version import AGENT_LONG_NAME, AGENT_NAME, AGENT_VERSION, GUESTAGENT_NAME, GUESTAGENT_VERSION
 
 if TYPE_CHECKING:
@@ -293,6 +294,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         config = setup_command(args)
+    except ConfigError as e:
+        # no usable waagent.conf: one line that names the file, not upstream's traceback
+        print(f"waagent -{args.command}: {e.msg} (-configuration-path:<file> names another file)", file=sys.stderr)
+        return 1
+    try:
         func = resolve(args.command)
         if func is None:
             print(f"{args.command} is not implemented yet")

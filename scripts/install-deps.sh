@@ -16,6 +16,7 @@ APT_PACKAGES=(
   iproute2 iptables nftables isc-dhcp-client procps psmisc    # network, firewall, processes
   python3 python3-venv python3-pip                            # the system interpreter and its venv
   python3-requests python3-lxml python3-pyroute2 python3-psutil python3-cryptography python3-asn1crypto
+  lintian                                                     # checks the .deb scripts/build-deb makes
 )
 
 quiet=0

@@ -411,6 +411,11 @@ def _number_incarnations(sc: Scenario) -> None:
         step.incarnation = str(current)
 
 
+def builtin_scenarios() -> list[str]:
+    """The names a bare ``--scenario`` argument may give (the files in :data:`BUILTIN_DIR`)."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.json"))
+
+
 def load_scenario(path) -> Scenario:
     """Load a scenario file; a bare name (``default``) means a built-in scenario."""
     p = Path(path)
@@ -418,6 +423,10 @@ def load_scenario(path) -> Scenario:
         p = BUILTIN_DIR / f"{path}.json"
     try:
         text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        # a typo in a built-in name is the likely cause: say which names exist
+        raise ScenarioError(f"{p}: cannot read scenario: no such file, nor a built-in scenario of that name "
+                            f"(built-in: {', '.join(builtin_scenarios())})") from None
     except OSError as exc:
         raise ScenarioError(f"{p}: cannot read scenario: {exc.strerror or exc}") from None
     if len(text) > 4 * 1024 * 1024:

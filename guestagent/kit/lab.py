@@ -34,15 +34,13 @@ class ExtensionLab:
 
     def __init__(self, workdir: str, *, timeouts: Optional[dict] = None,
                  sink: Optional[Callable[[CommandResult], None]] = None, config: str = "",
-                 lib_dir: Optional[str] = None, log_root: Optional[str] = None,
-                 skip_unchanged_after_restart: bool = True):
+                 lib_dir: Optional[str] = None, log_root: Optional[str] = None):
         self.workdir = workdir
         self.lib_dir = lib_dir or os.path.join(workdir, "lib")
         self.log_root = log_root or os.path.join(workdir, "log")
         os.makedirs(self.lib_dir, exist_ok=True)
         self.timeouts = timeouts
         self.sink = sink
-        self.skip_unchanged_after_restart = skip_unchanged_after_restart
         self.config = conf.parse(f"Lib.Dir={self.lib_dir}\n{config}")
         # The first goal state has no extensions yet (what a VM sees before anything is deployed).
         self.fabric = Fabric(Scenario(name="ext-test", steps=[Step(incarnation="1")])).start()
@@ -58,8 +56,7 @@ class ExtensionLab:
     def new_manager(self) -> ExtensionsManager:
         """A fresh manager over the same disk: what a restarted ext-handler sees."""
         self.manager = ExtensionsManager(self.config, self.protocol, log_root=self.log_root, timeouts=self.timeouts,
-                                         sink=self.sink, dependency_poll=0.2, event=lambda *a, **k: None,
-                                         skip_unchanged_after_restart=self.skip_unchanged_after_restart)
+                                         sink=self.sink, dependency_poll=0.2, event=lambda *a, **k: None)
         return self.manager
 
     def prepare(self, folder: str, version: str, **manifest: object) -> str:

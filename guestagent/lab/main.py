@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from guestagent.fabric.scenario import builtin_scenarios
 from guestagent.lab import doctorfaults, resourcedisk
 from guestagent.lab import summary as summ
 from guestagent.lab.image import (
@@ -244,9 +245,8 @@ class Lab:
                                   + (f"; {exts}" if exts else ""))
         elif kind == "telemetry":
             self.telemetry.append(data)
-            if data.get("ok") is False:
-                first = (data.get("message") or "").splitlines()[:1]
-                self.tl.add("fabric", f"event {data.get('op')} failed: {first[0][:160] if first else ''}".rstrip())
+            if summ.is_failure(data):
+                self.tl.add("fabric", "event: " + summ.describe_failure(data).split(" ", 1)[1])
         elif kind == "healthservice":
             self.healthservice.append(data)
         elif kind == "vmagentlog":
@@ -490,8 +490,11 @@ the sandbox keeps running (keeper pid {sb.keeper_pid}, init pid {sb.init_pid}):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="guestagent lab", description=__doc__.split("\n")[0])
-    p.add_argument("--scenario", default="default", help="scenario file or built-in name (default: default)")
+    p = argparse.ArgumentParser(prog="guestagent lab", description=__doc__.split("\n")[0],
+                                epilog="built-in scenarios: " + ", ".join(builtin_scenarios()))
+    p.add_argument("--scenario", default="default",
+                   help="scenario file or built-in name (default: default; built-in: "
+                        + ", ".join(builtin_scenarios()) + ")")
     p.add_argument("--keep", action="store_true", help="leave the sandbox running and print how to look inside")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the expected state")
     p.add_argument("--until", choices=UNTIL, default="extensions",

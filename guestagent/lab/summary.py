@@ -146,6 +146,61 @@ def queued_events(event_files: Iterable[Path]) -> list[dict]:
     return out
 
 
+#: Operations upstream reports with OperationSuccess=False as a note about the machine, not failed work:
+#: the log collector's "is it allowed here" check, the cgroup warnings (the lab has no systemd cgroups) and
+#: ExtensionSigned (False: the goal state carries no signature for that extension).
+NOT_FAILURES = {
+    "ExtensionSigned": "",
+    "LogCollection": "Checking if log collection is allowed",
+    "CGroupsInfo": "",
+    "CGroupsDisabled": "",
+}
+
+#: What an operation is, in plain words (the fallback is the operation's name).
+OPERATION_WORDS = {
+    "Install": "installing the extension", "Enable": "enabling the extension",
+    "Disable": "disabling the extension", "Uninstall": "uninstalling the extension",
+    "Update": "updating the extension", "Download": "downloading the extension",
+    "Provision": "provisioning", "Firewall": "setting up the firewall", "HeartBeat": "the heartbeat",
+    "FetchGoalState": "fetching the goal state", "GoalState": "processing the goal state",
+    "ReportStatus": "uploading the status", "AgentUpgrade": "updating the agent",
+    "LogCollection": "collecting the logs", "ExtensionPolicy": "applying the extension policy",
+    "SignatureValidation": "checking the extension's signature", "ResourceDisk": "setting up the resource disk",
+    "UnhandledError": "the daemon (unhandled error)", "HostnamePublishing": "publishing the hostname",
+    "RemoteAccessHandling": "managing the remote-access users",
+}
+
+
+def is_failure(event: Mapping[str, Any]) -> bool:
+    """A real failure: OperationSuccess False and not one of :data:`NOT_FAILURES`."""
+    if event.get("ok") is not False:
+        return False
+    prefix = NOT_FAILURES.get(str(event.get("op")))
+    return prefix is None or not str(event.get("message") or "").startswith(prefix)
+
+
+def first_sentences(text: str, limit: int = 240) -> str:
+    """The message's first line, whole sentences up to ``limit`` characters (a longer first sentence
+    is cut at a word and marked with "...")."""
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if len(line) <= limit:
+        return line
+    cut = max(line.rfind(". ", 0, limit), line.rfind(": ", 0, limit))
+    if cut > limit // 3:
+        return line[:cut + 1]
+    return line[:line.rfind(" ", 0, limit - 3) if " " in line[:limit - 3] else limit - 3] + "..."
+
+
+def describe_failure(event: Mapping[str, Any]) -> str:
+    """``<time> <what> failed (<op>[, <name> <version>]): <message>``."""
+    op = str(event.get("op") or f"event {event.get('event_id')}")
+    what = OPERATION_WORDS.get(op, op)
+    name = event.get("name")
+    who = f", {name} {event.get('version')}" if name and name != "WALinuxAgent" else ""
+    message = first_sentences(str(event.get("message") or ""))
+    return f"{event.get('time')} {what} failed ({op}{who})" + (f": {message}" if message else "")
+
+
 def _by_operation(events: list[dict]) -> str:
     ops: dict[str, int] = {}
     for e in events:
@@ -173,11 +228,12 @@ def telemetry_lines(telemetry: list[dict], healthservice: list[dict], vm_agent_l
                    + (f"; {fields}" if fields else "") + f"{where})")
     else:
         out.append("  last heartbeat: none yet (the agent sends one at start, then every 30 minutes)")
-    failed = [e for e in telemetry + queued if e.get("ok") is False]
+    failed = [e for e in telemetry + queued if is_failure(e)]
     out.append(f"  failed operations: {len(failed)}" + (f" (last {min(errors, len(failed))}):" if failed else ""))
-    for e in failed[-errors:]:
-        out.append(f"    {e.get('time')} {e.get('op')}: {(e.get('message') or '').splitlines()[0][:160]}"
-                   if e.get("message") else f"    {e.get('time')} {e.get('op')}")
+    out.extend(f"    {describe_failure(e)}" for e in failed[-errors:])
+    notes = [e for e in telemetry + queued if e.get("ok") is False and not is_failure(e)]
+    if notes:
+        out.append(f"  reported as unsuccessful but not failures: {len(notes)}{_by_operation(notes)}")
     if healthservice:
         obs = healthservice[-1].get("Observations") or []
         text = ", ".join(f"{o.get('ObservationName')} {'healthy' if o.get('IsHealthy') else 'UNHEALTHY'}"

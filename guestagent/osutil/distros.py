@@ -66,6 +66,9 @@ class Distro:
     restart_ssh: Optional[tuple[str, ...]] = None
     #: argv deprovision runs to stop the agent; () = upstream does nothing.
     stop_service: tuple[str, ...] = ()
+    #: argv ``waagent -register-service`` runs before stop and start (enable, unmask, chkconfig…);
+    #: () = upstream's OS-util does nothing (Debian, the default).
+    register_service: tuple[str, ...] = ()
     #: DHCP client PID command (spec 05 §10) and the prefix its output carries before the PID.
     dhcp_pid_command: tuple[str, ...] = ("pidof", "dhclient")
     dhcp_pid_prefix: str = ""
@@ -83,6 +86,11 @@ class Distro:
     regular_users: tuple[str, ...] = ()
 
     @property
+    def start_service(self) -> tuple[str, ...]:
+        """argv to start the agent: upstream's start mirrors its stop in every OS-util that has one."""
+        return tuple("start" if a == "stop" else a for a in self.stop_service)
+
+    @property
     def cgroups_supported(self) -> bool:
         return cgroups_supported(self.name, self.version)
 
@@ -91,19 +99,21 @@ def _systemctl(verb: str, unit: str) -> tuple[str, ...]:
     return ("systemctl", verb, unit)
 
 
+_UNMASK_WALINUXAGENT = ("systemctl", "unmask", "walinuxagent")
 _UBUNTU14 = Distro("", "", family="ubuntu14", service_name="walinuxagent",
                    stop_service=("service", "walinuxagent", "stop"), lease_globs=LEASES_DHCLIENT,
                    remove_net_rules=False)
 _REDHAT6 = Distro("", "", family="redhat6", set_hostname=HOSTNAME_SYSCONFIG, dhcp_hostname=DHCP_IFCFG,
                   restart_ssh=("/sbin/service", "sshd", "condrestart"), stop_service=("/sbin/service", "waagent", "stop"),
+                  register_service=("chkconfig", "--add", "waagent"),
                   lease_globs=("/var/lib/dhclient/dhclient-*.leases",))
 _REDHAT = dataclasses.replace(
     _REDHAT6, family="redhat", unit_dir=USR_UNITS, set_hostname=HOSTNAME_HOSTNAMECTL, network_manager=NM_UNMANAGED,
     lease_globs=("/var/lib/dhclient/dhclient-*.lease", "/var/lib/NetworkManager/dhclient-*.lease"),
-    ostree_network_setup=True)
+    ostree_network_setup=True, register_service=_systemctl("enable", "waagent"))
 _SUSE11 = Distro("", "", family="suse11", set_hostname=HOSTNAME_SUSE11,
                  restart_ssh=("/sbin/service", "sshd", "restart"), stop_service=("/sbin/service", "waagent", "stop"),
-                 dhcp_pid_command=("pidof", "dhcpcd"))
+                 register_service=("/sbin/insserv", "waagent"), dhcp_pid_command=("pidof", "dhcpcd"))
 _DEBIAN_BASE = Distro("", "", family="debian-base",
                       restart_ssh=("systemctl", "--job-mode=ignore-dependencies", "try-reload-or-restart", "ssh"),
                       stop_service=("service", "azurelinuxagent", "stop"), lease_globs=LEASES_DHCLIENT,
@@ -116,11 +126,13 @@ FAMILIES: dict[str, Distro] = {
     "default": Distro("", ""),
     "ubuntu12": dataclasses.replace(_UBUNTU14, family="ubuntu12", dhcp_pid_command=("pidof", "dhclient3")),
     "ubuntu14": _UBUNTU14,
-    "ubuntu16": dataclasses.replace(_UBUNTU14, family="ubuntu16"),
+    "ubuntu16": dataclasses.replace(_UBUNTU14, family="ubuntu16", register_service=_UNMASK_WALINUXAGENT),
     "ubuntu18": dataclasses.replace(
         _UBUNTU14, family="ubuntu18", restart_interface=RESTART_NETWORKD, stop_service=_systemctl("stop", "walinuxagent"),
+        register_service=_UNMASK_WALINUXAGENT,
         dhcp_pid_command=PIDOF_NETWORKD, lease_globs=LEASES_NETWORKD),
-    "ubuntu": dataclasses.replace(_UBUNTU14, family="ubuntu", restart_interface=RESTART_IPLINK),
+    "ubuntu": dataclasses.replace(_UBUNTU14, family="ubuntu", restart_interface=RESTART_IPLINK,
+                                  register_service=_UNMASK_WALINUXAGENT),
     "ubuntu-snappy": dataclasses.replace(_UBUNTU14, family="ubuntu-snappy"),
     "alpine": Distro("", "", family="alpine", restart_interface=RESTART_DHCPCD_HUP, dhcp_pid_command=("pidof", "dhcpcd")),
     "chainguard": Distro("", "", family="chainguard", unit_dir=USR_UNITS, restart_interface=RESTART_NETWORKD,
@@ -140,7 +152,8 @@ FAMILIES: dict[str, Distro] = {
     "suse": dataclasses.replace(
         _SUSE11, family="suse", unit_dir=USR_UNITS, set_hostname=HOSTNAME_HOSTNAMECTL_ONLY, dhcp_hostname=DHCP_SUSE,
         restart_interface=RESTART_IFUP, restart_ssh=_systemctl("restart", "sshd.service"),
-        stop_service=_systemctl("stop", "waagent.service"), dhcp_pid_command=("pidof", "wickedd-dhcp4")),
+        stop_service=_systemctl("stop", "waagent.service"), register_service=_systemctl("enable", "waagent.service"),
+        dhcp_pid_command=("pidof", "wickedd-dhcp4")),
     "redhat6": _REDHAT6,
     "redhat": _REDHAT,
     "redhat-modern": dataclasses.replace(
@@ -148,7 +161,8 @@ FAMILIES: dict[str, Distro] = {
         restart_ssh=("systemctl", "condrestart", "sshd"), stop_service=_systemctl("stop", "waagent")),
     "fedora": Distro("", "", family="fedora", unit_dir=USR_UNITS, restart_interface=RESTART_IPLINK,
                      restart_ssh=_systemctl("restart", "sshd"), stop_service=_systemctl("stop", "waagent")),
-    "mariner": dataclasses.replace(_NETWORKD_ONCE, family="mariner", restart_ssh=_systemctl("restart", "sshd")),
+    "mariner": dataclasses.replace(_NETWORKD_ONCE, family="mariner", restart_ssh=_systemctl("restart", "sshd"),
+                                   register_service=_systemctl("enable", "waagent")),
     "photonos": dataclasses.replace(_NETWORKD_ONCE, family="photonos", restart_ssh=_systemctl("restart", "sshd")),
     "arch": dataclasses.replace(_NETWORKD_ONCE, family="arch", deprovision_files=("/etc/machine-id",)),
     "clearlinux": dataclasses.replace(_NETWORKD_ONCE, family="clearlinux"),

@@ -137,6 +137,8 @@ def test_update_command_order_and_environment(lab, mode, expected):
     assert calls["update"]["VERSION"] == "1.1.0" and calls["update"]["from"] == "1.0.0"
     assert calls["update"]["disable"] == "0"
     assert calls["enable"]["uninstall"] == "0"
+    # every command of the update gets the new goal state's sequence number, the old version's too (upstream)
+    assert {op: env["seq"] for op, env in calls.items()} == {op.split()[0]: "1" for op in expected}
     assert not os.path.exists(os.path.join(lab.lib_dir, f"{NAME}-1.0.0"))
     new = Path(lab.lib_dir) / f"{NAME}-1.1.0"
     assert (new / "mrseq").read_text() == "0" and (new / "status" / "0.status").exists()
@@ -255,16 +257,14 @@ def test_missing_status_is_transitioning(lab):
     assert not lab.manager.converged()
 
 
-def test_restart_does_not_reenable_unchanged_sequence_number(lab):
+def test_restart_enables_an_unchanged_sequence_number_once_as_upstream(lab):
     publish(lab)
     lab.apply([spec(seq=3)])
     lab.calls.clear()
     lab.new_manager()  # a restarted ext-handler: no memory, same disk
     lab.apply([spec(seq=3)])
-    assert lab.calls.ops() == []
+    assert lab.calls.ops() == ["enable 1.0.0"] and lab.calls.all()[0][2]["seq"] == "3"
     assert status_of(lab)[0]["runtimeSettingsStatus"]["sequenceNumber"] == 3
-    lab.apply([spec(seq=3, public={"changed": True})])  # not the first goal state any more
-    assert lab.calls.ops() == ["enable 1.0.0"]
 
 
 def test_handlers_not_in_goal_state_are_removed_without_commands(lab):

@@ -495,3 +495,39 @@ def test_status_is_uploaded_on_change_and_refreshed_when_idle(agent):
     changed = [u for u in agent.uploads() if _at(u) >= t0]
     print(f"change: uploaded {_at(changed[0]) - t0:.1f} s after the fabric moved on")
     assert _at(changed[0]) - t0 < 3 * PERIOD + 1
+
+
+# ------------------------------------------------------------------------------------ 3. restart and update
+SAMPLE = "GuestAgent.Fabric.Sample"
+COMMAND = re.compile(r"\[" + re.escape(SAMPLE) + r"-([\d.]+)\] Executing command: \S*/bin/\S+ (\w+) "
+                     r"with environment variables: (\{.*\})$", re.M)
+
+
+def commands(agent: Agent, since: int = 0) -> list[tuple[str, str, str]]:
+    """(verb, version, ConfigSequenceNumber) of every sample-handler command the agent ran."""
+    return [(verb, version, json.loads(env)["ConfigSequenceNumber"])
+            for version, verb, env in COMMAND.findall(agent.log()[since:])]
+
+
+def test_restart_enables_the_unchanged_extension_once_and_an_update_uninstalls_with_the_new_seqno(agent):
+    """Upstream keeps no record of processed goal states across a restart: its first goal state after a
+    start runs enable again (extensions rely on it after a reboot), once; an update passes the old
+    version's uninstall the new goal state's sequence number."""
+    daemon, _ = agent.start()
+    agent.wait(lambda: ("enable", "1.0.0", "0") in commands(agent), 30, "the sample extension enabled")
+    assert commands(agent) == [("install", "1.0.0", "0"), ("enable", "1.0.0", "0")]
+    agent.kill(daemon, "TERM")
+    assert agent.daemon.wait(10) == 0
+    mark = agent.mark()
+    agent.start()  # a package upgrade or a reboot: same disk, same goal state
+    agent.wait(lambda: commands(agent, mark), 30, "a command after the restart")
+    time.sleep(4 * PERIOD)  # a few more periods of the same goal state: nothing more
+    assert commands(agent, mark) == [("enable", "1.0.0", "0")]
+    # next goal state (seqNo 1), then FastTrack's update to 1.1.0 (seqNo 2)
+    mark = agent.mark()
+    agent.fabric("POST", "advance")
+    agent.wait(lambda: ("enable", "1.0.0", "1") in commands(agent, mark), 30, "enable of seqNo 1")
+    agent.fabric("POST", "advance")
+    agent.wait(lambda: ("enable", "1.1.0", "2") in commands(agent, mark), 30, "the update to 1.1.0")
+    assert commands(agent, mark) == [("enable", "1.0.0", "1"), ("disable", "1.0.0", "2"), ("update", "1.1.0", "2"),
+                                     ("uninstall", "1.0.0", "2"), ("install", "1.1.0", "2"), ("enable", "1.1.0", "2")]

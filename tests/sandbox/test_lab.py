@@ -168,8 +168,8 @@ def test_telemetry_summary_lines(tmp_path):
         "  not sent yet (queued in /var/lib/waagent/events): 1 (Firewall 1)",
         "  last heartbeat: t4 (WALinuxAgent 2.15.0.1; HeartbeatCounter 3, UpdateGSErrors 0)",
         "  failed operations: 2 (last 2):",
-        "    t3 Enable: enable failed",
-        "    t5 Firewall: Unable to add firewall rules",
+        "    t3 enabling the extension failed (Enable): enable failed",
+        "    t5 setting up the firewall failed (Firewall): Unable to add firewall rules",
         "HealthService reports: 1, last at t6: GuestAgentPluginHeartbeat healthy",
         "collected logs uploaded: 1",
         "  t7 1234 bytes"]

@@ -279,11 +279,15 @@ def test_failures_are_logged(tmp_root, capsys, commands):
     commands("provision", "h1_cli_broken:run")
     assert cli.main(["-provision"]) == 1
     assert "Failed to run 'provision': No module named 'h1_no_such_dependency'" in capsys.readouterr().out
-    # no configuration file: the start-up fails the same way
-    (tmp_root / "etc" / "waagent.conf").unlink()
-    assert cli.main(["-daemon"]) == 1
-    assert "Failed to run 'daemon': [ConfigError] Missing configuration in /etc/waagent.conf" in \
-        capsys.readouterr().out
+
+
+def test_no_configuration_file_is_one_line_without_traceback(tmp_root, capsys):
+    for command in ("show-configuration", "daemon"):
+        assert cli.main([f"-{command}"]) == 1
+        out, err = capsys.readouterr()
+        assert err == (f"waagent -{command}: Missing configuration in /etc/waagent.conf "
+                       "(-configuration-path:<file> names another file)\n")
+        assert "Traceback" not in out + err
 
 
 def test_command_table():
@@ -322,3 +326,26 @@ def test_bin_waagent_runs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "guestagent.cli", "-nonsense"], env=ENV, capture_output=True,
                          text=True, cwd=tmp_path)
     assert out.returncode == 2 and "usage:" in out.stdout
+
+
+@pytest.mark.parametrize("distro, calls", [
+    ("rhel:9.4", ["enable waagent", "stop waagent", "start waagent"]),
+    ("ubuntu:22.04", ["unmask walinuxagent", "stop walinuxagent", "start walinuxagent"]),
+    ("debian:12", ["stop walinuxagent", "start walinuxagent"]),
+])
+def test_register_service_runs_the_distributions_systemctl_commands(tmp_root, tmp_path, capsys, monkeypatch,
+                                                                    distro, calls):
+    """As upstream's OS-utils: enable (RHEL) / unmask (Ubuntu) / nothing (Debian), then stop and start."""
+    _conf(tmp_root)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    record = tmp_path / "systemctl.log"
+    (bindir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {record}\n[ "$1" != stop ]\n')  # stop fails
+    (bindir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("GUESTAGENT_DISTRO", distro)
+    assert cli.main(["-register-service"]) == 0
+    assert record.read_text().splitlines() == calls
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.endswith(" service")] == [
+        "Register WALinuxAgent service", "Stop WALinuxAgent service", "Start WALinuxAgent service"]

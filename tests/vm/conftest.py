@@ -1,5 +1,5 @@
 """The VM tier: each test boots a fresh copy-on-write overlay of the cached Debian image with the agent
-installed from this run's wheel, behind its own fabric. Marker ``vm``.
+installed from this run's .deb, behind its own fabric. Marker ``vm``.
 
 GUESTAGENT_VM=require  a missing QEMU/root is an error (CI: .ci/run sets it), not a skip
 GUESTAGENT_VM=skip     skip the tier
@@ -77,7 +77,7 @@ def vm_images():
     t0 = time.monotonic()
     base = image.base_image()
     # scripts/vm/test-tier builds the agent layer once and passes it to every pytest-xdist worker,
-    # so all workers test the same wheel even while the sources change under them
+    # so all workers test the same package even while the sources change under them
     given = os.environ.get("GUESTAGENT_VM_AGENT_LAYER")
     agent = Path(given) if given else image.agent_image(base)
     image.log(f"images ready in {time.monotonic() - t0:.0f}s: {base.name}, {agent.name}")

@@ -34,10 +34,14 @@ def test_guest_boots_with_azure_like_devices(vm_images, tmp_path):
         assert m.run(["blkid", "-o", "value", "-s", "TYPE", res + "1"]).out.strip() == "ntfs"
         assert m.run(["cat", f"/sys/block/{res[5:]}/device/vendor"]).out.strip() == "Msft"
         assert m.run(["cat", f"/sys/block/{res[5:]}/device/model"]).out.strip() == "Virtual Disk"
-        # the agent: installed from the wheel, its unit enabled as a distro package does
+        # the agent: installed from its .deb with apt, its unit enabled by the package
         assert m.run("/usr/sbin/waagent -version").out.startswith("WALinuxAgent-2.15.0.1")
         assert m.run("python3 -c 'import guestagent, os; print(os.path.dirname(guestagent.__file__))'").out.strip() \
-            == "/usr/local/lib/python3.11/dist-packages/guestagent"
+            == "/usr/lib/python3/dist-packages/guestagent"
+        assert m.run(["dpkg-query", "-W", "-f=${Status}", "guestagent"]).out == "install ok installed"
+        for path in ("/lib/udev/rules.d/66-azure-storage.rules", "/lib/udev/rules.d/99-azure-product-uuid.rules",
+                     "/etc/logrotate.d/waagent"):
+            assert m.run(["dpkg", "-S", path]).out.startswith("guestagent: "), path
         assert m.run(["systemctl", "is-enabled", "walinuxagent.service"]).out.strip() == "enabled"
         unit = m.run(["systemctl", "show", "-p", "ExecStart", "-p", "Slice", "walinuxagent.service"]).out
         assert "/usr/bin/python3 -u /usr/sbin/waagent -daemon" in unit and "Slice=azure.slice" in unit

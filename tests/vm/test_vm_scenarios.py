@@ -1,4 +1,4 @@
-"""System scenarios: the agent, installed from its wheel and started by systemd, in a booted Debian
+"""System scenarios: the agent, installed from its .deb and started by systemd, in a booted Debian
 guest behind the fabric. Each test boots a fresh overlay of the cached image; assertions are made on
 the host, from the fabric's records, a real ssh login and the guest's files."""
 

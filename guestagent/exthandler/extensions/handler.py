@@ -150,12 +150,14 @@ class Handler:
         self.files.set_state(INSTALLED)
         self.set_status("NotReady", 0, "Plugin disabled")
 
-    def uninstall(self) -> None:
+    def uninstall(self, settings: Any = None) -> None:
+        """``settings``: those of the goal state that asks for it (upstream passes them: their sequence
+        number and, multi-config, name go in the environment); None: this version's latest."""
         try:
             self._cgroups().reset_extension_services_quota(self._resource_limits().get("services"))
         except Exception as e:
             self.log.warn("Could not reset the services' quotas: {0}", e)
-        self.run("uninstall")
+        self.run("uninstall", settings)
 
     def remove(self) -> None:
         """Delete the zip and base dir without running anything (tolerating files vanishing); the
@@ -182,8 +184,10 @@ def _exit_code(error: ExtensionError) -> str:
     return str(error.exit_code if isinstance(error, runner.CommandFailed) and error.exit_code else error.code)
 
 
-def run_update(old: Handler, new: Handler, settings_list: list, old_settings: list) -> str:
-    """04 §7.3: old disable → update → old uninstall → (new install) ; returns the uninstall exit code."""
+def run_update(old: Handler, new: Handler, settings_list: list, old_settings: list, current: Any = None) -> str:
+    """04 §7.3: old disable → update → old uninstall → (new install) ; returns the uninstall exit code.
+    ``current``: the settings whose goal state asked for the new version; the old version's uninstall runs
+    with them (their sequence number), as upstream's."""
     cont = new.manifest.continue_on_update_failure
     disable_codes: dict = {}
     if old.state() == ENABLED:
@@ -224,7 +228,7 @@ def run_update(old: Handler, new: Handler, settings_list: list, old_settings: li
         raise UpdateFailed(f"Failed to update to {new.version}: {e.msg}", code=code) from None
     uninstall_exit = "0"
     try:
-        old.uninstall()
+        old.uninstall(current)
     except ExtensionError as e:
         if not cont:
             raise UpdateFailed(f"Failed to uninstall old version {old.version} during update: {e.msg}",

@@ -29,10 +29,8 @@ from guestagent.exthandler.extensions.state import (
     FAILED_UPGRADE,
     NOT_INSTALLED,
     HandlerFiles,
-    dumps,
     handler_dirs,
     installed_versions,
-    read_optional,
 )
 from guestagent.exthandler.extensions.versions import version_key
 from guestagent.osutil import system
@@ -77,7 +75,7 @@ class ExtensionsManager:
     def __init__(self, conf: Config, protocol: WireProtocol, *, log_root: str = "/var/log/azure",
                  timeouts: Optional[dict] = None, sink: Optional[Callable[[Any], None]] = None,
                  dependency_poll: float = DEPENDENCY_POLL, dependency_deadline: float = DEPENDENCY_DEADLINE,
-                 skip_unchanged_after_restart: bool = True, event: Optional[Callable[..., None]] = None,
+                 event: Optional[Callable[..., None]] = None,
                  cgroups: Optional[CGroupConfigurator] = None):
         """``cgroups``: the child's configurator (extension slices and scopes); a tool that runs handlers
         outside the child (the extension kit, tests) gets one that is not initialised: commands run directly."""
@@ -89,7 +87,6 @@ class ExtensionsManager:
                            cgroups if cgroups is not None else CGroupConfigurator(conf))
         self.dependency_poll = dependency_poll
         self.dependency_deadline = dependency_deadline
-        self.skip_unchanged_after_restart = skip_unchanged_after_restart
         self.egs: Optional[ExtensionsGoalState] = None
         self.versions: dict = {}
         self.gs_status: Optional[dict] = None
@@ -185,7 +182,6 @@ class ExtensionsManager:
         max_key = max((p[0] for p in pairs), default=0)
         start = time.monotonic()
         blocked: Optional[str] = None
-        first_after_restart = self.processed_goal_states == 0
         for key, ext, settings in pairs:
             operation, code = DISALLOWED.get(ext.state, DISALLOWED["enabled"])
             if policy_error is not None:
@@ -201,7 +197,7 @@ class ExtensionsManager:
                     f"allowed extensions in the policy file ('{self.conf.policy_file_path}')."))
                 ok = False
             else:
-                ok = self._handle(ext, settings, first_after_restart)
+                ok = self._handle(ext, settings)
             if 0 <= key < max_key:
                 if ok and settings is not None:
                     ok = self._wait_for(ext, settings, start)
@@ -241,14 +237,14 @@ class ExtensionsManager:
         events.add_event(events.WALAEventOperation.ExtensionPolicy, is_success=False, message=message,
                          name=full_name, version=version, lib_dir=self.lib_dir)
 
-    def _handle(self, ext: Extension, settings: Optional[ExtensionSettings], first_after_restart: bool) -> bool:
+    def _handle(self, ext: Extension, settings: Optional[ExtensionSettings]) -> bool:
         try:
             if ext.invalid_setting_reason:
                 self._refuse(ext, settings)
                 return False
             self._certificates_for(ext)
             if ext.state == "enabled":
-                self._enable(ext, settings, first_after_restart)
+                self._enable(ext, settings)
             elif ext.state == "uninstall":
                 self._uninstall(ext)
             elif ext.state == "disabled":
@@ -322,7 +318,7 @@ class ExtensionsManager:
             self._manifests[ext.name] = (packages, self.protocol.manifest_location)
         return self._manifests[ext.name]
 
-    def _enable(self, ext: Extension, settings: Optional[ExtensionSettings], first_after_restart: bool) -> None:
+    def _enable(self, ext: Extension, settings: Optional[ExtensionSettings]) -> None:
         packages, location = self._packages(ext)
         pkg = select_package(packages, ext.version)
         if pkg is None:
@@ -348,7 +344,7 @@ class ExtensionsManager:
                 target.install()
             else:
                 old = Handler(self.ctx, ext.name, old_version, ext.supports_multi_config)
-                uninstall_exit = run_update(old, target, ext.settings, ext.settings)
+                uninstall_exit = run_update(old, target, ext.settings, ext.settings, settings)
                 self._uninstall_exit[ext.name] = uninstall_exit
         else:
             if enforce and not signing.is_validated(target.files.base_dir):
@@ -357,10 +353,8 @@ class ExtensionsManager:
                     f"requires a valid signature for '{ext.name}', and the installed package "
                     f"{ext.name}-{pkg.version} was not validated", code=signing.CODE_SIGNATURE)
             target.check_multi_config()
-            if first_after_restart and self.skip_unchanged_after_restart and self._unchanged(target, settings):
-                target.log.info("Sequence number {0} unchanged and already enabled; not enabling again",
-                                settings.sequence_number if settings else 0)
-                return
+            # Already installed: enable again, as upstream does for every goal state it processes — the first one
+            # after a restart included (extensions rely on it to come back after a reboot)
             target.files.write_settings(settings, ext.supports_multi_config)
         if settings is None or settings.state == "enabled":
             target.enable(settings, uninstall_exit)
@@ -372,22 +366,6 @@ class ExtensionsManager:
         except ExtensionError as e:
             target.log.warn("Disable of {0} failed (ignored): {1}", settings.name, e.msg)
         target.files.remove_mc_extension_files(settings.name)
-
-    def _unchanged(self, target: Handler, settings: Optional[ExtensionSettings]) -> bool:
-        """Already enabled with these exact settings and a terminal success status for this seqNo."""
-        if target.state() != ENABLED:
-            return False
-        mc = target.multi_config and settings is not None
-        if settings is None:
-            return system.exists(target.files.settings_file(0))
-        if mc and target.files.ext_state(settings.name) != "enabled":
-            return False
-        path = target.files.settings_file(settings.sequence_number, settings.name if mc else None)
-        expected = dumps({"runtimeSettings": [{"handlerSettings": settings.handler_settings()}]})
-        if read_optional(path) != expected:
-            return False
-        status_path = target.files.status_file(settings.sequence_number, settings.name if mc else None)
-        return ext_status.status_value(status_path) == "success"
 
     def _uninstall(self, ext: Extension) -> None:
         if ext.name in self._done:

@@ -1,12 +1,12 @@
 """The cached images: the Debian base (scripts/vm/build-image) and the agent layer on top of it.
 
-The agent layer is a qcow2 overlay of the base in which the project's wheel was installed with
-``pip install --no-index --no-deps`` inside a booted guest (its libraries are Debian's own
-python3-* packages, already in the base image, as the .deb depends on them), and the project's
-systemd unit enabled, as a distro package would. The agent is NOT started there: it first starts on
-each scenario's own boot, like on a freshly deployed Azure VM. Both live in the cache folder
-(outside the repository) and are reused while their inputs (build script, guest files / sources,
-unit, conf) are unchanged.
+The agent layer is a qcow2 overlay of the base in which the project's Debian package
+(``scripts/build-deb``) was installed with ``apt-get install ./guestagent_*.deb`` inside a booted guest,
+as an image builder does (its libraries are Debian's own python3-* packages, already in the base image);
+the package's postinst enables the unit. The agent is NOT started there (a ``policy-rc.d`` forbids it
+during the install, as image builders do): it first starts on each scenario's own boot, like on a
+freshly deployed Azure VM. Both live in the cache folder (outside the repository) and are reused while
+their inputs (build script, guest files / sources, packaging) are unchanged.
 """
 
 from __future__ import annotations
@@ -27,22 +27,25 @@ CACHE = Path(os.environ.get("GUESTAGENT_VM_CACHE", "/var/tmp/guestagent-vm"))
 INSTALL_SH = r"""
 set -eu
 W=/var/tmp/guestagent-install
-python3 -m pip install -q --no-index --no-deps --break-system-packages --root-user-action=ignore \
-    --no-warn-script-location "$W"/guestagent-*.whl
+# an image build: install and enable, never start (deb-systemd-invoke honours policy-rc.d)
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$W"/guestagent_*_all.deb >/dev/null
+rm -f /usr/sbin/policy-rc.d
 python3 -c "import requests, lxml, pyroute2, psutil, cryptography, asn1crypto"
-install -m 0755 "$W/waagent" /usr/sbin/waagent
-install -m 0644 "$W/waagent.conf" /etc/waagent.conf
-install -m 0644 "$W/walinuxagent.service" "$W/azure.slice" "$W/azure-vmextensions.slice" /lib/systemd/system/
-systemctl daemon-reload
-systemctl enable walinuxagent.service
+systemctl is-enabled walinuxagent.service >/dev/null
+if systemctl is-active --quiet walinuxagent.service; then echo "the agent started during the install" >&2; exit 1; fi
 rm -rf "$W"
-/usr/sbin/waagent -version
+dpkg-query -W -f='${Package} ${Version} ' guestagent
+/usr/sbin/waagent -version | head -1
 """
 
-# the files that go into the agent layer besides the wheels: (repo path, name in the guest's staging dir)
-PACKAGED = [("bin/waagent", "waagent"), ("config/waagent.conf", "waagent.conf"),
-            ("systemd/walinuxagent.service", "walinuxagent.service"), ("systemd/azure.slice", "azure.slice"),
-            ("systemd/azure-vmextensions.slice", "azure-vmextensions.slice")]
+# what goes into the package besides guestagent/ (a change rebuilds the layer)
+PACKAGED = ["bin/waagent", "config/waagent.conf", "config/waagent.logrotate", "config/66-azure-storage.rules",
+            "config/99-azure-product-uuid.rules", "systemd/walinuxagent.service", "systemd/azure.slice",
+            "systemd/azure-vmextensions.slice", "scripts/build-deb", "packaging/deb/control.in",
+            "packaging/deb/postinst", "packaging/deb/prerm", "packaging/deb/postrm", "packaging/deb/copyright",
+            "packaging/deb/changelog"]
 
 
 def log(msg: str) -> None:
@@ -64,25 +67,19 @@ def source_key() -> str:
     """Hash of everything that goes into the agent layer."""
     h = hashlib.sha256()
     files = sorted(p for p in (REPO / "guestagent").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    files += [REPO / "pyproject.toml"] + [REPO / f for f, _ in PACKAGED]
+    files += [REPO / f for f in PACKAGED]
     for p in files:
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes() + b"\0")
     h.update(INSTALL_SH.encode())
     return h.hexdigest()[:12]
 
 
-def build_wheel(dest: Path) -> Path:
-    """The project's wheel, built now (its dependencies are the guest's Debian packages)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                           "--no-deps", "--wheel-dir", str(dest), str(REPO)],
-                          capture_output=True, text=True)
+def build_deb(dest: Path) -> Path:
+    """The project's Debian package, built now (it depends on the guest's Debian python3-* packages)."""
+    proc = subprocess.run([str(REPO / "scripts/build-deb"), str(dest)], capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"pip wheel failed:\n{proc.stderr[-4000:]}")
-    wheels = sorted(dest.glob("guestagent-*.whl"))
-    if not wheels:
-        raise RuntimeError(f"no guestagent wheel in {dest}")
-    return wheels[0]
+        raise RuntimeError(f"scripts/build-deb failed:\n{proc.stderr[-4000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def _layer(backing: Path, out: Path, base: Path, files: dict, script: str, what: str) -> Path:
@@ -112,7 +109,7 @@ def _layer(backing: Path, out: Path, base: Path, files: dict, script: str, what:
 
 def agent_image(base: Path, force: bool = False) -> Path:
     """The agent layer for the current sources, built if missing: a qcow2 layer on the base with the
-    project's wheel + unit + conf."""
+    project's .deb installed by apt."""
     import fcntl
 
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -122,14 +119,12 @@ def agent_image(base: Path, force: bool = False) -> Path:
         out = CACHE / f"agent-{key}.qcow2"
         if out.exists() and not force:
             return out
-        wdir = CACHE / f".wheels-{os.getpid()}"
+        wdir = CACHE / f".deb-{os.getpid()}"
         shutil.rmtree(wdir, ignore_errors=True)
         try:
-            wheel = build_wheel(wdir)
-            log(f"wheel: {wheel.name}")
-            stage = "/var/tmp/guestagent-install"
-            files = {f"{stage}/{wheel.name}": wheel.read_bytes()}
-            files.update({f"{stage}/{name}": (REPO / src).read_bytes() for src, name in PACKAGED})
+            deb = build_deb(wdir)
+            log(f"package: {deb.name}")
+            files = {f"/var/tmp/guestagent-install/{deb.name}": deb.read_bytes()}
             _layer(base / "base.qcow2", out, base, files, INSTALL_SH, "agent")
             for old in CACHE.glob("agent-*.qcow2"):
                 # sources change all the time: drop old layers, but not ones a parallel run may use
