@@ -89,7 +89,7 @@ def test_install_enable_reports_status_and_writes_contract_files(lab):
     assert entry["status"] == "Ready" and entry["code"] == 0 and entry["handlerVersion"] == "1.0.0"
     assert entry["formattedMessage"] == {"lang": "en-US", "message": "Plugin enabled"}
     st = entry["runtimeSettingsStatus"]["settingsStatus"]["status"]
-    assert st["status"] == "success" and st["code"] == 0 and st["name"] == NAME  # file's "x" name ignored
+    assert st["status"] == "success" and st["code"] == "0" and st["name"] == NAME  # name ignored, code as written
     assert st["substatus"][0]["formattedMessage"]["message"] == "hello"
     # on-disk contract
     assert open(os.path.join(base, "config", "HandlerState")).read() == "Enabled"

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.errors import ExtensionError
+from guestagent.events import WALAEventOperation
 from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.exthandler.extensions import runner
 from guestagent.exthandler.extensions.manifest import HandlerManifest, load_handler_manifest
@@ -24,6 +25,10 @@ from guestagent.osutil import pathguard, system
 
 CODE_UPDATE = 1008
 NOT_RUN = "NOT_RUN"
+#: The telemetry operation of each handler command, spelled as upstream's (``UnInstall``).
+OPERATIONS = {"install": WALAEventOperation.Install, "enable": WALAEventOperation.Enable,
+              "disable": WALAEventOperation.Disable, "update": WALAEventOperation.Update,
+              "uninstall": WALAEventOperation.UnInstall}
 
 
 class UpdateFailed(ExtensionError):
@@ -80,27 +85,29 @@ class Handler:
 
     # --- commands ------------------------------------------------------------------------------------------
     def run(self, op: str, settings: Any = None, extra_env: Optional[dict] = None) -> runner.CommandResult:
+        """Run one command. Telemetry as upstream's: ``Executing command`` and ``Command`` events under the
+        extension's full name (``<Handler>.<Extension>`` for multi-config), a failure as its error."""
         ext_name = settings.name if (settings is not None and self.multi_config) else None
         seq = settings.sequence_number if settings is not None else self.files.latest_seq(ext_name)
-        env = runner.base_environment(self.files.base_dir, self.version, self.ctx.wire_address, seq, ext_name)
-        env.update(extra_env or {})
+        env = dict(extra_env or {})  # upstream's order: the command's own variables, then the common ones
+        env.update(runner.base_environment(self.files.base_dir, self.version, self.ctx.wire_address, seq, ext_name))
+        full_name = f"{self.name}.{ext_name}" if ext_name else self.name
         pathguard.within(self.ctx.lib_dir, self.files.base_dir)  # the folder it runs in, right before exec
         try:
-            result = runner.run_command(op, self.files.base_dir, self.manifest.command(op), env,
-                                        handler_name=self.name, log_dir=self.files.log_dir, ext_name=ext_name,
-                                        timeout=self.ctx.timeouts.get(op), sink=self.ctx.sink,
-                                        cgroups=self.ctx.cgroups)
+            return runner.run_command(op, self.files.base_dir, self.manifest.command(op), env,
+                                      handler_name=self.name, log_dir=self.files.log_dir, ext_name=ext_name,
+                                      timeout=self.ctx.timeouts.get(op), sink=self.ctx.sink,
+                                      cgroups=self.ctx.cgroups,
+                                      report=lambda message, ms: self._event(op, True, message, ms, full_name))
         except runner.CommandFailed as e:
-            self._event(op, False, e.msg)
+            self._event(op, False, f"[ExtensionError] {e.msg}", 0, full_name)  # upstream raises ExtensionError
             raise
-        self._event(op, True, f"{op} succeeded", result.duration)
-        return result
 
-    def _event(self, op: str, ok: bool, message: str, duration: float = 0.0) -> None:
+    def _event(self, op: str, ok: bool, message: str, duration_ms: int, name: str) -> None:
         if self.ctx.event is not None:
             try:
-                self.ctx.event(op.capitalize(), name=self.name, version=self.version, is_success=ok,
-                               message=message, duration=int(duration * 1000))
+                self.ctx.event(OPERATIONS[op], name=name, version=self.version, is_success=ok, message=message,
+                               duration=duration_ms)
             except Exception as e:  # telemetry never breaks the lifecycle
                 self.log.warn("Event failed: {0}", e)
 

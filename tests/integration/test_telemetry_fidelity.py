@@ -1,0 +1,74 @@
+"""What the platform sees of extension processing, as upstream 2.15 sends it (issue 14): the per-command
+telemetry (``Executing command: …`` then ``Command: …`` with the output and the duration), the operation
+names (``UnInstall``), and the status ``code`` forwarded as the handler wrote it. The events go through the
+real pipeline over loopback HTTP to the fabric, which records them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from guestagent.exthandler import telemetry
+from tests.integration.test_extensions_lifecycle import NAME, control, make_lab, publish, spec
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    lab = make_lab(tmp_path, monkeypatch)
+    lab.manager.ctx.event = lab.manager._default_event  # the child's events: to disk, then to the fabric
+    yield lab
+    lab.close()
+
+
+def sent(lab) -> list:
+    """(Operation, OperationSuccess, Message, Duration) of every extension event the fabric received."""
+    telemetry.TelemetryPipeline(lab.lib_dir, lab.protocol, read_retry_delay=0, sleep=lambda s: None).flush()
+    out = []
+    for e in lab.fabric.telemetry:
+        p = e.get("params") or {}
+        if p.get("Name", "").startswith(NAME):
+            out.append((p["Operation"], str(p["OperationSuccess"]).lower() == "true", p["Message"],
+                        int(p["Duration"])))
+    return out
+
+
+def test_each_command_sends_executing_then_command_with_output_and_duration(lab):
+    publish(lab)
+    lab.apply([spec(protected={"password": "S3cret-Value-123"})])
+    lab.apply([spec(state="uninstall")])
+    evs = sent(lab)
+    ops = [op for op, *_ in evs]
+    assert ops == ["Install", "Install", "Enable", "Enable", "Disable", "Disable", "UnInstall", "UnInstall"], evs
+    base = f"{lab.lib_dir}/{NAME}-1.0.0"
+    for i, cmd in enumerate(("install", "enable", "disable", "uninstall")):
+        (_, ok1, executing, d1), (_, ok2, command, d2) = evs[2 * i], evs[2 * i + 1]
+        head, _, env = executing.partition(" with environment variables: ")
+        assert ok1 and ok2 and d1 == 0 and d2 >= 0
+        assert head == f"Executing command: {base}/bin/handler.sh {cmd}"
+        assert json.loads(env)["AZURE_GUEST_AGENT_EXTENSION_PATH"] == base
+        assert command == f"Command: bin/handler.sh {cmd}\n[stdout]\n{cmd} done\n[stderr]"
+    assert "S3cret-Value-123" not in repr(evs) and not [m for *_, m, _ in evs if "succeeded" in m]
+
+
+def test_a_failed_command_sends_its_error_and_no_command_event(lab):
+    publish(lab)
+    control(lab, "enable", "fail 42")
+    lab.apply([spec()])
+    evs = [e for e in sent(lab) if e[0] == "Enable"]
+    assert [(ok, m.split(" with ")[0].split("\n")[0]) for _, ok, m, _ in evs] == [
+        (True, f"Executing command: {lab.lib_dir}/{NAME}-1.0.0/bin/handler.sh enable"),
+        (False, f"[ExtensionError] Non-zero exit code: 42, {lab.lib_dir}/{NAME}-1.0.0/bin/handler.sh enable")]
+    assert "failing enable on purpose" in evs[1][2] and "stderr of enable" in evs[1][2]
+
+
+def test_status_code_is_forwarded_as_the_handler_wrote_it(lab):
+    publish(lab)
+    lab.apply([spec()])
+    st = lab.vm_status()["aggregateStatus"]["handlerAggregateStatus"][0]["runtimeSettingsStatus"]
+    assert st["settingsStatus"]["status"]["code"] == "0"  # the recorder writes "0", as CustomScript does
+    control(lab, "enable", "textcode")
+    lab.apply([spec(seq=1)])
+    st = lab.vm_status()["aggregateStatus"]["handlerAggregateStatus"][0]["runtimeSettingsStatus"]
+    status = st["settingsStatus"]["status"]
+    assert (status["status"], status["code"], status["substatus"][0]["code"]) == ("success", "E42", "7")
