@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
-from guestagent import log
+from guestagent import events, log
 from guestagent.errors import (
     HttpError,
     ProtocolError,
@@ -24,7 +24,16 @@ from guestagent.errors import (
     VmSettingsSupportStopped,
 )
 from guestagent.osutil import system
-from guestagent.protocol.http import LOG_UPLOAD, LOG_UPLOAD_TIMEOUT, RETRY_CODES, HttpClient, Kind, Response
+from guestagent.protocol.http import (
+    LOG_UPLOAD,
+    LOG_UPLOAD_TIMEOUT,
+    RETRY_CODES,
+    HttpClient,
+    Kind,
+    Response,
+    failed_at_hostplugin,
+    response_error,
+)
 from guestagent.timestamps import MIN_TIMESTAMP, format_timestamp, ticks_to_timestamp, utc_seconds
 from guestagent.version import AGENT_NAME, AGENT_VERSION
 
@@ -35,6 +44,10 @@ NOT_SUPPORTED_RECHECK = 6 * 3600.0
 FAST_TRACK_FILE = "fast_track.json"
 PAGE_SIZE = 512
 MAX_PAGE = 4 * 1024 * 1024
+#: The status upload's HealthService observation: at most one a minute, unhealthy after 5 minutes of failures.
+STATUS_REPORTING_PERIOD = 60.0
+FAILURE_GRACE = 5 * 60.0
+MAX_OBSERVATIONS = 10
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -108,6 +121,10 @@ class HostPluginClient:
         self._supports_vm_settings = system.exists(os.path.join(lib_dir, FAST_TRACK_FILE))
         self.last_fast_track_timestamp = self._read_fast_track_timestamp()
         self.hgap_version: Optional[str] = None
+        # HealthService observations of the calls (the monitor posts them with its minute's observations)
+        self.observations: list[dict] = []
+        self._status_failing_since: Optional[float] = None
+        self._status_last_reported: Optional[float] = None
 
     @property
     def base_url(self) -> str:
@@ -125,16 +142,49 @@ class HostPluginClient:
 
     # --- /versions (02 §2) ----------------------------------------------------------------------------
     def ensure_initialized(self) -> bool:
+        """GET /versions until the plugin lists our API version; each call is observed (GuestAgentPluginVersions,
+        the error as its value) and sent as InitializeHostPlugin, as upstream does."""
         if self.is_initialized:
             return self.is_available
+        error, healthy = "", False
         try:
             resp = self.http.get(f"{self.base_url}/versions", {"x-ms-containerid": self.container_id})
-            self.is_available = resp.ok and API_VERSION in resp.text()
+            if resp.ok:
+                healthy, self.is_available = True, API_VERSION in resp.text()
+            else:
+                error, healthy, self.is_available = response_error(resp), not failed_at_hostplugin(resp.status), False
+                log.error("HostGAPlugin: Failed Get API versions: {0}", error)
         except HttpError as e:
-            log.verbose("HostGAPlugin: /versions failed: {0}", e)
+            log.error("HostGAPlugin: Exception Get API versions: {0}", e)
             self.is_available = False
+        self.observe("GuestAgentPluginVersions", healthy, error)
         self.is_initialized = self.is_available
+        events.add_event(events.WALAEventOperation.InitializeHostPlugin, is_success=self.is_available,
+                         log_event=False, lib_dir=self.lib_dir)
         return self.is_available
+
+    def observe(self, name: str, healthy: bool, value: str = "") -> None:
+        self.observations.append({"ObservationName": name, "IsHealthy": bool(healthy), "Description": "",
+                                  "Value": value})
+        del self.observations[:-MAX_OBSERVATIONS]
+
+    def take_observations(self) -> list[dict]:
+        taken, self.observations = self.observations, []
+        return taken
+
+    def _status_health(self, healthy: bool, error: str = "") -> None:
+        """GuestAgentPluginStatus: at most once a minute; unhealthy once HGAP itself failed for 5 minutes."""
+        now = self.clock()
+        if healthy:
+            self._status_failing_since = None
+        elif self._status_failing_since is None:
+            self._status_failing_since = now
+        last = self._status_last_reported
+        if last is not None and now < last + STATUS_REPORTING_PERIOD:
+            return
+        self._status_last_reported = now
+        since = self._status_failing_since
+        self.observe("GuestAgentPluginStatus", since is None or now - since < FAILURE_GRACE, error)
 
     def _require(self, what: str) -> None:
         if not self.ensure_initialized():
@@ -245,12 +295,16 @@ class HostPluginClient:
             data = data + b" " * ((PAGE_SIZE - len(data) % PAGE_SIZE) % PAGE_SIZE)
         headers = {"x-ms-version": API_VERSION, "Content-type": "application/json",
                    "x-ms-containerid": self.container_id, "x-ms-host-config-name": self.role_config_name}
-        for req in blob_requests(sas_url, data, blob_type, now=now):
+        for index, req in enumerate(blob_requests(sas_url, data, blob_type, now=now)):
             envelope: dict = {"requestUri": req.uri,
                               "headers": [{"headerName": k, "headerValue": v} for k, v in req.headers]}
             if req.content is not None:
                 envelope["content"] = base64.b64encode(req.content).decode("ascii")
             resp = self.http.put(f"{self.base_url}/status", json.dumps(envelope, sort_keys=True), headers)
+            if not resp.ok:  # observed as upstream: every failure, the success of the first request only
+                self._status_health(not failed_at_hostplugin(resp.status), response_error(resp))
+            elif index == 0:
+                self._status_health(True)
             if not resp.ok:
                 raise HttpError(f"HostGAPlugin: Put status failed: [HTTP Failed] Status Code {resp.status}",
                                 status=resp.status)
