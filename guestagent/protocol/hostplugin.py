@@ -64,6 +64,7 @@ class VmSettingsResponse:
     updated: bool
     source: str  # extensionGoalStatesSource
     hgap_version: str
+    correlation_id: str = ""  # the x-ms-client-correlationid of the request that fetched it
 
 
 @dataclass
@@ -214,7 +215,8 @@ class HostPluginClient:
         the caller parses the JSON (extconfig) and reports VmSettingsParseError."""
         if self._not_supported_until and self.clock() < self._not_supported_until:
             raise VmSettingsNotSupported()
-        headers = self._headers(**{"x-ms-client-correlationid": str(uuid.uuid4())})
+        correlation_id = str(uuid.uuid4())
+        headers = self._headers(**{"x-ms-client-correlationid": correlation_id})
         cached = self._vm_settings_cache
         if cached is not None and not force:
             headers["if-none-match"] = cached.etag
@@ -226,7 +228,8 @@ class HostPluginClient:
         except HttpError as e:
             raise ProtocolError(f"[HostGAPlugin] GET vmSettings failed: {e}") from None
         if resp.status == 304 and cached is not None:
-            return VmSettingsResponse(cached.text, cached.etag, False, cached.source, cached.hgap_version)
+            return VmSettingsResponse(cached.text, cached.etag, False, cached.source, cached.hgap_version,
+                                      cached.correlation_id)
         if resp.status == 404:
             self._not_supported()
         if resp.status == 502:
@@ -252,7 +255,7 @@ class HostPluginClient:
         self._not_supported_until = 0.0
         if isinstance(doc, dict):
             self._record_fast_track(source, doc.get("extensionsLastModifiedTickCount"))
-        result = VmSettingsResponse(text, etag, True, source, version)
+        result = VmSettingsResponse(text, etag, True, source, version, correlation_id)
         self._vm_settings_cache = result
         return result
 

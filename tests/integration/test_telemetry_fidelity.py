@@ -21,13 +21,13 @@ def lab(tmp_path, monkeypatch):
     lab.close()
 
 
-def sent(lab) -> list:
-    """(Operation, OperationSuccess, Message, Duration) of every extension event the fabric received."""
+def sent(lab, name: str = NAME) -> list:
+    """(Operation, OperationSuccess, Message, Duration) of every event of ``name`` the fabric received."""
     telemetry.TelemetryPipeline(lab.lib_dir, lab.protocol, read_retry_delay=0, sleep=lambda s: None).flush()
     out = []
     for e in lab.fabric.telemetry:
         p = e.get("params") or {}
-        if p.get("Name", "").startswith(NAME):
+        if p.get("Name", "").startswith(name):
             out.append((p["Operation"], str(p["OperationSuccess"]).lower() == "true", p["Message"],
                         int(p["Duration"])))
     return out
@@ -37,7 +37,7 @@ def test_each_command_sends_executing_then_command_with_output_and_duration(lab)
     publish(lab)
     lab.apply([spec(protected={"password": "S3cret-Value-123"})])
     lab.apply([spec(state="uninstall")])
-    evs = sent(lab)
+    evs = [e for e in sent(lab) if e[0] not in ("ExtensionSigned", "Download")]
     ops = [op for op, *_ in evs]
     assert ops == ["Install", "Install", "Enable", "Enable", "Disable", "Disable", "UnInstall", "UnInstall"], evs
     base = f"{lab.lib_dir}/{NAME}-1.0.0"
@@ -72,3 +72,40 @@ def test_status_code_is_forwarded_as_the_handler_wrote_it(lab):
     st = lab.vm_status()["aggregateStatus"]["handlerAggregateStatus"][0]["runtimeSettingsStatus"]
     status = st["settingsStatus"]["status"]
     assert (status["status"], status["code"], status["substatus"][0]["code"]) == ("success", "E42", "7")
+
+
+def test_agent_events_of_a_goal_state_as_upstream(lab):
+    """GoalState, ArtifactsProfileBlob, GoalStateCertificates, ExtensionSigned, Download, ExtensionProcessing
+    (started / completed with its duration) and RequestedStateDisabled, worded as upstream 2.15 words them."""
+    publish(lab)
+    lab.apply([spec(protected={"password": "S3cret-Value-123"})])
+    lab.apply([spec(state="disabled")])
+    agent = sent(lab, "WALinuxAgent")
+    by_op: dict = {}
+    for op, ok, message, ms in agent:
+        by_op.setdefault(op, []).append((ok, message, ms))
+    assert (True, "Fetched a new incarnation for the WireServer goal state [incarnation 2]", 0) in by_op["GoalState"]
+    assert "ArtifactsProfileBlob" not in by_op  # fetched and understood: nothing to say
+    thumb = next(c.thumbprint for c in lab.goal_state.certs if c.has_private_key)
+    assert (True, f"Downloaded certificate {{'thumbprint': '{thumb}', 'hasPrivateKey': True}}", 0) in \
+        by_op["GoalStateCertificates"]
+    started = [m for ok, m, _ in by_op["ExtensionProcessing"] if m.startswith("ProcessExtensionsGoalState started [")]
+    completed = [(m, ms) for ok, m, ms in by_op["ExtensionProcessing"] if ok and
+                 m.startswith("ProcessExtensionsGoalState completed [") and m.endswith(" ms]\n")]
+    assert len(started) == len(completed) == 2 and " channel: WireServer source: Fabric activity: " in started[0]
+    assert completed[0][1] == int(completed[0][0].split()[-2])
+    assert by_op["RequestedStateDisabled"] == [
+        (True, f'Goal State is requesting "disabled" state on {NAME} [Activity ID: '
+               f'{lab.goal_state.extensions_goal_state.activity_id}]', 0)]
+    ext = sent(lab)
+    assert [(op, ok, m) for op, ok, m, _ in ext if op in ("ExtensionSigned", "Download")][:2] == [
+        ("ExtensionSigned", False, ""), ("Download", True, "Download succeeded")]
+
+
+def test_an_unreachable_artifacts_profile_blob_is_reported(lab):
+    lab.fabric.faults.add("artifacts_profile", status=404, count=20)  # direct
+    lab.fabric.faults.add("extension_artifact", status=404, count=20)  # and through HGAP
+    lab.apply([])
+    [(ok, message)] = [(ok, m) for op, ok, m, _ in sent(lab, "WALinuxAgent") if op == "ArtifactsProfileBlob"]
+    assert not ok and message.startswith("Can't download the artifacts profile blob; will assume the VM is not on "
+                                         "hold. ")

@@ -130,15 +130,34 @@ class ExtensionsManager:
         egs = goal_state.extensions_goal_state
         seq = egs.svd_sequence_number or goal_state.incarnation
         self._wait_for_certificates = goal_state.wait_for_certificates_named
+        on_hold = egs.on_hold and self.conf.enable_over_provisioning
+        start = time.monotonic()
+        if not on_hold:
+            self._agent_event(f"ProcessExtensionsGoalState started [{egs.id} channel: {egs.channel} source: "
+                              f"{egs.source} activity: {egs.activity_id} correlation {egs.correlation_id} "
+                              f"created: {egs.created_on_timestamp}]")
+        error: Optional[str] = None
         try:
             self._process(egs)
             if not self.unsupported:
                 self.gs_status = goal_state_aggregate_status(seq)
         except Exception as e:
+            error = f"Error processing extensions:{e}"
             log.error("Error processing the extensions goal state {0}: {1}", egs.id, e)
             self.gs_status = goal_state_aggregate_status(seq, "Failed", -1, log.redact(str(e))[:1024])
         finally:
             self.processed_goal_states += 1
+        if not on_hold:
+            ms = int((time.monotonic() - start) * 1000)
+            message = f"ProcessExtensionsGoalState completed [{egs.id} {ms} ms]\n" if error is None else \
+                f"ProcessExtensionsGoalState failed [{egs.id} {ms} ms]\n{error}"
+            events.add_event(events.WALAEventOperation.ExtensionProcessing, is_success=error is None,
+                             message=message, duration=ms, log_event=False, lib_dir=self.lib_dir)
+
+    def _agent_event(self, message: str, op: str = events.WALAEventOperation.ExtensionProcessing) -> None:
+        """An agent event of extension processing, logged as upstream logs it."""
+        log.info("{0}", message)
+        events.add_event(op, message=message, lib_dir=self.lib_dir)
 
     def goal_state_status(self) -> Optional[dict]:
         """``vmArtifactsAggregateStatus.goalStateAggregateStatus`` for build_vm_status (03 §11)."""
@@ -159,12 +178,14 @@ class ExtensionsManager:
         self._manifests, self._uninstall_exit, self._done, self._refused = {}, {}, set(), {}
         signing.report_signed(egs, self.lib_dir)
         if egs.on_hold and self.conf.enable_over_provisioning:
-            log.info("Extension handling is on hold")
+            self._agent_event("Extension handling is on hold")
             return
         unsupported = [f for f in egs.required_features if f not in SUPPORTED_FEATURES]
         if unsupported:
             msg = f"Failing GS {egs.id} as Unsupported features found: {', '.join(unsupported)}"
             log.error("{0}", msg)
+            events.add_event(events.WALAEventOperation.GoalStateUnsupportedFeatures, is_success=False, message=msg,
+                             log_event=False, lib_dir=self.lib_dir)
             self.unsupported = True
             self.gs_status = goal_state_aggregate_status(egs.svd_sequence_number, "Failed",
                                                          CODE_UNSUPPORTED_FEATURES, msg)
@@ -251,7 +272,10 @@ class ExtensionsManager:
                 self._enable(ext, settings, first_after_restart)
             elif ext.state == "uninstall":
                 self._uninstall(ext)
-            elif ext.state == "disabled":
+            elif ext.state == "disabled":  # deprecated: upstream reports that it is still used
+                self._agent_event(f'Goal State is requesting "disabled" state on {ext.name} '
+                                  f'[Activity ID: {self.egs.activity_id if self.egs else ""}]',
+                                  events.WALAEventOperation.RequestedStateDisabled)
                 self._disable(ext, settings)
             else:
                 raise ExtensionError(f"Unknown requested state {ext.state!r}", code=-1)
@@ -339,7 +363,12 @@ class ExtensionsManager:
             checks = signing.SignatureCheck(ext.name, pkg.version, ext.encoded_signature, self.lib_dir,
                                             validate=self.conf.debug_enable_signature_validation, enforce=enforce,
                                             policy_file=self.conf.policy_file_path)
+            began = time.monotonic()
             install_package(self.protocol, target.files, pkg.uris, location, checks)
+            if self.ctx.event is not None:
+                self.ctx.event(events.WALAEventOperation.Download, name=ext.name, version=pkg.version,
+                               is_success=True, message="Download succeeded",
+                               duration=int((time.monotonic() - began) * 1000))
             if checks.validated:
                 signing.save_validated(target.files.base_dir, self.lib_dir)
             target.check_multi_config()
