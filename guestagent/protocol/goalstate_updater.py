@@ -78,8 +78,8 @@ class GoalStateUpdater:
     only :meth:`GoalState.wait_for_certificates` waits for it.
     """
 
-    __slots__ = ("_certificates_job", "_last_ws_fetch", "_parse_error_etags", "_vm_egs", "_vm_etag_announced",
-                 "_vm_etag_seen", "_vm_etag_used", "async_certificates", "clock", "download_text", "fast_track_enabled",
+    __slots__ = ("_certificates_job", "_last_ws_fetch", "_parse_error_etags", "_vm_egs", "_vm_etag_seen",
+                 "_vm_etag_used", "_vm_response", "async_certificates", "clock", "download_text", "fast_track_enabled",
                  "fetch_vm_settings", "gs", "history", "host_plugin", "lib_dir", "wire")
 
     def __init__(self, wire: WireClient, host_plugin: HostPluginClient, history: History, lib_dir: str, *,
@@ -99,7 +99,7 @@ class GoalStateUpdater:
         self._vm_egs: Optional[ExtensionsGoalState] = None
         self._vm_etag_used: Optional[str] = None
         self._vm_etag_seen: Optional[str] = None
-        self._vm_etag_announced: Optional[str] = None
+        self._vm_response: Optional[VmSettingsResponse] = None  # this update's answer, announced after the WS
         self._parse_error_etags: set[str] = set()
         self._last_ws_fetch: Optional[float] = None
         self._certificates_job: Optional[CertificatesJob] = None
@@ -130,6 +130,9 @@ class GoalStateUpdater:
             raise
 
     def _update(self, force: bool) -> GoalState:
+        self._vm_response = None
+        if force:
+            self._event(events.WALAEventOperation.GoalState, "Refreshing goal state and vmSettings")
         if self._vm_settings_first(force):
             try:
                 vm, vm_changed, vm_moved = self._vm_settings(False)
@@ -152,11 +155,12 @@ class GoalStateUpdater:
                 except VmSettingsSupportStopped as e:
                     return self._support_stopped(doc, text, e.timestamp)
         ws_changed = force or self.gs is None or doc.incarnation != self.gs.incarnation
-        if force:
-            self._event(events.WALAEventOperation.GoalState, "Refreshing goal state and vmSettings")
         if ws_changed:
             self._event(events.WALAEventOperation.GoalState,
                         f"Fetched a new incarnation for the WireServer goal state [incarnation {doc.incarnation}]")
+        if self._vm_response is not None:
+            self._announce_vm_settings(self._vm_response)
+            self._vm_response = None
         if not ws_changed and not vm_changed and self.gs is not None:
             self.gs.document = doc
             self.gs.fast_track_supported = self.host_plugin.supports_vm_settings
@@ -192,11 +196,10 @@ class GoalStateUpdater:
         return new
 
     def _announce_vm_settings(self, resp: VmSettingsResponse) -> None:
-        """GoalState events for vmSettings with a new ETag, as upstream's (and, from Fabric, that they are
-        ignored)."""
-        if resp.etag == self._vm_etag_announced:
+        """GoalState events for vmSettings HGAP sent (a 200, not a 304), as upstream's (and, from Fabric, that
+        they are ignored)."""
+        if not resp.updated:
             return
-        self._vm_etag_announced = resp.etag
         self._event(events.WALAEventOperation.GoalState,
                     f"Fetched new vmSettings [HostGAPlugin correlation ID: {resp.correlation_id} eTag: {resp.etag} "
                     f"source: {resp.source}]")
@@ -215,7 +218,7 @@ class GoalStateUpdater:
             return None, False, False
         moved = resp.etag != self._vm_etag_seen
         self._vm_etag_seen = resp.etag
-        self._announce_vm_settings(resp)
+        self._vm_response = resp
         if resp.source == "Fabric":
             return None, False, moved
         if self._vm_egs is None or resp.etag != self._vm_etag_used or (resp.updated and force):

@@ -206,8 +206,16 @@ class HostPluginClient:
         self._supports_vm_settings = False
         self._not_supported_until = self.clock() + NOT_SUPPORTED_RECHECK
         self._vm_settings_cache = None
+        version = self.hgap_version or "0.0.0.0"  # upstream's "unknown"
         if stopped:
+            log.warn("The HostGAPlugin stopped supporting the vmSettings API. If there is a pending FastTrack goal "
+                     "state, it will not be executed.")
+            events.add_event(events.WALAEventOperation.VmSettings, is_success=False, log_event=False,
+                             message=f"[VmSettingsSupportStopped] HostGAPlugin: {version}", lib_dir=self.lib_dir)
             raise VmSettingsSupportStopped(self.last_fast_track_timestamp)
+        log.info("HostGAPlugin {0} does not support the vmSettings API. Will not use FastTrack.", version)
+        events.add_event(events.WALAEventOperation.VmSettings, log_event=False,
+                         message=f"[VmSettingsNotSupported] HostGAPlugin: {version}", lib_dir=self.lib_dir)
         raise VmSettingsNotSupported()
 
     def fetch_vm_settings(self, force: bool = False) -> VmSettingsResponse:
@@ -248,6 +256,8 @@ class HostPluginClient:
         source = str(doc.get("extensionGoalStatesSource", "UNKNOWN")) if isinstance(doc, dict) else "UNKNOWN"
         if isinstance(doc, dict) and version != self.hgap_version:
             log.info("HostGAPlugin version: {0}", version)
+            events.add_event(events.WALAEventOperation.HostPlugin, message=f"HostGAPlugin version: {version}",
+                             log_event=False, lib_dir=self.lib_dir)
             self.hgap_version = version
         if isinstance(doc, dict) and _version_tuple(version) < MIN_VM_SETTINGS_VERSION:
             self._not_supported()
