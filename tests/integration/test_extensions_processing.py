@@ -4,6 +4,7 @@ an ext-handler SIGKILLed in the middle of the lifecycle."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -100,6 +101,12 @@ def test_failed_dependency_skips_dependents(lab):
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0"]
     [second] = status_of(lab, "Test.Second")
     assert second["code"] == -1 and "dependent extension Test.First failed" in second["formattedMessage"]["message"]
+    sent = []  # upstream's telemetry of it: a failed ExtensionProcessing under the failed extension's name
+    for f in sorted(os.listdir(os.path.join(lab.lib_dir, "events"))):
+        p = {x["name"]: x["value"] for x in json.load(open(os.path.join(lab.lib_dir, "events", f)))["parameters"]}
+        if p["Operation"] == "ExtensionProcessing" and not p["OperationSuccess"]:
+            sent.append((p["Name"], p["Message"]))
+    assert sent == [("Test.First", "Dependent Extension Test.First did not succeed. Status was error")]
 
 
 def test_uninstall_runs_before_enables(lab):

@@ -109,3 +109,12 @@ def test_an_unreachable_artifacts_profile_blob_is_reported(lab):
     [(ok, message)] = [(ok, m) for op, ok, m, _ in sent(lab, "WALinuxAgent") if op == "ArtifactsProfileBlob"]
     assert not ok and message.startswith("Can't download the artifacts profile blob; will assume the VM is not on "
                                          "hold. ")
+
+
+def test_a_failed_download_is_a_failed_download_event(lab):
+    publish(lab)
+    lab.fabric.faults.add("package", status=404, count=50)
+    lab.fabric.faults.add("extension_artifact", status=404, count=50)
+    lab.apply([spec()])
+    [(ok, message)] = [(ok, m) for op, ok, m, _ in sent(lab) if op == "Download"]
+    assert not ok and message.startswith("Failed to download artifacts: ")

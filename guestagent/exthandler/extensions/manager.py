@@ -224,11 +224,20 @@ class ExtensionsManager:
             else:
                 ok = self._handle(ext, settings, first_after_restart)
             if 0 <= key < max_key:
+                full = f"{ext.name}.{settings.name}" if settings is not None and ext.supports_multi_config \
+                    else ext.name
+                reason = None if ok else \
+                    f"Skipping processing of extensions since execution of dependent extension {full} failed"
                 if ok and settings is not None:
-                    ok = self._wait_for(ext, settings, start)
-                if not ok:
+                    reason = self._wait_for(ext, settings, start, full)
+                if reason is not None:
                     blocked = (f"Skipping processing of extensions since execution of dependent extension "
                                f"{ext.name} failed")
+                    log.warn("Dependent extension {0} failed or timed out, will skip processing the rest of the "
+                             "extensions", full)
+                    events.add_event(events.WALAEventOperation.ExtensionProcessing, name=full,
+                                     version=self.versions.get(ext.name, ext.version), is_success=False,
+                                     message=reason, log_event=False, lib_dir=self.lib_dir)
         self._cleanup({ext.name for ext in egs.extensions})
 
     def _load_policy(self) -> Optional[Exception]:
@@ -363,12 +372,7 @@ class ExtensionsManager:
             checks = signing.SignatureCheck(ext.name, pkg.version, ext.encoded_signature, self.lib_dir,
                                             validate=self.conf.debug_enable_signature_validation, enforce=enforce,
                                             policy_file=self.conf.policy_file_path)
-            began = time.monotonic()
-            install_package(self.protocol, target.files, pkg.uris, location, checks)
-            if self.ctx.event is not None:
-                self.ctx.event(events.WALAEventOperation.Download, name=ext.name, version=pkg.version,
-                               is_success=True, message="Download succeeded",
-                               duration=int((time.monotonic() - began) * 1000))
+            self._download(target, ext, pkg.version, pkg.uris, location, checks)
             if checks.validated:
                 signing.save_validated(target.files.base_dir, self.lib_dir)
             target.check_multi_config()
@@ -401,6 +405,22 @@ class ExtensionsManager:
         except ExtensionError as e:
             target.log.warn("Disable of {0} failed (ignored): {1}", settings.name, e.msg)
         target.files.remove_mc_extension_files(settings.name)
+
+    def _download(self, target: Handler, ext: Extension, version: str, uris: list, location: Optional[str],
+                  checks: signing.SignatureCheck) -> None:
+        """Download and unpack the package; a Download event either way, as upstream sends it."""
+        began = time.monotonic()
+        try:
+            install_package(self.protocol, target.files, uris, location, checks)
+        except ExtensionError as e:
+            self._extension_event(events.WALAEventOperation.Download, ext.name, version, False, e.msg)
+            raise
+        self._extension_event(events.WALAEventOperation.Download, ext.name, version, True, "Download succeeded",
+                              int((time.monotonic() - began) * 1000))
+
+    def _extension_event(self, op: str, name: str, version: str, ok: bool, message: str, ms: int = 0) -> None:
+        if self.ctx.event is not None:
+            self.ctx.event(op, name=name, version=version, is_success=ok, message=message, duration=ms)
 
     def _unchanged(self, target: Handler, settings: Optional[ExtensionSettings]) -> bool:
         """Already enabled with these exact settings and a terminal success status for this seqNo."""
@@ -448,21 +468,22 @@ class ExtensionsManager:
                 return
             h.disable(settings)
 
-    def _wait_for(self, ext: Extension, settings: ExtensionSettings, start: float) -> bool:
-        """Wait until the extension reports success (True) or error/deadline (False); a missing status file
-        means "keep waiting". Polls quickly at first, then every ``dependency_poll`` seconds."""
+    def _wait_for(self, ext: Extension, settings: ExtensionSettings, start: float, full: str) -> Optional[str]:
+        """Wait until the extension reports success (None) or error/deadline (the reason, worded as upstream's);
+        a missing status file means "keep waiting". Polls quickly at first, then every ``dependency_poll`` s."""
         files = HandlerFiles(self.lib_dir, ext.name, self.versions.get(ext.name, ext.version), self.ctx.log_root)
         path = files.status_file(settings.sequence_number, settings.name if ext.supports_multi_config else None)
         delay = 0.02
         while True:
             value = ext_status.status_value(path)
             if value == "success":
-                return True
+                return None
             if value == "error":
-                return False
+                return f"Dependent Extension {full} did not succeed. Status was {value}"
             if time.monotonic() - start > self.dependency_deadline:
                 log.warn("Timed out waiting for {0} to report a terminal status", ext.name)
-                return False
+                return (f"Dependent Extension {full} did not reach a terminal state within the allowed timeout. "
+                        f"Last status was {value}")
             time.sleep(delay)
             delay = min(delay * 2, self.dependency_poll)
 
