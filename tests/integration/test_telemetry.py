@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -36,8 +37,10 @@ def fab(tmp_path):
 
 @pytest.fixture
 def proto(tmp_root, fab):
-    return detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
-                  sleep=lambda s: None)
+    proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+                   sleep=lambda s: None)
+    shutil.rmtree(tmp_root / LIB.lstrip("/") / "events", ignore_errors=True)  # detection's own events
+    return proto
 
 
 def _pipeline(proto):
