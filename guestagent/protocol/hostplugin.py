@@ -104,6 +104,47 @@ def blob_requests(sas_url: str, data: bytes, blob_type: str, pad: bytes = b"\0",
     return out
 
 
+class VmSettingsErrorReporter:
+    """Upstream's telemetry of vmSettings requests: the first 3 errors of each hour as VmSettings events
+    (``[<category>] <error>``) and, once an hour, a VmSettingsSummary of the counts."""
+
+    MAX_ERRORS = 3
+    PERIOD = 3600.0
+    COUNTERS = {"ServerError": "serverErrors", "ClientError": "clientErrors", "Timeout": "timeouts",
+                "RequestFailed": "failedRequests"}
+
+    def __init__(self, lib_dir: str, clock: Callable[[], float]):
+        self.lib_dir = lib_dir
+        self.clock = clock
+        self._reset()
+
+    def _reset(self) -> None:
+        self.counts = {"requests": 0, "errors": 0, "serverErrors": 0, "clientErrors": 0, "timeouts": 0,
+                       "failedRequests": 0}
+        self.next_summary = self.clock() + self.PERIOD
+
+    def request(self) -> None:
+        self.counts["requests"] += 1
+
+    def error(self, message: str, category: str) -> None:
+        self.counts["errors"] += 1
+        if category in self.COUNTERS:
+            self.counts[self.COUNTERS[category]] += 1
+        if self.counts["errors"] <= self.MAX_ERRORS:
+            events.add_event(events.WALAEventOperation.VmSettings, message=f"[{category}] {message}",
+                             log_event=False, lib_dir=self.lib_dir)
+
+    def summary(self) -> None:
+        if self.clock() < self.next_summary:
+            return
+        message = json.dumps(self.counts)
+        events.add_event(events.WALAEventOperation.VmSettingsSummary, message=message, log_event=False,
+                         lib_dir=self.lib_dir)
+        if self.counts["errors"]:
+            log.info("[VmSettingsSummary] {0}", message)
+        self._reset()
+
+
 class HostPluginClient:
     def __init__(self, endpoint: str, port: int = 32526, lib_dir: str = "/var/lib/waagent",
                  http: Optional[HttpClient] = None, clock: Callable[[], float] = time.monotonic):
@@ -122,6 +163,7 @@ class HostPluginClient:
         self._supports_vm_settings = system.exists(os.path.join(lib_dir, FAST_TRACK_FILE))
         self.last_fast_track_timestamp = self._read_fast_track_timestamp()
         self.hgap_version: Optional[str] = None
+        self.vm_settings_errors = VmSettingsErrorReporter(lib_dir, clock)
         # HealthService observations of the calls (the monitor posts them with its minute's observations)
         self.observations: list[dict] = []
         self._status_failing_since: Optional[float] = None
@@ -219,34 +261,50 @@ class HostPluginClient:
         raise VmSettingsNotSupported()
 
     def fetch_vm_settings(self, force: bool = False) -> VmSettingsResponse:
-        """One GET /vmSettings. Raises VmSettingsNotSupported/-SupportStopped, ResourceGoneError, ProtocolError;
-        the caller parses the JSON (extconfig) and reports VmSettingsParseError."""
+        """One GET /vmSettings. Raises VmSettingsNotSupported/-SupportStopped, ResourceGoneError, ProtocolError
+        (worded and reported as upstream's); the caller parses the JSON (extconfig) and reports
+        VmSettingsParseError."""
         if self._not_supported_until and self.clock() < self._not_supported_until:
             raise VmSettingsNotSupported()
+        try:
+            return self._fetch_vm_settings(force)
+        finally:
+            self.vm_settings_errors.summary()
+
+    def _fetch_vm_settings(self, force: bool) -> VmSettingsResponse:
         correlation_id = str(uuid.uuid4())
         headers = self._headers(**{"x-ms-client-correlationid": correlation_id})
         cached = self._vm_settings_cache
         if cached is not None and not force:
             headers["if-none-match"] = cached.etag
+        where = f"GET vmSettings [correlation ID: {correlation_id} eTag: {headers.get('if-none-match')}]"
         url = f"{self.base_url}/vmSettings"
+        self.vm_settings_errors.request()
         try:
             resp = self.http.request("GET", url, None, headers, max_retry=1, retry_codes=())
         except ResourceGoneError:
             raise
         except HttpError as e:
-            raise ProtocolError(f"[HostGAPlugin] GET vmSettings failed: {e}") from None
+            timeout = "timed out" in str(e)
+            message = f"{where}: " + ("Timeout" if timeout else f"Request failed: {e}")
+            self.vm_settings_errors.error(message, "Timeout" if timeout else "RequestFailed")
+            raise ProtocolError(message) from None
         if resp.status == 304 and cached is not None:
             return VmSettingsResponse(cached.text, cached.etag, False, cached.source, cached.hgap_version,
                                       cached.correlation_id)
         if resp.status == 404:
             self._not_supported()
-        if resp.status == 502:
-            raise ProtocolError(f"[HostGAPlugin] [Internal error in HostGAPlugin] GET vmSettings: {resp.status}")
         if resp.status != 200:
-            raise ProtocolError(f"[HostGAPlugin] GET vmSettings failed: [HTTP Failed] Status Code {resp.status}")
+            error = response_error(resp)
+            if resp.status == 502:  # HGAP's own internal errors come as 502
+                error = f"[Internal error in HostGAPlugin] {error}"
+            message = f"{where}: {error}"
+            self.vm_settings_errors.error(message, "ClientError" if 400 <= resp.status <= 499 else
+                                          "ServerError" if 500 <= resp.status <= 599 else "HttpError")
+            raise ProtocolError(message)
         etag = resp.header("etag")
         if etag is None:
-            raise ProtocolError("[HostGAPlugin] vmSettings response has no ETag header")
+            raise ProtocolError(f"{where}: The vmSettings response does not include an Etag header")
         text = resp.text()
         try:
             doc = json.loads(text)

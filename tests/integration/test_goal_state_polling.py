@@ -231,3 +231,27 @@ def test_goal_state_events_as_upstream(make):
         proto2.update_goal_state()
     assert [e for e in _goal_state_events(proto2) if e[0] == "VmSettings"] == [
         ("VmSettings", True, "[VmSettingsNotSupported] HostGAPlugin: 0.0.0.0")]
+
+
+def test_vm_settings_errors_are_reported_as_upstream(make):
+    """The first 3 vmSettings errors of an hour as VmSettings events ([ServerError] GET vmSettings …), then
+    none; an hour later one VmSettingsSummary with the counts."""
+    fab, proto, clock = make()
+    proto.host_plugin.vm_settings_errors.clock = clock  # the hour is the test's
+    proto.host_plugin.vm_settings_errors.next_summary = clock() + 3600
+    fab.faults.add("vmsettings", status=500, count=5)
+    for _ in range(5):
+        clock.now += PERIOD
+        with pytest.raises(ProtocolError, match=r"GET vmSettings \[correlation ID: .* eTag: .*\]: \[HTTP Failed\] "
+                                                r"\[500: "):
+            proto.update_goal_state()
+    reported = [m for op, _, m in _goal_state_events(proto) if op == "VmSettings"]
+    assert len(reported) == 3 and all(m.startswith("[ServerError] GET vmSettings [correlation ID: ")
+                                      for m in reported)
+    clock.now += 3600
+    proto.update_goal_state()
+    folder = os.path.join(proto.lib_dir, "events")
+    summaries = [p["Message"] for p in ({x["name"]: x["value"] for x in json.load(open(os.path.join(folder, n)))[
+        "parameters"]} for n in sorted(os.listdir(folder))) if p["Operation"] == "VmSettingsSummary"]
+    assert [json.loads(m) for m in summaries] == [{"requests": 7, "errors": 5, "serverErrors": 5,
+                                                   "clientErrors": 0, "timeouts": 0, "failedRequests": 0}]
