@@ -6,11 +6,13 @@ real pipeline over loopback HTTP to the fabric, which records them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from guestagent.exthandler import telemetry
-from tests.integration.test_extensions_lifecycle import NAME, control, make_lab, publish, spec
+from guestagent.fabric.packages import zip_folder
+from tests.integration.test_extensions_lifecycle import NAME, REC, control, make_lab, publish, spec
 
 
 @pytest.fixture
@@ -118,3 +120,14 @@ def test_a_failed_download_is_a_failed_download_event(lab):
     lab.apply([spec()])
     [(ok, message)] = [(ok, m) for op, ok, m, _ in sent(lab) if op == "Download"]
     assert not ok and message.startswith("Failed to download artifacts: ")
+
+
+def test_an_existing_package_is_used_and_said_so(lab):
+    publish(lab)
+    lab.apply([spec()])
+    lab.apply([spec(state="uninstall")])
+    package = Path(lab.lib_dir) / f"{NAME}__1.0.0.zip"
+    package.write_bytes(zip_folder(Path(lab.prepare(REC, "1.0.0"))))  # left behind by an interrupted install
+    lab.apply([spec()])
+    downloads = [m for op, ok, m, _ in sent(lab) if op == "Download"]
+    assert downloads == ["Download succeeded", f"Using existing extension package: {lab.lib_dir}/{NAME}__1.0.0.zip"]

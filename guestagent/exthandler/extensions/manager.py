@@ -23,7 +23,7 @@ from guestagent.exthandler.extensions.manifest import (
     parse_plugin_manifest,
     select_package,
 )
-from guestagent.exthandler.extensions.package import initialize_layout, install_package
+from guestagent.exthandler.extensions.package import initialize_layout, install_package, zip_path
 from guestagent.exthandler.extensions.state import (
     ENABLED,
     FAILED_UPGRADE,
@@ -410,13 +410,20 @@ class ExtensionsManager:
                   checks: signing.SignatureCheck) -> None:
         """Download and unpack the package; a Download event either way, as upstream sends it."""
         began = time.monotonic()
+        package = zip_path(self.lib_dir, ext.name, version)
+        existing = system.exists(package)
+        if existing:
+            log.info("Using existing extension package: {0}", package)
+            self._extension_event(events.WALAEventOperation.Download, ext.name, version, True,
+                                  f"Using existing extension package: {package}")
         try:
             install_package(self.protocol, target.files, uris, location, checks)
         except ExtensionError as e:
             self._extension_event(events.WALAEventOperation.Download, ext.name, version, False, e.msg)
             raise
-        self._extension_event(events.WALAEventOperation.Download, ext.name, version, True, "Download succeeded",
-                              int((time.monotonic() - began) * 1000))
+        if not existing:
+            self._extension_event(events.WALAEventOperation.Download, ext.name, version, True, "Download succeeded",
+                                  int((time.monotonic() - began) * 1000))
 
     def _extension_event(self, op: str, name: str, version: str, ok: bool, message: str, ms: int = 0) -> None:
         if self.ctx.event is not None:
