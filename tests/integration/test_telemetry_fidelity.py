@@ -37,8 +37,12 @@ def sent(lab, name: str = NAME) -> list:
 
 def test_each_command_sends_executing_then_command_with_output_and_duration(lab):
     publish(lab)
-    lab.apply([spec(protected={"password": "S3cret-Value-123"})])
+    ext = spec(protected={"password": "S3cret-Value-123"})
+    lab.apply([ext])
+    _, protected = lab.fabric.protected_settings(ext, ext.settings[0])
     lab.apply([spec(state="uninstall")])
+    everything = repr(sent(lab)) + repr(sent(lab, "WALinuxAgent"))
+    assert "S3cret-Value-123" not in everything and protected not in everything
     evs = [e for e in sent(lab) if e[0] not in ("ExtensionSigned", "Download")]
     ops = [op for op, *_ in evs]
     assert ops == ["Install", "Install", "Enable", "Enable", "Disable", "Disable", "UnInstall", "UnInstall"], evs
