@@ -131,9 +131,11 @@ class Handler:
         except Exception as e:  # resource governance never fails an operation
             self.log.warn("Could not set the resource limits: {0}", e)
 
-    def install(self, uninstall_exit: Any = NOT_RUN) -> None:
+    def install(self, uninstall_exit: Any = NOT_RUN, settings: Any = None) -> None:
+        """``settings``: the extension whose goal state asked for the install (upstream passes it: a
+        multi-config install then runs with its name and sequence number, and is reported under it)."""
         self.set_resource_limits()
-        self.run("install", None, {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": str(uninstall_exit)})
+        self.run("install", settings, {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": str(uninstall_exit)})
         self.files.set_state(INSTALLED)
         self.set_status("NotReady", 0, "Plugin installed but not enabled")
 
@@ -189,8 +191,9 @@ def _exit_code(error: ExtensionError) -> str:
     return str(error.exit_code if isinstance(error, runner.CommandFailed) and error.exit_code else error.code)
 
 
-def run_update(old: Handler, new: Handler, settings_list: list, old_settings: list) -> str:
-    """04 §7.3: old disable → update → old uninstall → (new install) ; returns the uninstall exit code."""
+def run_update(old: Handler, new: Handler, settings_list: list, old_settings: list, trigger: Any = None) -> str:
+    """04 §7.3: old disable → update → old uninstall → (new install) ; returns the uninstall exit code.
+    ``trigger``: the extension being processed (update and install run for it, as upstream's)."""
     cont = new.manifest.continue_on_update_failure
     disable_codes: dict = {}
     if old.state() == ENABLED:
@@ -224,7 +227,9 @@ def run_update(old: Handler, new: Handler, settings_list: list, old_settings: li
     else:
         env["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE"] = next(iter(disable_codes.values()), "None")
     try:
-        runner_handler.run("update", settings_list[0] if settings_list and not new.multi_config else None, env)
+        if trigger is None and settings_list and not new.multi_config:
+            trigger = settings_list[0]
+        runner_handler.run("update", trigger, env)
     except ExtensionError as e:
         runner_handler.files.set_state(FAILED_UPGRADE)
         code = e.code if e.code == runner.CODE_TIMEOUT else CODE_UPDATE
@@ -239,7 +244,7 @@ def run_update(old: Handler, new: Handler, settings_list: list, old_settings: li
         uninstall_exit = _exit_code(e)
     old.remove()
     if new.manifest.update_with_install:
-        new.install(uninstall_exit)
+        new.install(uninstall_exit, trigger)
     else:
         new.files.set_state(INSTALLED)
         new.set_status("NotReady", 0, "Plugin installed but not enabled")

@@ -378,10 +378,10 @@ class ExtensionsManager:
             target.check_multi_config()
             target.files.write_settings(settings, ext.supports_multi_config)
             if old_version is None or old_version == pkg.version:
-                target.install()
+                target.install(settings=settings)
             else:
                 old = Handler(self.ctx, ext.name, old_version, ext.supports_multi_config)
-                uninstall_exit = run_update(old, target, ext.settings, ext.settings)
+                uninstall_exit = run_update(old, target, ext.settings, ext.settings, settings)
                 self._uninstall_exit[ext.name] = uninstall_exit
         else:
             if enforce and not signing.is_validated(target.files.base_dir):
