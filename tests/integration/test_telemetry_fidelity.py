@@ -64,7 +64,7 @@ def test_a_failed_command_sends_its_error_and_no_command_event(lab):
     evs = [e for e in sent(lab) if e[0] == "Enable"]
     assert [(ok, m.split(" with ")[0].split("\n")[0]) for _, ok, m, _ in evs] == [
         (True, f"Executing command: {lab.lib_dir}/{NAME}-1.0.0/bin/handler.sh enable"),
-        (False, f"[ExtensionError] Non-zero exit code: 42, {lab.lib_dir}/{NAME}-1.0.0/bin/handler.sh enable")]
+        (False, f"[ExtensionOperationError] Non-zero exit code: 42, {lab.lib_dir}/{NAME}-1.0.0/bin/handler.sh enable")]
     assert "failing enable on purpose" in evs[1][2] and "stderr of enable" in evs[1][2]
 
 

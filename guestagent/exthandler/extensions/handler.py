@@ -100,7 +100,7 @@ class Handler:
                                       cgroups=self.ctx.cgroups,
                                       report=lambda message, ms: self._event(op, True, message, ms, full_name))
         except runner.CommandFailed as e:
-            self._event(op, False, f"[ExtensionError] {e.msg}", 0, full_name)  # upstream raises ExtensionError
+            self._event(op, False, e.upstream_text, 0, full_name)
             raise
 
     def _event(self, op: str, ok: bool, message: str, duration_ms: int, name: str) -> None:

@@ -24,6 +24,7 @@ from guestagent.exthandler.extensions.manifest import (
     select_package,
 )
 from guestagent.exthandler.extensions.package import initialize_layout, install_package, zip_path
+from guestagent.exthandler.extensions.runner import CommandFailed
 from guestagent.exthandler.extensions.state import (
     ENABLED,
     FAILED_UPGRADE,
@@ -293,7 +294,10 @@ class ExtensionsManager:
             self._disallow(ext, settings, e.code, e.msg)
             return False
         except Exception as e:
-            err = e if isinstance(e, ExtensionError) else ExtensionError(f"{type(e).__name__}: {e}", code=-1)
+            if isinstance(e, CommandFailed):  # upstream reports the error as it prints: with its class
+                err = ExtensionError(e.upstream_text, code=e.code)
+            else:
+                err = e if isinstance(e, ExtensionError) else ExtensionError(f"{type(e).__name__}: {e}", code=-1)
             log.error("[{0}] {1}", ext.name, err.msg)
             self._report(ext, settings, err, self._version_for_report(ext))
             return False

@@ -39,6 +39,13 @@ class CommandFailed(ExtensionError):
         self.output = output
         super().__init__(msg, code=code)
 
+    @property
+    def upstream_text(self) -> str:
+        """The message as upstream words this failure: its class is ExtensionOperationError for an exit code,
+        ExtensionError for a timeout (the handler status and the failure event carry it)."""
+        kind = "ExtensionError" if self.code == CODE_TIMEOUT else "ExtensionOperationError"
+        return f"[{kind}] {self.msg}"
+
 
 @dataclass
 class CommandResult:
