@@ -34,8 +34,7 @@ def test_identity_events(tmp_path):
 def test_osutil_names_follow_upstreams_factory():
     assert [osutil_name(make(*d)) for d in (("ubuntu", "22.04"), ("ubuntu", "16.04"), ("debian", "12"),
                                             ("rhel", "9.2"), ("centos", "7.9"), ("arch", ""))] == [
-        "Ubuntu18OSUtil", "UbuntuOSUtil", "DebianOSModernUtil", "RedhatOSModernUtil", "RedhatOSUtil",
-        "DefaultOSUtil"]
+        "Ubuntu18OSUtil", "Ubuntu16OSUtil", "DebianOSModernUtil", "RedhatOSModernUtil", "RedhatOSUtil", "ArchUtil"]
 
 
 def test_configuration_changes(tmp_path):
