@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from guestagent import events, log
 from guestagent.cli import CliArgs
 from guestagent.conf import Config
-from guestagent.exthandler import env, logcollector, monitor, telemetry
+from guestagent.exthandler import env, logcollector, monitor, startup, telemetry
 from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.exthandler.cloudinitwait import CloudInitWait
 from guestagent.exthandler.context import ThreadContext
@@ -32,7 +32,7 @@ from guestagent.exthandler.monitor import AgentMemoryCheck
 from guestagent.exthandler.remoteaccess import RemoteAccessHandler
 from guestagent.exthandler.selfupdate import AgentUpdateReporter
 from guestagent.exthandler.summary import GoalStateProgress
-from guestagent.osutil import processes, system
+from guestagent.osutil import distros, processes, system
 from guestagent.osutil.osrelease import distro_info
 from guestagent.osutil.processes import pid_alive
 from guestagent.periodic import PeriodicThread
@@ -122,8 +122,10 @@ class ExtHandler:
             log.info("Agent {0} is an orphan -- exiting", AGENT_LONG_NAME)
             return 0
         events.update_common_from_goal_state(self.protocol.goal_state)
+        startup.send_identity(self.protocol.endpoint, distros.detect(), self.lib_dir)
         self._write_pid_file()
         self._check_sentinel()
+        startup.send_configuration_changes(self.config, self.lib_dir)
         self._make_secrets_read_only()
         signing.write_root_certificate(self.lib_dir)
         self.updates.log_start()

@@ -10,6 +10,7 @@ the HGAP and IMDS observations of a minute go to HealthService in ONE post (upst
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -64,13 +65,10 @@ class HealthSignals:
         self.observations: list[dict[str, Any]] = []
         self.probes = {"hgap_health": 0, "hgap_skipped": 0, "imds": 0, "posts": 0}
 
-    def _observe(self, name: str, healthy: bool, description: str = "") -> None:
-        self.observations.append({"ObservationName": name, "IsHealthy": bool(healthy),
-                                  "Description": description[:128], "Value": ""})
+    def _observe(self, name: str, healthy: bool, value: str = "") -> None:
+        self.observations.append({"ObservationName": name, "IsHealthy": bool(healthy), "Description": "",
+                                  "Value": value})
         del self.observations[:-10]
-        if not healthy:
-            events.add_periodic(3600, events.WALAEventOperation.HealthObservation, is_success=False,
-                                message=f"{name}: {description}", log_event=False, lib_dir=self.lib_dir)
 
     def hgap(self) -> bool:
         now = self.clock()
@@ -107,24 +105,39 @@ class HealthSignals:
             events.add_periodic(3600, events.WALAEventOperation.ImdsHeartbeat, is_success=False,
                                 message=f"{type(e).__name__}: {e}", log_event=False, lib_dir=self.lib_dir)
             return True
-        self._observe(obs.get("ObservationName", "InstanceMetadataHeartbeat"), bool(obs.get("IsHealthy", True)),
-                      str(obs.get("Description", "")))
-        return bool(obs.get("IsHealthy", True))
+        self._observe(obs["ObservationName"], bool(obs["IsHealthy"]), str(obs["Value"]))
+        return bool(obs["IsHealthy"])
 
     def run(self) -> None:
-        """One minute: both probes (each isolated), then one post of what they observed."""
+        """One minute: what HGAP's calls observed since the last post (/versions, /status), both probes (each
+        isolated), then one post of them all; every unhealthy one also goes to telemetry (as upstream)."""
         errors = []
         for probe in (self.hgap, self.imds_heartbeat):
             try:
                 probe()
             except Exception as e:
                 errors.append(f"{probe.__name__}: {e}")
+        self.observations[:0] = self.protocol.host_plugin.take_observations()
+        del self.observations[:-10]
         if self.observations:
             observations, self.observations = self.observations, []
             self.probes["posts"] += 1
-            self.protocol.post_health_observations(observations)
+            try:
+                self.protocol.post_health_observations(observations)
+            finally:
+                self._report_failures(observations)
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+    def _report_failures(self, observations: list[dict[str, Any]]) -> None:
+        for o in observations:
+            if not o["IsHealthy"]:
+                events.add_event(events.WALAEventOperation.HealthObservation, is_success=False,
+                                 message=json.dumps({"ObservationName": o["ObservationName"][:64],
+                                                     "IsHealthy": False, "Description": o["Description"][:128],
+                                                     "Value": o["Value"][:128]}),
+                                 lib_dir=self.lib_dir)
 
 
 class ResourceUsage:

@@ -297,3 +297,21 @@ def detect() -> Distro:
         return make(name, version, full_name=full_name)
     name, version, code_name, full_name = identify(os_release())
     return make(name, version, code_name, full_name)
+
+
+#: The class upstream's osutil factory instantiates for each family (the OSInfo event names it).
+OSUTIL_CLASSES = {
+    "default": "DefaultOSUtil", "ubuntu12": "Ubuntu12OSUtil", "ubuntu14": "Ubuntu14OSUtil",
+    "ubuntu16": "Ubuntu16OSUtil", "ubuntu18": "Ubuntu18OSUtil", "ubuntu": "UbuntuOSUtil",
+    "ubuntu-snappy": "UbuntuSnappyOSUtil", "alpine": "AlpineOSUtil", "chainguard": "ChainguardOSUtil",
+    "debian-base": "DebianOSBaseUtil", "debian-modern": "DebianOSModernUtil", "devuan": "DevuanOSUtil",
+    "coreos": "CoreOSUtil", "suse11": "SUSE11OSUtil", "suse": "SUSEOSUtil", "redhat6": "Redhat6xOSUtil",
+    "redhat": "RedhatOSUtil", "redhat-modern": "RedhatOSModernUtil", "fedora": "FedoraOSUtil",
+    "mariner": "MarinerOSUtil", "photonos": "PhotonOSUtil", "arch": "ArchUtil", "clearlinux": "ClearLinuxUtil",
+    "bigip": "BigIpOSUtil", "gaia": "GaiaOSUtil", "iosxe": "IosxeOSUtil", "openwrt": "OpenWRTOSUtil",
+}
+
+
+def osutil_name(distro: Distro) -> str:
+    """The class name upstream's osutil factory picks for this distribution."""
+    return OSUTIL_CLASSES.get(distro.family, "DefaultOSUtil")

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Callable, Optional
 
-from guestagent import log
+from guestagent import events, log
 from guestagent.errors import (
     ProtocolError,
     VmSettingsNotSupported,
@@ -79,7 +79,7 @@ class GoalStateUpdater:
     """
 
     __slots__ = ("_certificates_job", "_last_ws_fetch", "_parse_error_etags", "_vm_egs", "_vm_etag_seen",
-                 "_vm_etag_used", "async_certificates", "clock", "download_text", "fast_track_enabled",
+                 "_vm_etag_used", "_vm_response", "async_certificates", "clock", "download_text", "fast_track_enabled",
                  "fetch_vm_settings", "gs", "history", "host_plugin", "lib_dir", "wire")
 
     def __init__(self, wire: WireClient, host_plugin: HostPluginClient, history: History, lib_dir: str, *,
@@ -99,9 +99,16 @@ class GoalStateUpdater:
         self._vm_egs: Optional[ExtensionsGoalState] = None
         self._vm_etag_used: Optional[str] = None
         self._vm_etag_seen: Optional[str] = None
+        self._vm_response: Optional[VmSettingsResponse] = None  # this update's answer, announced after the WS
         self._parse_error_etags: set[str] = set()
         self._last_ws_fetch: Optional[float] = None
         self._certificates_job: Optional[CertificatesJob] = None
+
+    def _event(self, op: str, message: str, is_success: bool = True, log_event: bool = True, **kw: str) -> None:
+        """A telemetry event of the goal-state update, logged as upstream logs it."""
+        if log_event:
+            (log.info if is_success else log.warn)("{0}", message)
+        events.add_event(op, message=message, is_success=is_success, log_event=False, lib_dir=self.lib_dir, **kw)
 
     def _fetch_ws(self) -> tuple[str, GoalStateDocument]:
         text = self.wire.fetch_goal_state_xml()
@@ -123,6 +130,9 @@ class GoalStateUpdater:
             raise
 
     def _update(self, force: bool) -> GoalState:
+        self._vm_response = None
+        if force:
+            self._event(events.WALAEventOperation.GoalState, "Refreshing goal state and vmSettings")
         if self._vm_settings_first(force):
             try:
                 vm, vm_changed, vm_moved = self._vm_settings(False)
@@ -145,6 +155,12 @@ class GoalStateUpdater:
                 except VmSettingsSupportStopped as e:
                     return self._support_stopped(doc, text, e.timestamp)
         ws_changed = force or self.gs is None or doc.incarnation != self.gs.incarnation
+        if ws_changed:
+            self._event(events.WALAEventOperation.GoalState,
+                        f"Fetched a new incarnation for the WireServer goal state [incarnation {doc.incarnation}]")
+        if self._vm_response is not None:
+            self._announce_vm_settings(self._vm_response)
+            self._vm_response = None
         if not ws_changed and not vm_changed and self.gs is not None:
             self.gs.document = doc
             self.gs.fast_track_supported = self.host_plugin.supports_vm_settings
@@ -179,6 +195,17 @@ class GoalStateUpdater:
         self.gs = new
         return new
 
+    def _announce_vm_settings(self, resp: VmSettingsResponse) -> None:
+        """GoalState events for vmSettings HGAP sent (a 200, not a 304), as upstream's (and, from Fabric, that
+        they are ignored)."""
+        if not resp.updated:
+            return
+        self._event(events.WALAEventOperation.GoalState,
+                    f"Fetched new vmSettings [HostGAPlugin correlation ID: {resp.correlation_id} eTag: {resp.etag} "
+                    f"source: {resp.source}]")
+        if resp.source == "Fabric":
+            self._event(events.WALAEventOperation.GoalState, "The vmSettings originated via Fabric; will ignore them.")
+
     def _vm_settings(self, force: bool) -> tuple[Optional[ExtensionsGoalState], bool, bool]:
         """(FastTrack extensions goal state or None, it changed, the vmSettings ETag moved — any source)."""
         try:
@@ -191,6 +218,7 @@ class GoalStateUpdater:
             return None, False, False
         moved = resp.etag != self._vm_etag_seen
         self._vm_etag_seen = resp.etag
+        self._vm_response = resp
         if resp.source == "Fabric":
             return None, False, moved
         if self._vm_egs is None or resp.etag != self._vm_etag_used or (resp.updated and force):
@@ -211,13 +239,17 @@ class GoalStateUpdater:
         return self._vm_egs, False, moved
 
     def _support_stopped(self, doc: GoalStateDocument, text: str, fast_track_timestamp: str) -> GoalState:
-        log.info("HostGAPlugin stopped supporting vmSettings; using the WireServer goal state")
+        self._event(events.WALAEventOperation.VmSettings,
+                    "The HGAP stopped supporting vmSettings; will fetched the goal state from the WireServer.")
         new = GoalState(document=doc, extensions_goal_state=empty_goal_state(doc.incarnation),
                         history_folder=self.history.start(doc.incarnation))
         self.history.save_goal_state(text)
         egs = self._fetch_full(new)
         if egs.created_on_timestamp < (fast_track_timestamp or MIN_TIMESTAMP):
             egs.is_outdated = True
+            self._event(events.WALAEventOperation.VmSettings,
+                        f"Fetched a Fabric goal state older than the most recent FastTrack goal state; will skip it.\n"
+                        f"Fabric:    {egs.created_on_timestamp}\nFastTrack: {fast_track_timestamp}")
         new.extensions_goal_state = egs
         self._vm_egs, self._vm_etag_used = None, None
         self.gs = new
@@ -253,14 +285,32 @@ class GoalStateUpdater:
         text = self.wire.fetch(doc.extensions_config_uri)
         egs = parse_extensions_config(text, incarnation=doc.incarnation)
         self.history.save_extensions_config(text)
-        if egs.artifacts_profile_blob:
-            try:
-                body = self.download_text(egs.artifacts_profile_blob)
-                egs.on_hold = parse_on_hold(body.decode("utf-8-sig", errors="replace"))
-            except Exception as e:
-                log.warn("Failed to fetch the InVMArtifactsProfileBlob (not on hold): {0}", e)
-                egs.on_hold = False
+        egs.on_hold = self._on_hold(egs.artifacts_profile_blob)
         return egs
+
+    def _on_hold(self, blob: Optional[str]) -> bool:
+        """The InVMArtifactsProfileBlob's onHold; every outcome but "on hold" is an ArtifactsProfileBlob event
+        worded as upstream's."""
+        op = events.WALAEventOperation.ArtifactsProfileBlob
+        if not blob or not blob.strip():
+            self._event(op, "ExtensionsConfig does not include a InVMArtifactsProfileBlob; will assume the VM is "
+                            "not on hold")
+            return False
+        try:
+            text = self.download_text(blob).decode("utf-8-sig", errors="replace")
+        except Exception as e:
+            self._event(op, f"Can't download the artifacts profile blob; will assume the VM is not on hold. {e}",
+                        is_success=False)
+            return False
+        if not text:
+            self._event(op, "The artifacts profile blob is empty; will assume the VM is not on hold.")
+            return False
+        try:
+            return parse_on_hold(text)
+        except Exception as e:
+            self._event(op, f"Can't parse the artifacts profile blob; will assume the VM is not on hold. Error: {e}",
+                        is_success=False)
+            return False
 
     def _certificates(self, gs: GoalState) -> None:
         """Certificates (01 §7.2): fetched now; decrypted now, or by a CertificatesJob (async_certificates)."""
@@ -310,6 +360,12 @@ class GoalStateUpdater:
                 log.warn("Error fetching certificates with cipher {0}: {1}", cipher, e)
                 continue
             if not summary.decrypt_failed:
+                for cert in summary:  # upstream words it with the summary entry as Python prints a dict
+                    self._event(events.WALAEventOperation.GoalStateCertificates,
+                                f"Downloaded certificate {cert.to_json()}")
+                if summary.error:
+                    self._event(events.WALAEventOperation.GoalStateCertificates,
+                                f"Error fetching the goal state certificates: {summary.error}", is_success=False)
                 return summary
             log.warn("Certificates requested with cipher {0} could not be decrypted", cipher)
         return []

@@ -103,6 +103,18 @@ class Response:
         return self.status in OK_CODES
 
 
+def response_error(resp: Response) -> str:
+    """A failed answer as upstream's restutil.read_response_error words it (the body as Python 3 prints
+    bytes), ASCII only: the value of HealthService observations."""
+    text = f"[HTTP Failed] [{resp.status}: {resp.reason}] {resp.body!r}"
+    return text.encode("ascii", "ignore").decode("ascii")
+
+
+def failed_at_hostplugin(status: int) -> bool:
+    """A 5xx other than 502 (which HGAP returns for its upstream's failures) is HGAP's own failure."""
+    return status >= 500 and status != 502
+
+
 # --- User-Agent -----------------------------------------------------------------------------------------
 _GOAL_STATE_AGENT = re.compile(r"WALinuxAgent-(\d+(?:\.\d+){2,3}).*-run-exthandlers")
 _user_agent: Optional[str] = None

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.errors import HttpError, ResourceGoneError
-from guestagent.protocol.http import HttpClient, user_agent
+from guestagent.protocol.http import HttpClient, response_error, user_agent
 
 IMDS_ENDPOINT = "169.254.169.254"
 API_VERSION = "2018-02-01"
@@ -56,17 +56,42 @@ def parse_compute(text: str) -> ComputeInfo:
                        vm_id=str(compute.get("vmId", "")), raw=compute)
 
 
-def probe_is_healthy(status: int, body: str) -> bool:
-    """200 needs network.interface[0].macAddress and ipv4.ipAddress[0].privateIpAddress; ≥500 is unhealthy."""
-    if status >= 500 or status == 410:
-        return False
-    if status != 200:
-        return True
+def _check_field(obj: Any, name: str) -> Any:
+    if not isinstance(obj, dict) or obj.get(name) is None:
+        raise ValueError(f"Missing field: [{name}]")
+    if len(obj[name]) == 0:
+        raise ValueError(f"Empty field: [{name}]")
+    return obj[name]
+
+
+def validate_instance(body: str) -> tuple[bool, str]:
+    """(healthy, error) of a 200 /metadata/instance answer, worded as upstream's ImdsClient.validate: the
+    network section needs interface[0].macAddress and ipv4.ipAddress[0].privateIpAddress."""
     try:
-        iface = json.loads(body)["network"]["interface"][0]
-        return bool(iface["macAddress"]) and bool(iface["ipv4"]["ipAddress"][0]["privateIpAddress"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return False
+        doc = json.loads(body)
+    except ValueError as e:
+        return False, f"JSON parsing failed: {e}"
+    try:
+        iface = _check_field(_check_field(doc, "network"), "interface")[0]
+        _check_field(iface, "macAddress")
+        _check_field(_check_field(_check_field(iface, "ipv4"), "ipAddress")[0], "privateIpAddress")
+    except ValueError as e:
+        return False, str(e)
+    except (IndexError, KeyError, TypeError) as e:
+        return False, f"Missing field: [{e}]"
+    return True, ""
+
+
+def probe_result(status: int, body: str, error: str) -> tuple[bool, str]:
+    """(healthy, error) of one answer: a 5xx (and 410) is the service's failure, another non-200 is not."""
+    where = "IMDS error in /metadata/instance"
+    if status == 410:
+        return False, f"{where}: HTTP Failed with Status Code 410: Gone"
+    if status >= 500:
+        return False, f"{where}: {error}"
+    if status != 200:
+        return True, f"{where}: {error}"
+    return validate_instance(body)
 
 
 class ImdsClient:
@@ -91,31 +116,36 @@ class ImdsClient:
             raise HttpError(f"IMDS compute request failed: Status Code {resp.status}", status=resp.status)
         return parse_compute(resp.text())
 
-    def probe(self, single_attempt: bool = False) -> bool:
-        """One health probe (healthy/unhealthy for this minute); ``single_attempt``: one short try."""
+    def probe(self, single_attempt: bool = False) -> tuple[bool, str]:
+        """One health probe: (healthy this minute, upstream's error text or "")."""
+        where = "IMDS error in /metadata/instance"
         try:
             resp = self.http.get(f"{self.base}/metadata/instance?api-version={API_VERSION}",
                                  {"Metadata": "True", "User-Agent": user_agent() + "+health"},
                                  **self._attempts(single_attempt))
         except ResourceGoneError:
-            return False
+            return False, f"{where}: HTTP Failed with Status Code 410: Gone"
         except HttpError as e:
             text = str(e)
-            return not any(f"Status Code {c}" in text for c in range(500, 600)) or "429" in text
+            if "429" in text:
+                return True, f"{where}: Throttled"
+            if any(f"Status Code {c}" in text for c in range(500, 600)):
+                return False, f"{where}: {text}"
+            return True, f"{where}: Unable to connect to endpoint"
         except OSError:
-            return True
-        return probe_is_healthy(resp.status, resp.text())
+            return True, f"{where}: Unable to connect to endpoint"
+        return probe_result(resp.status, resp.text(), "" if resp.ok else response_error(resp))
 
     def heartbeat(self, single_attempt: bool = False) -> dict[str, Any]:
-        """The InstanceMetadataHeartbeat observation: unhealthy only after 3 minutes of failed probes."""
+        """The InstanceMetadataHeartbeat observation: unhealthy only after 3 minutes of failed probes; the
+        probe's error is its value (as upstream)."""
         now = self.clock()
-        if self.probe(single_attempt):
-            self._last_healthy = now
-        elif self._last_healthy is None:
+        ok, error = self.probe(single_attempt)
+        if ok or self._last_healthy is None:
             self._last_healthy = now
         healthy = now - self._last_healthy < UNHEALTHY_AFTER
         return {"ObservationName": "InstanceMetadataHeartbeat", "IsHealthy": healthy, "Description": "",
-                "Value": ""}
+                "Value": error}
 
 
 class ReprovisionTimeout(HttpError):

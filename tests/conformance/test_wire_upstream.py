@@ -120,9 +120,9 @@ def test_artifacts_profile_samples(upstream):
 
 def test_imds_samples(upstream):
     valid = (upstream / "imds/valid.json").read_text()
-    assert imds.probe_is_healthy(200, valid)
+    assert imds.probe_result(200, valid, "")[0]
     assert imds.parse_compute(valid).vm_id == "e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e"
-    imds.probe_is_healthy(200, (upstream / "imds/unicode.json").read_text(encoding="utf-8"))
+    imds.probe_result(200, (upstream / "imds/unicode.json").read_text(encoding="utf-8"), "")
 
 
 @pytest.mark.parametrize("name", ["ext_conf.xml", "ext_conf_multiple_extensions.xml", "manifest.xml",

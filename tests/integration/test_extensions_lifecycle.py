@@ -89,7 +89,7 @@ def test_install_enable_reports_status_and_writes_contract_files(lab):
     assert entry["status"] == "Ready" and entry["code"] == 0 and entry["handlerVersion"] == "1.0.0"
     assert entry["formattedMessage"] == {"lang": "en-US", "message": "Plugin enabled"}
     st = entry["runtimeSettingsStatus"]["settingsStatus"]["status"]
-    assert st["status"] == "success" and st["code"] == 0 and st["name"] == NAME  # file's "x" name ignored
+    assert st["status"] == "success" and st["code"] == "0" and st["name"] == NAME  # name ignored, code as written
     assert st["substatus"][0]["formattedMessage"]["message"] == "hello"
     # on-disk contract
     assert open(os.path.join(base, "config", "HandlerState")).read() == "Enabled"
@@ -222,7 +222,8 @@ def test_command_failure_codes_and_output_in_status(lab, op, code):
     [entry] = status_of(lab)
     msg = entry["formattedMessage"]["message"]
     assert entry["code"] == code and entry["status"] == "NotReady"
-    assert "Non-zero exit code: 42" in msg and f"failing {op} on purpose" in msg and f"stderr of {op}" in msg
+    assert msg.startswith("[ExtensionOperationError] Non-zero exit code: 42")  # upstream's wording
+    assert f"failing {op} on purpose" in msg and f"stderr of {op}" in msg
     assert "[stdout]" in msg and "[stderr]" in msg
     if op == "install":
         assert (Path(lab.lib_dir) / f"{NAME}-1.0.0" / "config" / "HandlerState").read_text() == "NotInstalled"
@@ -235,7 +236,7 @@ def test_hung_command_is_killed_at_its_timeout(lab):
     lab.apply([spec()])
     assert lab.process_seconds < 3
     [entry] = status_of(lab)
-    assert entry["code"] == 1011 and "Timeout(0)" in entry["formattedMessage"]["message"]
+    assert entry["code"] == 1011 and entry["formattedMessage"]["message"].startswith("[ExtensionError] Timeout(0)")
 
 
 def test_garbage_status_is_reported_not_fatal(lab):

@@ -4,6 +4,7 @@ an ext-handler SIGKILLed in the middle of the lifecycle."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -100,6 +101,12 @@ def test_failed_dependency_skips_dependents(lab):
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0"]
     [second] = status_of(lab, "Test.Second")
     assert second["code"] == -1 and "dependent extension Test.First failed" in second["formattedMessage"]["message"]
+    sent = []  # upstream's telemetry of it: a failed ExtensionProcessing under the failed extension's name
+    for f in sorted(os.listdir(os.path.join(lab.lib_dir, "events"))):
+        p = {x["name"]: x["value"] for x in json.load(open(os.path.join(lab.lib_dir, "events", f)))["parameters"]}
+        if p["Operation"] == "ExtensionProcessing" and not p["OperationSuccess"]:
+            sent.append((p["Name"], p["Message"]))
+    assert sent == [("Test.First", "Dependent Extension Test.First did not succeed. Status was error")]
 
 
 def test_uninstall_runs_before_enables(lab):
@@ -120,7 +127,8 @@ def test_multi_config_extensions(lab, fast_track):
     publish(lab, supportsMultipleExtensions=True)
     lab.apply([mc_spec()], fast_track=fast_track)
     assert lab.calls.ops() == ["install 1.0.0", "enable 1.0.0", "enable 1.0.0"]
-    assert [env["ext"] for _, _, env in lab.calls.all()[1:]] == ["Ext0", "Ext1"]
+    # the install runs for the extension that asked for it, as upstream's (its name in the environment)
+    assert [env["ext"] for _, _, env in lab.calls.all()] == ["Ext0", "Ext0", "Ext1"]
     entries = status_of(lab)
     assert [e["runtimeSettingsStatus"]["extensionName"] for e in entries] == ["Ext0", "Ext1"]
     base = Path(lab.lib_dir) / f"{NAME}-1.0.0"

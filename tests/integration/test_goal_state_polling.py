@@ -7,6 +7,7 @@ waiting; every request is real HTTP to the fabric emulator.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -196,3 +197,61 @@ def test_the_child_loop_idle_minute(make, tmp_path):
     clock.now += PERIOD
     child.iterate()
     assert kinds(fab, start) == {"vmsettings": 11, "goalstate": 2, "hgap_status": 1}
+
+
+def _goal_state_events(proto) -> list:
+    folder = os.path.join(proto.lib_dir, "events")
+    out = []
+    for name in sorted(os.listdir(folder)):
+        params = {p["name"]: p["value"] for p in json.load(open(os.path.join(folder, name)))["parameters"]}
+        if params["Operation"] in ("GoalState", "VmSettings"):
+            out.append((params["Operation"], params["OperationSuccess"], params["Message"]))
+    return out
+
+
+def test_goal_state_events_as_upstream(make):
+    """Upstream's GoalState/VmSettings events: each new incarnation, each new vmSettings ETag, a refresh; an
+    HGAP without vmSettings says so once (until its 6-hour re-check)."""
+    _, proto, clock = make()
+    clock.now += PERIOD
+    proto.update_goal_state()  # nothing new: no event
+    proto.update_goal_state(force=True)
+    msgs = [m for _, _, m in _goal_state_events(proto)]
+    fetched = [m for m in msgs if m.startswith("Fetched new vmSettings [HostGAPlugin correlation ID: ")]
+    assert len(fetched) == 2 and fetched[0].endswith(" source: Fabric]")  # the first, and the forced one
+    assert [m if m not in fetched else "Fetched new vmSettings" for m in msgs] == [  # upstream's order
+        "Fetched a new incarnation for the WireServer goal state [incarnation 1]",
+        "Fetched new vmSettings", "The vmSettings originated via Fabric; will ignore them.",
+        "Refreshing goal state and vmSettings",
+        "Fetched a new incarnation for the WireServer goal state [incarnation 1]",
+        "Fetched new vmSettings", "The vmSettings originated via Fabric; will ignore them."]
+    _, proto2, clock2 = make("not_supported")
+    for _ in range(3):
+        clock2.now += PERIOD
+        proto2.update_goal_state()
+    assert [e for e in _goal_state_events(proto2) if e[0] == "VmSettings"] == [
+        ("VmSettings", True, "[VmSettingsNotSupported] HostGAPlugin: 0.0.0.0")]
+
+
+def test_vm_settings_errors_are_reported_as_upstream(make):
+    """The first 3 vmSettings errors of an hour as VmSettings events ([ServerError] GET vmSettings …), then
+    none; an hour later one VmSettingsSummary with the counts."""
+    fab, proto, clock = make()
+    proto.host_plugin.vm_settings_errors.clock = clock  # the hour is the test's
+    proto.host_plugin.vm_settings_errors.next_summary = clock() + 3600
+    fab.faults.add("vmsettings", status=500, count=5)
+    for _ in range(5):
+        clock.now += PERIOD
+        with pytest.raises(ProtocolError, match=r"GET vmSettings \[correlation ID: .* eTag: .*\]: \[HTTP Failed\] "
+                                                r"\[500: "):
+            proto.update_goal_state()
+    reported = [m for op, _, m in _goal_state_events(proto) if op == "VmSettings"]
+    assert len(reported) == 3 and all(m.startswith("[ServerError] GET vmSettings [correlation ID: ")
+                                      for m in reported)
+    clock.now += 3600
+    proto.update_goal_state()
+    folder = os.path.join(proto.lib_dir, "events")
+    summaries = [p["Message"] for p in ({x["name"]: x["value"] for x in json.load(open(os.path.join(folder, n)))[
+        "parameters"]} for n in sorted(os.listdir(folder))) if p["Operation"] == "VmSettingsSummary"]
+    assert [json.loads(m) for m in summaries] == [{"requests": 7, "errors": 5, "serverErrors": 5,
+                                                   "clientErrors": 0, "timeouts": 0, "failedRequests": 0}]

@@ -256,7 +256,7 @@ def test_detached_worker_reports_protected_command_output(lab):
     first = ext_status(lab)
     assert first["status"] == "transitioning" and first["formattedMessage"]["message"] == "Launching the script..."
     st = wait_terminal(lab)
-    assert st["status"] == "success" and st["code"] == 0 and st["operation"] == "Daemon"
+    assert st["status"] == "success" and st["code"] == "0" and st["operation"] == "Daemon"
     assert st["sequenceNumber"] == 0
     assert f"---stdout---\nran {marker}\n" in st["formattedMessage"]["message"]
     # the worker decrypted with openssl cms and the tenant certificate next to the handler directory

@@ -7,7 +7,9 @@ the monitor's minute costs at most 2 requests, and the log archive reaches /vmAg
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import pytest
 
@@ -15,6 +17,7 @@ server = pytest.importorskip("guestagent.fabric.server")
 
 from guestagent import events  # noqa: E402
 from guestagent.conf import Config  # noqa: E402
+from guestagent.errors import HttpError  # noqa: E402
 from guestagent.exthandler import extevents, monitor, telemetry  # noqa: E402
 from guestagent.protocol import activity  # noqa: E402
 from guestagent.protocol.http import HttpClient  # noqa: E402
@@ -34,8 +37,10 @@ def fab(tmp_path):
 
 @pytest.fixture
 def proto(tmp_root, fab):
-    return detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
-                  sleep=lambda s: None)
+    proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
+                   sleep=lambda s: None)
+    shutil.rmtree(tmp_root / LIB.lstrip("/") / "events", ignore_errors=True)  # detection's own events
+    return proto
 
 
 def _pipeline(proto):
@@ -127,6 +132,8 @@ def test_health_minute_costs_at_most_two_requests(tmp_root, fab, proto):
     names = {o["ObservationName"] for o in posted.get("Observations", posted.get("observations", []))} \
         if isinstance(posted, dict) else set()
     assert not names or names == {"GuestAgentPluginHeartbeat", "InstanceMetadataHeartbeat"}
+    assert {o["ObservationName"] for o in fab.records["healthservice"][0]["Observations"]} == {
+        "GuestAgentPluginVersions", "GuestAgentPluginHeartbeat", "InstanceMetadataHeartbeat"}
 
 
 def test_log_archive_upload(tmp_root, fab, proto):
@@ -138,3 +145,51 @@ def test_log_archive_upload(tmp_root, fab, proto):
     data = (tmp_root / archive.lstrip("/")).read_bytes()
     proto.upload_logs(data)
     assert fab.vm_agent_logs[-1]["data"] == data
+
+
+def _observations(fab) -> list:
+    return [o for post in fab.records["healthservice"] for o in post.get("Observations", [])]
+
+
+def test_health_service_reports_hgap_versions_and_status_as_upstream(tmp_root, fab, proto):
+    """GuestAgentPluginVersions (the /versions call, with InitializeHostPlugin in telemetry) and
+    GuestAgentPluginStatus (the status upload through HGAP: at most one a minute, unhealthy only after
+    5 minutes of HGAP's own failures, the error as the value) go out with the minute's post."""
+    clock = [1000.0]
+    hp = proto.host_plugin
+    hp.clock = lambda: clock[0]
+    hp.is_initialized = False
+    fab.faults.add("hgap_versions", status=500, count=50)
+    assert not hp.ensure_initialized()
+    fab.faults.clear()
+    assert hp.ensure_initialized()
+    sas = proto.goal_state.extensions_goal_state.status_upload_blob
+    hp.put_status(sas, "{}")
+    fab.faults.add("hgap_status", status=508, count=3)  # a 5xx the client does not retry (as upstream)
+    for minutes in (0.5, 1.0, 6.5):  # within the minute: not reported; then failing 1 min; then 6.5 min
+        clock[0] = 1000.0 + 60 * minutes
+        with pytest.raises(HttpError):
+            hp.put_status(sas, "{}")
+    imds = ImdsClient("127.0.0.1", fab.imds_port, http=HttpClient(sleep=lambda s: None))
+    monitor.HealthSignals(proto, imds, LIB).run()
+    obs = [(o["ObservationName"], o["IsHealthy"], o["Value"][:30]) for o in _observations(fab)]
+    failed = "[HTTP Failed] [508: Loop Detec"
+    assert obs[:5] == [("GuestAgentPluginVersions", False, ""),  # retries exhausted: upstream's HttpError
+                       ("GuestAgentPluginVersions", True, ""), ("GuestAgentPluginStatus", True, ""),
+                       ("GuestAgentPluginStatus", True, failed), ("GuestAgentPluginStatus", False, failed)], obs
+    _pipeline(proto).flush()
+    sent = [(e["params"]["Operation"], str(e["params"]["OperationSuccess"]).lower(), e["params"]["Message"])
+            for e in fab.telemetry if e["params"].get("Operation") in ("InitializeHostPlugin", "HealthObservation")]
+    assert sent[:2] == [("InitializeHostPlugin", "false", ""), ("InitializeHostPlugin", "true", "")], sent
+    unhealthy = [json.loads(m) for op, _, m in sent if op == "HealthObservation"]
+    assert [o["ObservationName"] for o in unhealthy] == ["GuestAgentPluginVersions", "GuestAgentPluginStatus"]
+
+
+def test_imds_observation_carries_the_error_as_its_value(tmp_root, fab, proto):
+    imds = ImdsClient("127.0.0.1", fab.imds_port, http=HttpClient(sleep=lambda s: None))
+    assert imds.heartbeat(single_attempt=True)["Value"] == ""
+    fab.faults.add("imds", status=500)
+    obs = imds.heartbeat(single_attempt=True)
+    assert obs["Value"].startswith("IMDS error in /metadata/instance: ") and obs["IsHealthy"], obs
+    fab.faults.add("imds", body="malformed", count=5)
+    assert imds.heartbeat(single_attempt=True)["Value"].startswith("JSON parsing failed: ")

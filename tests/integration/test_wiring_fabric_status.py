@@ -5,6 +5,7 @@ the collected-log uploads."""
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 from guestagent import conf, events
@@ -26,6 +27,7 @@ def test_status_shows_heartbeat_events_errors_and_log_uploads(tmp_root, tmp_path
                        sleep=lambda s: None)
         config = conf.parse(f"Lib.Dir={LIB}\n")
         proto.upload_status(build_vm_status(config, proto.goal_state, []))
+        shutil.rmtree(tmp_root / LIB.lstrip("/") / "events")  # the protocol's own events: not this test's
         assert cli.main(["status", "--state-dir", str(state)]) == 0
         out = capsys.readouterr().out
         assert "Heartbeat   none received" in out and "Log upload  none received" in out

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.errors import ExtensionError
+from guestagent.events import WALAEventOperation
 from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.exthandler.extensions import runner
 from guestagent.exthandler.extensions.manifest import HandlerManifest, load_handler_manifest
@@ -24,6 +25,10 @@ from guestagent.osutil import pathguard, system
 
 CODE_UPDATE = 1008
 NOT_RUN = "NOT_RUN"
+#: The telemetry operation of each handler command, spelled as upstream's (``UnInstall``).
+OPERATIONS = {"install": WALAEventOperation.Install, "enable": WALAEventOperation.Enable,
+              "disable": WALAEventOperation.Disable, "update": WALAEventOperation.Update,
+              "uninstall": WALAEventOperation.UnInstall}
 
 
 class UpdateFailed(ExtensionError):
@@ -80,27 +85,29 @@ class Handler:
 
     # --- commands ------------------------------------------------------------------------------------------
     def run(self, op: str, settings: Any = None, extra_env: Optional[dict] = None) -> runner.CommandResult:
+        """Run one command. Telemetry as upstream's: ``Executing command`` and ``Command`` events under the
+        extension's full name (``<Handler>.<Extension>`` for multi-config), a failure as its error."""
         ext_name = settings.name if (settings is not None and self.multi_config) else None
         seq = settings.sequence_number if settings is not None else self.files.latest_seq(ext_name)
-        env = runner.base_environment(self.files.base_dir, self.version, self.ctx.wire_address, seq, ext_name)
-        env.update(extra_env or {})
+        env = dict(extra_env or {})  # upstream's order: the command's own variables, then the common ones
+        env.update(runner.base_environment(self.files.base_dir, self.version, self.ctx.wire_address, seq, ext_name))
+        full_name = f"{self.name}.{ext_name}" if ext_name else self.name
         pathguard.within(self.ctx.lib_dir, self.files.base_dir)  # the folder it runs in, right before exec
         try:
-            result = runner.run_command(op, self.files.base_dir, self.manifest.command(op), env,
-                                        handler_name=self.name, log_dir=self.files.log_dir, ext_name=ext_name,
-                                        timeout=self.ctx.timeouts.get(op), sink=self.ctx.sink,
-                                        cgroups=self.ctx.cgroups)
+            return runner.run_command(op, self.files.base_dir, self.manifest.command(op), env,
+                                      handler_name=self.name, log_dir=self.files.log_dir, ext_name=ext_name,
+                                      timeout=self.ctx.timeouts.get(op), sink=self.ctx.sink,
+                                      cgroups=self.ctx.cgroups,
+                                      report=lambda message, ms: self._event(op, True, message, ms, full_name))
         except runner.CommandFailed as e:
-            self._event(op, False, e.msg)
+            self._event(op, False, e.upstream_text, 0, full_name)
             raise
-        self._event(op, True, f"{op} succeeded", result.duration)
-        return result
 
-    def _event(self, op: str, ok: bool, message: str, duration: float = 0.0) -> None:
+    def _event(self, op: str, ok: bool, message: str, duration_ms: int, name: str) -> None:
         if self.ctx.event is not None:
             try:
-                self.ctx.event(op.capitalize(), name=self.name, version=self.version, is_success=ok,
-                               message=message, duration=int(duration * 1000))
+                self.ctx.event(OPERATIONS[op], name=name, version=self.version, is_success=ok, message=message,
+                               duration=duration_ms)
             except Exception as e:  # telemetry never breaks the lifecycle
                 self.log.warn("Event failed: {0}", e)
 
@@ -124,9 +131,11 @@ class Handler:
         except Exception as e:  # resource governance never fails an operation
             self.log.warn("Could not set the resource limits: {0}", e)
 
-    def install(self, uninstall_exit: Any = NOT_RUN) -> None:
+    def install(self, uninstall_exit: Any = NOT_RUN, settings: Any = None) -> None:
+        """``settings``: the extension whose goal state asked for the install (upstream passes it: a
+        multi-config install then runs with its name and sequence number, and is reported under it)."""
         self.set_resource_limits()
-        self.run("install", None, {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": str(uninstall_exit)})
+        self.run("install", settings, {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": str(uninstall_exit)})
         self.files.set_state(INSTALLED)
         self.set_status("NotReady", 0, "Plugin installed but not enabled")
 
@@ -184,10 +193,11 @@ def _exit_code(error: ExtensionError) -> str:
     return str(error.exit_code if isinstance(error, runner.CommandFailed) and error.exit_code else error.code)
 
 
-def run_update(old: Handler, new: Handler, settings_list: list, old_settings: list, current: Any = None) -> str:
+def run_update(old: Handler, new: Handler, settings_list: list, old_settings: list, trigger: Any = None) -> str:
     """04 §7.3: old disable → update → old uninstall → (new install) ; returns the uninstall exit code.
-    ``current``: the settings whose goal state asked for the new version; the old version's uninstall runs
-    with them (their sequence number), as upstream's."""
+    ``trigger``: the settings of the extension being processed, whose goal state asked for the new
+    version: update and install run for it, and the old version's uninstall runs with it (its sequence
+    number), as upstream's."""
     cont = new.manifest.continue_on_update_failure
     disable_codes: dict = {}
     if old.state() == ENABLED:
@@ -221,14 +231,16 @@ def run_update(old: Handler, new: Handler, settings_list: list, old_settings: li
     else:
         env["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE"] = next(iter(disable_codes.values()), "None")
     try:
-        runner_handler.run("update", settings_list[0] if settings_list and not new.multi_config else None, env)
+        if trigger is None and settings_list and not new.multi_config:
+            trigger = settings_list[0]
+        runner_handler.run("update", trigger, env)
     except ExtensionError as e:
         runner_handler.files.set_state(FAILED_UPGRADE)
         code = e.code if e.code == runner.CODE_TIMEOUT else CODE_UPDATE
         raise UpdateFailed(f"Failed to update to {new.version}: {e.msg}", code=code) from None
     uninstall_exit = "0"
     try:
-        old.uninstall(current)
+        old.uninstall(trigger)
     except ExtensionError as e:
         if not cont:
             raise UpdateFailed(f"Failed to uninstall old version {old.version} during update: {e.msg}",
@@ -236,7 +248,7 @@ def run_update(old: Handler, new: Handler, settings_list: list, old_settings: li
         uninstall_exit = _exit_code(e)
     old.remove()
     if new.manifest.update_with_install:
-        new.install(uninstall_exit)
+        new.install(uninstall_exit, trigger)
     else:
         new.files.set_state(INSTALLED)
         new.set_status("NotReady", 0, "Plugin installed but not enabled")

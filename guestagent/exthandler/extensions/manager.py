@@ -23,7 +23,8 @@ from guestagent.exthandler.extensions.manifest import (
     parse_plugin_manifest,
     select_package,
 )
-from guestagent.exthandler.extensions.package import initialize_layout, install_package
+from guestagent.exthandler.extensions.package import initialize_layout, install_package, zip_path
+from guestagent.exthandler.extensions.runner import CommandFailed
 from guestagent.exthandler.extensions.state import (
     ENABLED,
     FAILED_UPGRADE,
@@ -127,15 +128,34 @@ class ExtensionsManager:
         egs = goal_state.extensions_goal_state
         seq = egs.svd_sequence_number or goal_state.incarnation
         self._wait_for_certificates = goal_state.wait_for_certificates_named
+        on_hold = egs.on_hold and self.conf.enable_over_provisioning
+        start = time.monotonic()
+        if not on_hold:
+            self._agent_event(f"ProcessExtensionsGoalState started [{egs.id} channel: {egs.channel} source: "
+                              f"{egs.source} activity: {egs.activity_id} correlation {egs.correlation_id} "
+                              f"created: {egs.created_on_timestamp}]")
+        error: Optional[str] = None
         try:
             self._process(egs)
             if not self.unsupported:
                 self.gs_status = goal_state_aggregate_status(seq)
         except Exception as e:
+            error = f"Error processing extensions:{e}"
             log.error("Error processing the extensions goal state {0}: {1}", egs.id, e)
             self.gs_status = goal_state_aggregate_status(seq, "Failed", -1, log.redact(str(e))[:1024])
         finally:
             self.processed_goal_states += 1
+        if not on_hold:
+            ms = int((time.monotonic() - start) * 1000)
+            message = f"ProcessExtensionsGoalState completed [{egs.id} {ms} ms]\n" if error is None else \
+                f"ProcessExtensionsGoalState failed [{egs.id} {ms} ms]\n{error}"
+            events.add_event(events.WALAEventOperation.ExtensionProcessing, is_success=error is None,
+                             message=message, duration=ms, log_event=False, lib_dir=self.lib_dir)
+
+    def _agent_event(self, message: str, op: str = events.WALAEventOperation.ExtensionProcessing) -> None:
+        """An agent event of extension processing, logged as upstream logs it."""
+        log.info("{0}", message)
+        events.add_event(op, message=message, lib_dir=self.lib_dir)
 
     def goal_state_status(self) -> Optional[dict]:
         """``vmArtifactsAggregateStatus.goalStateAggregateStatus`` for build_vm_status (03 §11)."""
@@ -156,12 +176,14 @@ class ExtensionsManager:
         self._manifests, self._uninstall_exit, self._done, self._refused = {}, {}, set(), {}
         signing.report_signed(egs, self.lib_dir)
         if egs.on_hold and self.conf.enable_over_provisioning:
-            log.info("Extension handling is on hold")
+            self._agent_event("Extension handling is on hold")
             return
         unsupported = [f for f in egs.required_features if f not in SUPPORTED_FEATURES]
         if unsupported:
             msg = f"Failing GS {egs.id} as Unsupported features found: {', '.join(unsupported)}"
             log.error("{0}", msg)
+            events.add_event(events.WALAEventOperation.GoalStateUnsupportedFeatures, is_success=False, message=msg,
+                             log_event=False, lib_dir=self.lib_dir)
             self.unsupported = True
             self.gs_status = goal_state_aggregate_status(egs.svd_sequence_number, "Failed",
                                                          CODE_UNSUPPORTED_FEATURES, msg)
@@ -199,11 +221,20 @@ class ExtensionsManager:
             else:
                 ok = self._handle(ext, settings)
             if 0 <= key < max_key:
+                full = f"{ext.name}.{settings.name}" if settings is not None and ext.supports_multi_config \
+                    else ext.name
+                reason = None if ok else \
+                    f"Skipping processing of extensions since execution of dependent extension {full} failed"
                 if ok and settings is not None:
-                    ok = self._wait_for(ext, settings, start)
-                if not ok:
+                    reason = self._wait_for(ext, settings, start, full)
+                if reason is not None:
                     blocked = (f"Skipping processing of extensions since execution of dependent extension "
                                f"{ext.name} failed")
+                    log.warn("Dependent extension {0} failed or timed out, will skip processing the rest of the "
+                             "extensions", full)
+                    events.add_event(events.WALAEventOperation.ExtensionProcessing, name=full,
+                                     version=self.versions.get(ext.name, ext.version), is_success=False,
+                                     message=reason, log_event=False, lib_dir=self.lib_dir)
         self._cleanup({ext.name for ext in egs.extensions})
 
     def _load_policy(self) -> Optional[Exception]:
@@ -247,7 +278,10 @@ class ExtensionsManager:
                 self._enable(ext, settings)
             elif ext.state == "uninstall":
                 self._uninstall(ext)
-            elif ext.state == "disabled":
+            elif ext.state == "disabled":  # deprecated: upstream reports that it is still used
+                self._agent_event(f'Goal State is requesting "disabled" state on {ext.name} '
+                                  f'[Activity ID: {self.egs.activity_id if self.egs else ""}]',
+                                  events.WALAEventOperation.RequestedStateDisabled)
                 self._disable(ext, settings)
             else:
                 raise ExtensionError(f"Unknown requested state {ext.state!r}", code=-1)
@@ -256,7 +290,10 @@ class ExtensionsManager:
             self._disallow(ext, settings, e.code, e.msg)
             return False
         except Exception as e:
-            err = e if isinstance(e, ExtensionError) else ExtensionError(f"{type(e).__name__}: {e}", code=-1)
+            if isinstance(e, CommandFailed):  # upstream reports the error as it prints: with its class
+                err = ExtensionError(e.upstream_text, code=e.code)
+            else:
+                err = e if isinstance(e, ExtensionError) else ExtensionError(f"{type(e).__name__}: {e}", code=-1)
             log.error("[{0}] {1}", ext.name, err.msg)
             self._report(ext, settings, err, self._version_for_report(ext))
             return False
@@ -335,13 +372,13 @@ class ExtensionsManager:
             checks = signing.SignatureCheck(ext.name, pkg.version, ext.encoded_signature, self.lib_dir,
                                             validate=self.conf.debug_enable_signature_validation, enforce=enforce,
                                             policy_file=self.conf.policy_file_path)
-            install_package(self.protocol, target.files, pkg.uris, location, checks)
+            self._download(target, ext, pkg.version, pkg.uris, location, checks)
             if checks.validated:
                 signing.save_validated(target.files.base_dir, self.lib_dir)
             target.check_multi_config()
             target.files.write_settings(settings, ext.supports_multi_config)
             if old_version is None or old_version == pkg.version:
-                target.install()
+                target.install(settings=settings)
             else:
                 old = Handler(self.ctx, ext.name, old_version, ext.supports_multi_config)
                 uninstall_exit = run_update(old, target, ext.settings, ext.settings, settings)
@@ -366,6 +403,29 @@ class ExtensionsManager:
         except ExtensionError as e:
             target.log.warn("Disable of {0} failed (ignored): {1}", settings.name, e.msg)
         target.files.remove_mc_extension_files(settings.name)
+
+    def _download(self, target: Handler, ext: Extension, version: str, uris: list, location: Optional[str],
+                  checks: signing.SignatureCheck) -> None:
+        """Download and unpack the package; a Download event either way, as upstream sends it."""
+        began = time.monotonic()
+        package = zip_path(self.lib_dir, ext.name, version)
+        existing = system.exists(package)
+        if existing:
+            log.info("Using existing extension package: {0}", package)
+            self._extension_event(events.WALAEventOperation.Download, ext.name, version, True,
+                                  f"Using existing extension package: {package}")
+        try:
+            install_package(self.protocol, target.files, uris, location, checks)
+        except ExtensionError as e:
+            self._extension_event(events.WALAEventOperation.Download, ext.name, version, False, e.msg)
+            raise
+        if not existing:
+            self._extension_event(events.WALAEventOperation.Download, ext.name, version, True, "Download succeeded",
+                                  int((time.monotonic() - began) * 1000))
+
+    def _extension_event(self, op: str, name: str, version: str, ok: bool, message: str, ms: int = 0) -> None:
+        if self.ctx.event is not None:
+            self.ctx.event(op, name=name, version=version, is_success=ok, message=message, duration=ms)
 
     def _uninstall(self, ext: Extension) -> None:
         if ext.name in self._done:
@@ -397,21 +457,22 @@ class ExtensionsManager:
                 return
             h.disable(settings)
 
-    def _wait_for(self, ext: Extension, settings: ExtensionSettings, start: float) -> bool:
-        """Wait until the extension reports success (True) or error/deadline (False); a missing status file
-        means "keep waiting". Polls quickly at first, then every ``dependency_poll`` seconds."""
+    def _wait_for(self, ext: Extension, settings: ExtensionSettings, start: float, full: str) -> Optional[str]:
+        """Wait until the extension reports success (None) or error/deadline (the reason, worded as upstream's);
+        a missing status file means "keep waiting". Polls quickly at first, then every ``dependency_poll`` s."""
         files = HandlerFiles(self.lib_dir, ext.name, self.versions.get(ext.name, ext.version), self.ctx.log_root)
         path = files.status_file(settings.sequence_number, settings.name if ext.supports_multi_config else None)
         delay = 0.02
         while True:
             value = ext_status.status_value(path)
             if value == "success":
-                return True
+                return None
             if value == "error":
-                return False
+                return f"Dependent Extension {full} did not succeed. Status was {value}"
             if time.monotonic() - start > self.dependency_deadline:
                 log.warn("Timed out waiting for {0} to report a terminal status", ext.name)
-                return False
+                return (f"Dependent Extension {full} did not reach a terminal state within the allowed timeout. "
+                        f"Last status was {value}")
             time.sleep(delay)
             delay = min(delay * 2, self.dependency_poll)
 

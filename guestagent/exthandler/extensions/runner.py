@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from guestagent import log
 from guestagent.errors import ExtensionError, PathEscapeError
@@ -38,6 +38,13 @@ class CommandFailed(ExtensionError):
         self.exit_code = exit_code
         self.output = output
         super().__init__(msg, code=code)
+
+    @property
+    def upstream_text(self) -> str:
+        """The message as upstream words this failure: its class is ExtensionOperationError for an exit code,
+        ExtensionError for a timeout (the handler status and the failure event carry it)."""
+        kind = "ExtensionError" if self.code == CODE_TIMEOUT else "ExtensionOperationError"
+        return f"[{kind}] {self.msg}"
 
 
 @dataclass
@@ -95,18 +102,24 @@ def _scope_of(argv: list) -> str:
 def run_command(op: str, base_dir: str, command: str, env: dict, *, handler_name: str,
                 log_dir: Optional[str] = None, ext_name: Optional[str] = None,
                 timeout: Optional[float] = None, sink: Any = None,
-                cgroups: Optional[CGroupConfigurator] = None) -> CommandResult:
+                cgroups: Optional[CGroupConfigurator] = None,
+                report: Optional[Callable[[str, int], None]] = None) -> CommandResult:
     """Run ``command`` (relative to ``base_dir``); raise CommandFailed on non-zero exit or timeout.
     ``sink``, when given, is called with every CommandResult (the extension kit prints them). ``cgroups``
-    (the child's configurator) decides whether the command runs in a scope; None: it runs directly."""
+    (the child's configurator) decides whether the command runs in a scope; None: it runs directly.
+    ``report(message, duration_ms)`` gets upstream's two telemetry messages: ``Executing command: …`` before
+    the run, ``Command: …`` with the output after a successful one (a failure is the caller's to report)."""
 
+    began = time.monotonic()
     timeout = TIMEOUTS[op] if timeout is None else timeout
     full = os.path.join(base_dir, command.lstrip("/"))
     real_base = system.path(base_dir)
     child_env = dict(env)
     child_env.update(os.environ)  # the agent's own environment wins on a clash (04 §6.2)
     plog = log.PrefixLogger(f"[{handler_name}-{env.get('AZURE_GUEST_AGENT_EXTENSION_VERSION', '')}]")
-    plog.info("Executing command: {0} with environment variables: {1}", full, json.dumps(env))
+    executing = f"Executing command: {full} with environment variables: {json.dumps(env)}"
+    plog.info("{0}", executing)
+    _report(report, executing, 0)
     # Under a test root the command must run from the mapped directory too.
     shown_cmd = os.path.join(os.fspath(real_base), command.lstrip("/"))
     argv = ["/bin/sh", "-c", shown_cmd]
@@ -118,7 +131,7 @@ def run_command(op: str, base_dir: str, command: str, env: dict, *, handler_name
         res, output, stderr = _execute(argv, real_base, timeout, child_env)
     exit_code = CODE_TIMEOUT if res.timed_out else res.returncode
     result = CommandResult(op, full, exit_code, res.timed_out, res.duration, output, env)
-    _log_execution(plog, log_dir, ext_name, command, output, result)
+    text = _log_execution(plog, log_dir, ext_name, command, output, result)
     if sink is not None:
         try:
             sink(result)
@@ -129,16 +142,26 @@ def run_command(op: str, base_dir: str, command: str, env: dict, *, handler_name
     if res.returncode != 0:
         raise CommandFailed(f"Non-zero exit code: {res.returncode}, {full}\n{output}", ERROR_CODES[op],
                             res.returncode, output)
+    _report(report, text, int((time.monotonic() - began) * 1000))
     return result
 
 
+def _report(report: Optional[Callable[[str, int], None]], message: str, duration_ms: int) -> None:
+    if report is not None:
+        try:
+            report(message, duration_ms)
+        except Exception as e:  # telemetry never breaks the lifecycle
+            log.warn("Command event failed: {0}", e)
+
+
 def _log_execution(plog: Any, log_dir: Optional[str], ext_name: Optional[str], command: str, output: str,
-                   result: CommandResult) -> None:
-    lines = "\n".join(line for line in output.splitlines() if line.strip())
+                   result: CommandResult) -> str:
+    """Log (and append to CommandExecution.log) ``Command: <cmd>`` and the non-empty output lines; return it."""
+    lines = "\n".join(line for line in output.split("\n") if line != "")
     text = f"Command: {command}\n{lines}"
     plog.info("{0}", text)
     if not log_dir:
-        return
+        return text
     name = f"CommandExecution_{ext_name}.log" if ext_name else "CommandExecution.log"
     try:
         system.mkdir(log_dir, mode=0o755)
@@ -148,6 +171,7 @@ def _log_execution(plog: Any, log_dir: Optional[str], ext_name: Optional[str], c
                            f"{result.duration:.3f} s\n{log.redact(text)}\n")
     except (OSError, PathEscapeError) as e:
         log.periodic(3600, log.WARNING, "Could not write {0}: {1}", name, e)
+    return text
 
 
 def truncate_command_log(log_dir: str, ext_name: Optional[str] = None) -> None:

@@ -40,11 +40,9 @@ def _message(fm: Any, where: str) -> Optional[str]:
     return msg if msg is None or isinstance(msg, str) else str(msg)
 
 
-def _code(value: Any) -> int:
-    try:
-        return int(value) if value is not None else 0
-    except (TypeError, ValueError):
-        raise Malformed(f"code is not a number: {value!r}") from None
+def _code(status: dict) -> Any:
+    """The code as the handler wrote it (upstream forwards any JSON value: "0", 0, "E42"); 0 when absent."""
+    return status.get("code", 0)
 
 
 def _cut(text: Optional[str], limit: int) -> Optional[str]:
@@ -87,12 +85,12 @@ def parse_status(text: str, name: str) -> Optional[dict]:
             total += len(sub_name or "") + len(sub_msg or "")
             if total > MAX_STATUS_CHARS:
                 break
-        entry: dict = {"name": sub_name, "status": sub["status"], "code": _code(sub.get("code"))}
+        entry: dict = {"name": sub_name, "status": sub["status"], "code": _code(sub)}
         if sub_msg is not None:
             entry["formattedMessage"] = {"lang": "en-US", "message": sub_msg}
         substatus.append(entry)
     status: dict = {"name": name, "configurationAppliedTime": st.get("configurationAppliedTime"),
-                    "operation": st.get("operation"), "status": value, "code": _code(st.get("code")),
+                    "operation": st.get("operation"), "status": value, "code": _code(st),
                     "formattedMessage": {"lang": "en-US", "message": message if message is not None else ""}}
     if substatus:
         status["substatus"] = substatus

@@ -68,7 +68,7 @@ def test_status_validation(tmp_path):
     good = [{"status": {"status": "success", "code": "3", "formattedMessage": {"lang": "en-US", "message": "m"},
                         "substatus": None, "extra": 1}}]
     st = ext_status.read_status(write(tmp_path / "a", good), "N")["status"]
-    assert st["code"] == 3 and st["name"] == "N" and "substatus" not in st and "extra" not in st
+    assert st["code"] == "3" and st["name"] == "N" and "substatus" not in st and "extra" not in st
     odd = [{"status": {"status": "weird"}}]
     assert ext_status.read_status(write(tmp_path / "b", odd), "N")["status"]["status"] == "error"
     assert ext_status.read_status(write(tmp_path / "c", []), "N") is None

@@ -116,10 +116,10 @@ def test_redaction_helpers():
 def test_imds_probe_rules():
     ok = json.dumps({"network": {"interface": [{"macAddress": "000D3A", "ipv4": {"ipAddress": [
         {"privateIpAddress": "10.0.0.4"}]}}]}})
-    assert imds.probe_is_healthy(200, ok)
-    assert not imds.probe_is_healthy(200, "{}") and not imds.probe_is_healthy(200, "junk")
-    assert not imds.probe_is_healthy(500, ok) and not imds.probe_is_healthy(410, ok)
-    assert imds.probe_is_healthy(404, "")
+    assert imds.probe_result(200, ok, "")[0]
+    assert not imds.probe_result(200, "{}", "")[0] and not imds.probe_result(200, "junk", "")[0]
+    assert not imds.probe_result(500, ok, "")[0] and not imds.probe_result(410, ok, "")[0]
+    assert imds.probe_result(404, "", "")[0]
     c = imds.parse_compute('{"location": "westus", "vmId": "v", "subscriptionId": "s", "resourceGroupName": "r"}')
     assert (c.location, c.vm_id, c.subscription_id, c.resource_group_name) == ("westus", "v", "s", "r")
 

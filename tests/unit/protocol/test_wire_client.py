@@ -348,7 +348,7 @@ def test_vm_settings_errors_fail_the_update(proto, fab, status):
 def test_vm_settings_missing_etag(proto, fab):
     enable(proto, fab, VM)
     fab.overrides["GET /vmSettings"] = lambda seen: (200, {}, b"{}")
-    with pytest.raises(ProtocolError, match="ETag"):
+    with pytest.raises(ProtocolError, match="does not include an Etag header"):
         proto.fetch_vm_settings()
 
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Test handler: records every call with its environment in $EXT_TEST_CALLS; its behaviour per command is
 # steered by files $EXT_TEST_CTRL/<version>.<op> or $EXT_TEST_CTRL/<op> containing
-# "fail <rc>", "hang", "garbage", "nostatus" or "error".
+# "fail <rc>", "hang", "garbage", "nostatus", "textcode" or "error".
 op="$1"
 ver="$AZURE_GUEST_AGENT_EXTENSION_VERSION"
 calls="${EXT_TEST_CALLS:-./calls.log}"
@@ -23,6 +23,7 @@ if [ "$op" = enable ]; then
     case "$behaviour" in
         garbage) echo "this is not json {" > "$status" ;;
         nostatus) ;;
+        textcode) printf '[{"version": 1.0, "timestampUTC": "2025-01-01T00:00:00Z", "status": {"name": "x", "operation": "Enable", "status": "success", "code": "E42", "formattedMessage": {"lang": "en-US", "message": "text code"}, "substatus": [{"name": "S", "status": "success", "code": "7", "formattedMessage": {"lang": "en-US", "message": "s"}}]}}]' > "$status" ;;
         error) printf '[{"version": 1.0, "timestampUTC": "2025-01-01T00:00:00Z", "status": {"name": "x", "operation": "Enable", "status": "error", "code": 7, "formattedMessage": {"lang": "en-US", "message": "enable reported an error"}}}]' > "$status" ;;
         *) printf '[{"version": 1.0, "timestampUTC": "2025-01-01T00:00:00Z", "status": {"name": "x", "operation": "Enable", "status": "success", "code": "0", "formattedMessage": {"lang": "en-US", "message": "enabled seq %s"}, "substatus": [{"name": "StdOut", "status": "success", "code": 0, "formattedMessage": {"lang": "en-US", "message": "hello"}}]}}]' "$ConfigSequenceNumber" > "$status" ;;
     esac
