@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import psutil
@@ -17,6 +18,18 @@ import psutil
 from guestagent.version import AGENT_ENV_MARKER
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Every extension command gets its handler directory in this variable (04 §6.2).
+EXTENSION_PATH_ENV = "AZURE_GUEST_AGENT_EXTENSION_PATH"
+
+
+@dataclass(frozen=True)
+class LeftCommand:
+    """A process of an extension command that this process did not start (its ext-handler was killed)."""
+
+    pid: int
+    extension_path: str
+    started: float        # seconds since the epoch
+    command: str
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,6 +95,28 @@ def started_by_agent(pid: int, systemd_run: set[int]) -> bool:
         return True
     except psutil.AccessDenied:
         return False
+
+
+def extension_commands_left() -> list[LeftCommand]:
+    """Processes of extension commands another ext-handler started: the agent's environment marker and a
+    handler's directory in their environment, alive, and not descendants of this process."""
+    me = os.getpid()
+    key, value = AGENT_ENV_MARKER
+    found = []
+    for proc in psutil.process_iter(["create_time"]):
+        try:
+            if proc.pid == me:
+                continue
+            env = proc.environ()
+            path = env.get(EXTENSION_PATH_ENV)
+            if env.get(key) != value or not path or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any(parent.pid == me for parent in proc.parents()):
+                continue
+            found.append(LeftCommand(proc.pid, path, proc.info["create_time"], " ".join(proc.cmdline())))
+        except psutil.Error:
+            continue
+    return found
 
 
 def rss_kb(pid: Optional[int] = None) -> int:

@@ -17,6 +17,7 @@ from guestagent.errors import ExtensionError
 from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.exthandler.extensions import runner
 from guestagent.exthandler.extensions.manifest import HandlerManifest, load_handler_manifest
+from guestagent.exthandler.extensions.orphans import LeftCommands
 from guestagent.exthandler.extensions.package import zip_path
 from guestagent.exthandler.extensions.state import ENABLED, FAILED_UPGRADE, INSTALLED, HandlerFiles
 from guestagent.exthandler.extensions.versions import compare_versions
@@ -41,6 +42,7 @@ class Context:
     sink: Optional[Callable[[Any], None]] = None
     event: Optional[Callable[..., None]] = None
     cgroups: CGroupConfigurator = field(default_factory=CGroupConfigurator)  # the child's configurator
+    left: Optional[LeftCommands] = None   # commands a killed ext-handler left running (the child only)
 
 
 class Handler:
@@ -85,6 +87,8 @@ class Handler:
         env = runner.base_environment(self.files.base_dir, self.version, self.ctx.wire_address, seq, ext_name)
         env.update(extra_env or {})
         pathguard.within(self.ctx.lib_dir, self.files.base_dir)  # the folder it runs in, right before exec
+        if self.ctx.left is not None:  # never beside a command of this handler a killed ext-handler left
+            self.ctx.left.settle(self.name)
         try:
             result = runner.run_command(op, self.files.base_dir, self.manifest.command(op), env,
                                         handler_name=self.name, log_dir=self.files.log_dir, ext_name=ext_name,
