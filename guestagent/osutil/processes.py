@@ -98,23 +98,28 @@ def started_by_agent(pid: int, systemd_run: set[int]) -> bool:
 
 
 def extension_commands_left() -> list[LeftCommand]:
-    """Processes of extension commands another ext-handler started: the agent's environment marker and a
-    handler's directory in their environment, alive, and not descendants of this process."""
+    """Extension commands another ext-handler started and did not see end: the agent's environment marker
+    and a handler's directory in the environment, alive, not descendants of this process, and the command
+    itself — the session leader the runner started (``/bin/sh -c <handler dir>/...``, also under
+    systemd-run, which execs it) — not a daemon the command left behind on purpose."""
     me = os.getpid()
     key, value = AGENT_ENV_MARKER
     found = []
     for proc in psutil.process_iter(["create_time"]):
         try:
-            if proc.pid == me:
+            if proc.pid == me or os.getsid(proc.pid) != proc.pid:
                 continue
+            argv = proc.cmdline()
             env = proc.environ()
             path = env.get(EXTENSION_PATH_ENV)
             if env.get(key) != value or not path or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
+            if argv[:2] != ["/bin/sh", "-c"] or len(argv) < 3 or not argv[2].startswith(path.rstrip("/") + "/"):
+                continue
             if any(parent.pid == me for parent in proc.parents()):
                 continue
-            found.append(LeftCommand(proc.pid, path, proc.info["create_time"], " ".join(proc.cmdline())))
-        except psutil.Error:
+            found.append(LeftCommand(proc.pid, path, proc.info["create_time"], " ".join(argv)))
+        except (psutil.Error, OSError):
             continue
     return found
 
