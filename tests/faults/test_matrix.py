@@ -29,7 +29,7 @@ SLOW, FORKING, HUNG = "Fabric.Faults.Slow", "Fabric.Faults.Forking", "Fabric.Fau
 HOSTILE = {"zipslip": "Fabric.Faults.ZipSlip", "symlink": "Fabric.Faults.Symlink", "bomb": "Fabric.Faults.Bomb",
            "corrupt": "Fabric.Faults.Corrupt"}
 D1_NAME = "../../../../tmp/fault-d1"
-D2_EXT = "../../../../tmp/fault-d2"
+D2_EXT = "../../../../../../tmp/fault-d2"  # from <lib>/<handler>/config up to /
 VALIDATION = "validation lands with the edge-validation branch"
 HEALTH_STEPS = (1, 2)
 STEP = {"slow": 3, "forking": 4, "hung": 5, "zipslip": 6, "symlink": 7, "bomb": 8, "corrupt": 9, "w2": 10,
