@@ -65,7 +65,9 @@ def pytest_runtest_makereport(item, call):
     elif report.skipped:
         r.outcome = "skipped"
     elif report.failed:
+        crash = getattr(report.longrepr, "reprcrash", None)  # absent when the report is a plain string
         r.outcome = f"FAILED ({report.when})"
+        r.note(crash.message.splitlines()[0] if crash is not None else str(report.longrepr).splitlines()[-1])
     elif hasattr(report, "wasxfail"):
         r.outcome = "XPASS"
     else:

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Fault-matrix handler: install takes 6 s and records its start and end (with its pid) so the tier can
+# Fault-matrix handler: install takes 10 s and records its start and end (with its pid) so the tier can
 # show that two installs never overlap after the ext-handler is killed mid-install (issue 13 W3).
 op="$1"
 base="${AZURE_GUEST_AGENT_EXTENSION_PATH:-$(pwd)}"
@@ -9,7 +9,7 @@ case "$op" in
     install)
         mkdir -p "$(dirname "$record")"
         echo "start $(date +%s.%N) $$" >> "$record"
-        sleep 6
+        sleep 10
         echo "end $(date +%s.%N) $$" >> "$record"
         ;;
     enable)
