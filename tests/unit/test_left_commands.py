@@ -34,7 +34,7 @@ def _leave(base: Path, seconds: int) -> int:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         text = pid_file.read_text().strip() if pid_file.exists() else ""
-        if text and processes.cmdline(int(text)).startswith("/bin/sh -c"):
+        if text and processes.cmdline(int(text)) == f"/bin/sh -c {base}/bin/cmd.sh":  # exec'd, in its session
             return int(text)
         time.sleep(0.02)
     raise AssertionError("the left command did not start")
