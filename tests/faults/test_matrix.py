@@ -4,8 +4,8 @@ the agent still processing a new goal state and reporting it, nothing written ou
 (overlay diff and /tmp), no fabric secret in clear in what it wrote, and peak RSS (VmHWM) bounded.
 
 The cases share the agent to keep the tier within a few minutes; each leaves the fabric without faults.
-Rows whose fix lands with the edge-validation branch (D1, D2, D5; D6 in its own sandbox) are strict
-xfails: they turn into failures — for the lead to drop the marker — once that branch is merged.
+The hostile-name rows (D1, D2, D5; D6 in its own sandbox) failed before the edge-validation branch
+(written as strict xfails, they turned into XPASS when it merged).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ HOSTILE = {"zipslip": "Fabric.Faults.ZipSlip", "symlink": "Fabric.Faults.Symlink
            "corrupt": "Fabric.Faults.Corrupt"}
 D1_NAME = "../../../../tmp/fault-d1"
 D2_EXT = "../../../../../../tmp/fault-d2"  # from <lib>/<handler>/config up to /
-VALIDATION = "validation lands with the edge-validation branch"
 HEALTH_STEPS = (1, 2)
 STEP = {"slow": 3, "forking": 4, "hung": 5, "zipslip": 6, "symlink": 7, "bomb": 8, "corrupt": 9, "w2": 10,
         "d1": 11, "d2": 12, "d5": 13}
@@ -321,34 +320,33 @@ def test_trickled_body(agent, row):
     healthy(agent, row)
 
 
-# ------------------------------------------------------------------------------ hostile names (other branch)
+# ------------------------------------------------------------------------------ hostile names (edge validation)
 def refused(agent: FaultAgent, row, step: int, outside: str) -> None:
     mark = agent.mark()
     incarnation = agent.step(step)
     agent.wait(lambda: agent.processed(incarnation) or agent.processed(incarnation, "Failed"), 30,
                f"goal state {incarnation} processed")
     assert not agent.sb.host_path(outside).exists(), f"{outside} was written"
-    assert re.search(r"ERROR .*(?:invalid|Invalid|refus|Refus)", agent.log(mark)), "no error names the refused item"
+    line = re.search(r"ERROR .*(?:invalid|Invalid|refus|Refus).*", agent.log(mark))
+    assert line, "no error names the refused item"
+    row.note(line.group(0).split(" ", 2)[-1])
     healthy(agent, row)
 
 
-@pytest.mark.xfail(strict=True, reason=VALIDATION)
 @pytest.mark.fault("D1 handler name with ../")
 def test_hostile_handler_name(agent, row):
     refused(agent, row, STEP["d1"], "/tmp/fault-d1-1.0.0")
 
 
-@pytest.mark.xfail(strict=True, reason=VALIDATION)
 @pytest.mark.fault("D2 multi-config extension name with ../")
 def test_hostile_extension_name(agent, row):
     refused(agent, row, STEP["d2"], "/tmp/fault-d2.0.settings")
 
 
-@pytest.mark.xfail(strict=True, reason=VALIDATION)
 @pytest.mark.fault("D5 20 000 plugins in ExtensionsConfig")
 def test_huge_plugin_list(agent, row):
     t0 = time.monotonic()
     incarnation = agent.step(STEP["d5"])
-    agent.wait(lambda: agent.processed(incarnation), 15, "20 000 plugins processed within 15 s")
+    agent.wait(lambda: agent.processed(incarnation), 30, "20 000 plugins processed within 30 s")  # was 99 s
     row.note(f"processed in {time.monotonic() - t0:.1f} s")
     healthy(agent, row)

@@ -1,6 +1,6 @@
 """Fault-matrix row D6 in its own sandbox (provisioning happens once per VM): an ovf-env UserName of
-``../x``. Refused at the edge once the edge-validation branch lands (ProvisioningFailed with a
-description, no user, no home outside /home, no sudoers entry); until then a strict xfail."""
+``../x``: refused at the edge (ProvisioningFailed with a description, no user, no home outside /home).
+Before the edge-validation branch the VM reported Ready with a home /x (a strict xfail until it merged)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from faultlab import FABRIC_STATE, FaultAgent
 from guestagent.lab.sandbox import SandboxUnavailable
 
 
-@pytest.mark.xfail(strict=True, reason="validation lands with the edge-validation branch")
 @pytest.mark.fault("D6 ovf-env UserName ../x")
 def test_hostile_username_is_refused(tmp_path, row):
     doc = {"name": "fault-d6", "ovf": {"username": "../x", "password": "Fabric-Passw0rd!",
