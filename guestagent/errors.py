@@ -6,7 +6,11 @@ Every message starts with ``[<ClassName>] `` and an inner error is appended as
 
 from __future__ import annotations
 
+import errno
 from typing import Optional
+
+#: errno values of a full file system (or an exhausted quota): reported as "disk full" and retried.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class AgentError(Exception):
@@ -117,3 +121,15 @@ class VmSettingsSupportStopped(VmSettingsNotSupported):
     def __init__(self, timestamp: str = ""):
         self.timestamp = timestamp
         super().__init__(timestamp)
+
+
+def disk_full(error: Optional[BaseException]) -> bool:
+    """Was ``error``, or anything it was raised from or while handling, a full file system? Wrapping
+    errors (a PackageError, an ExtensionError raised ``from None``) keep the OSError in their context."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False

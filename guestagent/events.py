@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from guestagent import log
+from guestagent.errors import disk_full
 from guestagent.osutil import atomic, system
 from guestagent.osutil.osrelease import distro
 from guestagent.timestamps import utc_precise
@@ -134,6 +135,9 @@ class CommonFields:
 common = CommonFields()
 _lock = threading.Lock()
 _last_name = 0
+#: Events a full disk refused, written before the next event (see _save).
+_held: list[tuple[dict[str, Any], str]] = []
+MAX_HELD_EVENTS = 64
 _default_lib_dir = "/var/lib/waagent"
 _periodic: dict[tuple, float] = {}
 EVENT_STATUS_FILE = "event_status.json"
@@ -323,10 +327,24 @@ def mark_event_status(name: str, version: str, op: str, status: bool, *, lib_dir
 
 # --- the files ------------------------------------------------------------------------------------------
 def _save(event: dict[str, Any], lib_dir: Optional[str]) -> None:
-    try:
-        write_event_file(event, lib_dir or _default_lib_dir)
-    except (OSError, TypeError, ValueError) as e:
-        log.periodic(900, log.WARNING, "[PERIODIC] Failed to write event: {0}", e)
+    """Write the events held back by a full disk (oldest first), then this one; on a full disk keep it
+    in memory (at most MAX_HELD_EVENTS) so the report of the failure is not lost with the space."""
+    directory = lib_dir or _default_lib_dir
+    with _lock:
+        queue = [*_held, (event, directory)]
+        _held.clear()
+    for i, (item, where) in enumerate(queue):
+        try:
+            write_event_file(item, where)
+        except OSError as e:
+            if disk_full(e):
+                with _lock:
+                    _held[:0] = queue[i:][-MAX_HELD_EVENTS:]
+                    del _held[MAX_HELD_EVENTS:]
+            log.periodic(900, log.WARNING, "[PERIODIC] Failed to write event: {0}", e)
+            return
+        except (TypeError, ValueError) as e:
+            log.periodic(900, log.WARNING, "[PERIODIC] Failed to write event: {0}", e)
 
 
 def write_event_file(event: dict[str, Any], lib_dir: str, suffix: str = ".waagent.tld") -> str:

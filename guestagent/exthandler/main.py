@@ -28,6 +28,7 @@ from guestagent.exthandler.cloudinitwait import CloudInitWait
 from guestagent.exthandler.context import ThreadContext
 from guestagent.exthandler.extensions import signing
 from guestagent.exthandler.extensions.manager import ExtensionsManager
+from guestagent.exthandler.extensions.orphans import LeftCommands
 from guestagent.exthandler.monitor import AgentMemoryCheck
 from guestagent.exthandler.remoteaccess import RemoteAccessHandler
 from guestagent.exthandler.selfupdate import AgentUpdateReporter
@@ -234,7 +235,9 @@ class ExtHandler:
                         log.warn("Could not make {0} read-only: {1}", path, e)
 
     def _make_extensions_manager(self) -> ExtensionsManager:
-        return ExtensionsManager(self.config, self.protocol, cgroups=self.cgroups)
+        left = LeftCommands.find(event=lambda op, **kw: events.add_event(op, lib_dir=self.lib_dir, log_event=False,
+                                                                        **kw))
+        return ExtensionsManager(self.config, self.protocol, cgroups=self.cgroups, left_commands=left)
 
     def _start_threads(self) -> None:
         ctx = ThreadContext(self.config, self.protocol, self.lib_dir, self.stop_event, self.cgroups)
@@ -291,12 +294,14 @@ class ExtHandler:
         if goal_state is not None:
             ext_id = _extensions_id(goal_state)
             new = ext_id is not None and ext_id != self.last_extensions_id
+            retry = not new and ext_id is not None and self.extensions.retry_due()  # after a full disk
             self.updates.on_goal_state(goal_state, new)
             self.cloud_init.wait()  # Extensions.WaitForCloudInit: once, before the first extension
             if new:
                 self.progress.on_new_goal_state()
+            if new or retry:
                 try:
-                    self.extensions.process(goal_state)
+                    self.extensions.process(goal_state, retry=retry)
                 except Exception as e:
                     log.error("Error processing extensions goal state {0}: {1}", ext_id, e)
                 self.last_extensions_id = ext_id

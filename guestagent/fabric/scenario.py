@@ -71,6 +71,7 @@ class Step:
     container_id: Optional[str] = None
     certificates: bool = True             # advertise the Certificates document
     extensions_config: bool = True        # advertise ExtensionsConfig
+    extra_plugins: int = 0                # filler plugins (disabled, never installed): a huge plugin list
 
 
 @dataclass
@@ -225,7 +226,8 @@ _EXT_KEYS = ("name", "version", "state", "multi_config", "seqNo", "settings", "p
 #: vmSettings item fields a scenario may overwrite with raw (possibly ill-typed) JSON.
 _VM_SETTINGS_FIELDS = ("name", "version", "state", "isMultiConfig", "settingsSeqNo", "settings")
 _STEP_KEYS = ("incarnation", "fast_track", "status_blob_type", "on_hold", "required_features", "extensions",
-              "vm_settings", "remote_access", "container_id", "certificates", "extensions_config", "comment")
+              "vm_settings", "remote_access", "container_id", "certificates", "extensions_config", "comment",
+              "extra_plugins")
 _OVF_KEYS = ("hostname", "username", "password", "disable_ssh_password_auth", "ssh_public_keys", "ssh_key_pairs",
              "custom_data", "provision_guest_agent", "preprovisioned_vm", "preprovisioned_vm_type", "version")
 PPS_TYPES = ("Running", "Savable", "PreprovisionedOSDisk", "None")
@@ -309,7 +311,15 @@ def _step(r: _Reader, raw: Any, where: str, index: int) -> Step:
         container_id=r.string(raw.get("container_id"), f"{where}.container_id"),
         certificates=r.boolean(raw.get("certificates"), f"{where}.certificates", True),
         extensions_config=r.boolean(raw.get("extensions_config"), f"{where}.extensions_config", True),
+        extra_plugins=_non_negative(r, raw.get("extra_plugins"), f"{where}.extra_plugins"),
     )
+
+
+def _non_negative(r: _Reader, value: Any, where: str) -> int:
+    number = r.integer(value, where, 0) or 0
+    if number < 0:
+        raise r.fail(where, f"expected a non-negative integer, got {number}")
+    return number
 
 
 def _pps(r: _Reader, raw: Any) -> Optional[PoolSpec]:
@@ -365,8 +375,9 @@ def parse_scenario(data: Any, base_dir: Optional[Path] = None, origin: str = "<s
         w = f"handlers[{i}]"
         r.obj(h, w, ("name", "version", "path"))
         path = (base / r.string(h.get("path"), f"{w}.path", required=True)).resolve()
-        if not (path / "HandlerManifest.json").is_file():
-            raise r.fail(f"{w}.path", f"{path} is not a handler folder (no HandlerManifest.json)")
+        ready_made = path.suffix == ".zip" and path.is_file()  # served as it is (a hostile package)
+        if not ready_made and not (path / "HandlerManifest.json").is_file():
+            raise r.fail(f"{w}.path", f"{path} is not a handler folder (no HandlerManifest.json) nor a .zip")
         handlers.append(HandlerPackage(r.string(h.get("name"), f"{w}.name", required=True),
                                        r.string(h.get("version"), f"{w}.version", required=True), path))
     imds = data.get("imds")

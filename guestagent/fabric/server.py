@@ -211,6 +211,7 @@ class Fabric:
         return f"{self.storage_base(host)}/$system/{self.scenario.vm_name}.{self.vm_id}.vmSettings?{self._sas('r')}"
 
     def manifest_url(self, host: Optional[str], name: str, failover: bool = False) -> str:
+        # safe="": a hostile name ("../x") travels as one path segment, as the real storage would get it
         return f"{self.storage_base(host)}/{'failover' if failover else 'manifests'}/{quote(name, safe='')}_manifest.xml"
 
     def package_url(self, host: Optional[str], name: str, version: str) -> str:

@@ -217,6 +217,11 @@ def extensions_config_xml(fab: Fabric, view: GoalView, host: str) -> str:
                    f"failoverlocation={quoteattr(fab.manifest_url(host, ext.name, failover=True))} "
                    f"state={quoteattr(ext.state)} autoUpgrade=\"false\" runAsStartupTask=\"false\" isJson=\"true\" "
                    f"useExactVersion=\"true\"{sig} />\n")
+    for i in range(step.extra_plugins):  # a huge plugin list: disabled fillers the VM never installs
+        name = quoteattr(f"Fabric.Filler.P{i}")
+        out.append(f"  <Plugin name={name} version=\"1.0.0\" location={quoteattr(fab.manifest_url(host, 'filler'))} "
+                   "state=\"disabled\" autoUpgrade=\"false\" runAsStartupTask=\"false\" isJson=\"true\" "
+                   "useExactVersion=\"true\" />\n")
     out.append("</Plugins>\n<PluginSettings>\n")
     for ext in step.extensions:
         if not ext.settings:
@@ -236,6 +241,10 @@ def extensions_config_xml(fab: Fabric, view: GoalView, host: str) -> str:
             else:
                 out.append(f"    <RuntimeSettings seqNo=\"{item.seq_no}\">{escape(doc)}</RuntimeSettings>\n")
         out.append("  </Plugin>\n")
+    for i in range(step.extra_plugins):
+        out.append(f"  <Plugin name=\"Fabric.Filler.P{i}\" version=\"1.0.0\">\n    <RuntimeSettings seqNo=\"0\">"
+                   "{&quot;runtimeSettings&quot;: [{&quot;handlerSettings&quot;: {&quot;publicSettings&quot;: {}}}]}"
+                   "</RuntimeSettings>\n  </Plugin>\n")
     out.append("</PluginSettings>\n")
     if sc.artifacts_profile:
         out.append(f"<InVMArtifactsProfileBlob>{escape(fab.artifacts_profile_url(host))}</InVMArtifactsProfileBlob>\n")

@@ -251,6 +251,21 @@ class Sandbox:
                 out[inside] = "modified"
         return dict(sorted(out.items()))
 
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        """``{path inside: (mtime_ns, inode)}`` of every entry of the overlay's upper layer (what the sandbox
+        wrote so far); :meth:`changed_since` compares a later state with it."""
+        return {inside: (st.st_mtime_ns, st.st_ino) for inside, (_p, st) in self._upper_entries().items()}
+
+    def changed_since(self, before: Mapping[str, tuple[int, int]]) -> list[str]:
+        """Paths written (created, modified, deleted) since ``before``; a directory only when it is new."""
+        out = []
+        for inside, (_p, st) in self._upper_entries().items():
+            old = before.get(inside)
+            if old == (st.st_mtime_ns, st.st_ino) or (old is not None and stat.S_ISDIR(st.st_mode)):
+                continue
+            out.append(inside)
+        return sorted(out)
+
     def changes(self) -> list[str]:
         """Paths created, modified or deleted in the sandbox compared with the host."""
         return list(self.change_set())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import psutil
@@ -17,6 +18,18 @@ import psutil
 from guestagent.version import AGENT_ENV_MARKER
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Every extension command gets its handler directory in this variable (04 §6.2).
+EXTENSION_PATH_ENV = "AZURE_GUEST_AGENT_EXTENSION_PATH"
+
+
+@dataclass(frozen=True)
+class LeftCommand:
+    """A process of an extension command that this process did not start (its ext-handler was killed)."""
+
+    pid: int
+    extension_path: str
+    started: float        # seconds since the epoch
+    command: str
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,6 +95,33 @@ def started_by_agent(pid: int, systemd_run: set[int]) -> bool:
         return True
     except psutil.AccessDenied:
         return False
+
+
+def extension_commands_left() -> list[LeftCommand]:
+    """Extension commands another ext-handler started and did not see end: the agent's environment marker
+    and a handler's directory in the environment, alive, not descendants of this process, and the command
+    itself — the session leader the runner started (``/bin/sh -c <handler dir>/...``, also under
+    systemd-run, which execs it) — not a daemon the command left behind on purpose."""
+    me = os.getpid()
+    key, value = AGENT_ENV_MARKER
+    found = []
+    for proc in psutil.process_iter(["create_time"]):
+        try:
+            if proc.pid == me or os.getsid(proc.pid) != proc.pid:
+                continue
+            argv = proc.cmdline()
+            env = proc.environ()
+            path = env.get(EXTENSION_PATH_ENV)
+            if env.get(key) != value or not path or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if argv[:2] != ["/bin/sh", "-c"] or len(argv) < 3 or not argv[2].startswith(path.rstrip("/") + "/"):
+                continue
+            if any(parent.pid == me for parent in proc.parents()):
+                continue
+            found.append(LeftCommand(proc.pid, path, proc.info["create_time"], " ".join(argv)))
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 def rss_kb(pid: Optional[int] = None) -> int:

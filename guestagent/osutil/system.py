@@ -222,12 +222,15 @@ def run_to_files(argv: Sequence[str], stdout: Any, stderr: Any, *, timeout: Opti
     """Run a command whose stdout/stderr go to the given open files (not pipes), stdin /dev/null, in its own
     session. Its exit is noticed as it happens; a background child it leaves behind keeps running and cannot
     block us (extension handlers rely on that). On timeout the whole process tree is killed.
-    The returned CommandResult has empty stdout/stderr: the caller reads its files."""
+    The returned CommandResult has empty stdout/stderr: the caller reads its files. It carries the agent's
+    process marker, as every command the agent runs (a later ext-handler finds what a killed one left)."""
     argv = [os.fspath(a) for a in argv]
+    child_env = dict(os.environ if env is None else env)
+    child_env.setdefault(*AGENT_ENV_MARKER)
     start = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                env=None if env is None else dict(env), cwd=os.fspath(cwd) if cwd else None,
+                                env=child_env, cwd=os.fspath(cwd) if cwd else None,
                                 start_new_session=True, close_fds=True)
     except OSError as e:
         raise CommandError(argv[:1], None, reason=str(e))

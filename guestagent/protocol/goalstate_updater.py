@@ -17,6 +17,7 @@ from guestagent.errors import (
     VmSettingsNotSupported,
     VmSettingsParseError,
     VmSettingsSupportStopped,
+    disk_full,
 )
 from guestagent.osutil import system
 from guestagent.protocol.certificates import (
@@ -267,8 +268,7 @@ class GoalStateUpdater:
                 self.history.save("HostingEnvironmentConfig.xml", gs.hosting_env.xml_text)
             if doc.shared_config_uri:
                 gs.shared_config = parse_shared_config(self.wire.fetch(doc.shared_config_uri))
-                system.write_file(os.path.join(self.lib_dir, "SharedConfig.xml"), gs.shared_config.xml_text,
-                                  fsync=False)
+                self._write_shared_config(gs.shared_config.xml_text)
                 self.history.save("SharedConfig.xml", gs.shared_config.xml_text)
             self._certificates(gs)
             if doc.remote_access_uri:
@@ -278,6 +278,16 @@ class GoalStateUpdater:
         except Exception as e:
             raise ProtocolError("Error fetching goal state", e) from None
         return egs
+
+    def _write_shared_config(self, text: str) -> None:
+        """SharedConfig.xml in the lib dir is for other tools on the VM; a full disk (issue 13 W2) does not
+        stop the goal state for it — the extensions then meet the full disk themselves and report it."""
+        try:
+            system.write_file(os.path.join(self.lib_dir, "SharedConfig.xml"), text, fsync=False)
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            log.warn("Could not write SharedConfig.xml, the disk is full: {0}", e)
 
     def _fetch_extensions_config(self, doc: GoalStateDocument) -> ExtensionsGoalState:
         if not doc.extensions_config_uri:

@@ -18,6 +18,7 @@ from guestagent.events import WALAEventOperation
 from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.exthandler.extensions import runner
 from guestagent.exthandler.extensions.manifest import HandlerManifest, load_handler_manifest
+from guestagent.exthandler.extensions.orphans import LeftCommands
 from guestagent.exthandler.extensions.package import zip_path
 from guestagent.exthandler.extensions.state import ENABLED, FAILED_UPGRADE, INSTALLED, HandlerFiles
 from guestagent.exthandler.extensions.versions import compare_versions
@@ -46,6 +47,7 @@ class Context:
     sink: Optional[Callable[[Any], None]] = None
     event: Optional[Callable[..., None]] = None
     cgroups: CGroupConfigurator = field(default_factory=CGroupConfigurator)  # the child's configurator
+    left: Optional[LeftCommands] = None   # commands a killed ext-handler left running (the child only)
 
 
 class Handler:
@@ -93,6 +95,8 @@ class Handler:
         env.update(runner.base_environment(self.files.base_dir, self.version, self.ctx.wire_address, seq, ext_name))
         full_name = f"{self.name}.{ext_name}" if ext_name else self.name
         pathguard.within(self.ctx.lib_dir, self.files.base_dir)  # the folder it runs in, right before exec
+        if self.ctx.left is not None:  # never beside a command of this handler a killed ext-handler left
+            self.ctx.left.settle(self.name)
         try:
             return runner.run_command(op, self.files.base_dir, self.manifest.command(op), env,
                                       handler_name=self.name, log_dir=self.files.log_dir, ext_name=ext_name,

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from guestagent import events, log
 from guestagent.conf import Config
-from guestagent.errors import AgentError, ExtensionError
+from guestagent.errors import AgentError, ExtensionError, disk_full
 from guestagent.exthandler.cgroups import CGroupConfigurator
 from guestagent.exthandler.extensions import policy, signing
 from guestagent.exthandler.extensions import status as ext_status
@@ -23,6 +23,7 @@ from guestagent.exthandler.extensions.manifest import (
     parse_plugin_manifest,
     select_package,
 )
+from guestagent.exthandler.extensions.orphans import LeftCommands
 from guestagent.exthandler.extensions.package import initialize_layout, install_package, zip_path
 from guestagent.exthandler.extensions.runner import CommandFailed
 from guestagent.exthandler.extensions.state import (
@@ -50,6 +51,11 @@ DEPENDENCY_POLL = 5.0
 DEPENDENCY_DEADLINE = 90 * 60
 #: Requested state → (the operation named in a disallowed extension's message, its terminal error code).
 DISALLOWED = {"enabled": ("run", 1009), "uninstall": ("uninstall", 1010), "disabled": ("uninstall", 1010)}
+#: Handlers whose files a full disk refused are processed again after this many seconds, doubling up to
+#: DISK_FULL_RETRY_MAX, until the goal state changes (issue 13 W2).
+DISK_FULL_RETRY_FIRST = 5.0
+DISK_FULL_RETRY_MAX = 300.0
+DISK_FULL_EVENT = "ExtensionProcessing"
 DISABLED_MESSAGE = ("Extension will not be processed since extension processing is disabled. To enable extension "
                     "processing, set Extensions.Enabled=y in '/etc/waagent.conf'")
 
@@ -77,15 +83,16 @@ class ExtensionsManager:
                  timeouts: Optional[dict] = None, sink: Optional[Callable[[Any], None]] = None,
                  dependency_poll: float = DEPENDENCY_POLL, dependency_deadline: float = DEPENDENCY_DEADLINE,
                  event: Optional[Callable[..., None]] = None,
-                 cgroups: Optional[CGroupConfigurator] = None):
+                 cgroups: Optional[CGroupConfigurator] = None, left_commands: Optional[LeftCommands] = None):
         """``cgroups``: the child's configurator (extension slices and scopes); a tool that runs handlers
-        outside the child (the extension kit, tests) gets one that is not initialised: commands run directly."""
+        outside the child (the extension kit, tests) gets one that is not initialised: commands run directly.
+        ``left_commands``: what a killed ext-handler left running (only the child looks for them)."""
         self.conf = conf
         self.protocol = protocol
         self.lib_dir = conf.lib_dir
         self.ctx = Context(self.lib_dir, protocol.endpoint, log_root, dict(timeouts or {}),
                            sink, event if event is not None else self._default_event,
-                           cgroups if cgroups is not None else CGroupConfigurator(conf))
+                           cgroups if cgroups is not None else CGroupConfigurator(conf), left_commands)
         self.dependency_poll = dependency_poll
         self.dependency_deadline = dependency_deadline
         self.egs: Optional[ExtensionsGoalState] = None
@@ -99,6 +106,11 @@ class ExtensionsManager:
         self._done: set = set()
         self._policy = policy.PolicyEngine()
         self._refused: dict = {}   # handler name → its status entry, for handlers refused at the edge
+        #: handler name -> the disk-full error of its last attempt: reported from memory (HandlerStatus could
+        #: not be written either) and retried at ``_retry_at``
+        self.disk_full: dict[str, ExtensionError] = {}
+        self._retry_at: Optional[float] = None
+        self._retry_delay = DISK_FULL_RETRY_FIRST
         self._startup()
 
     # --- seams ---------------------------------------------------------------------------------------------
@@ -123,8 +135,9 @@ class ExtensionsManager:
                     log.warn("Could not initialise {0}-{1}: {2}", name, version, e)
 
     # --- the interface of the main loop --------------------------------------------------------------------
-    def process(self, goal_state: GoalState) -> None:
-        """Run the lifecycle for a new extensions goal state; never raises."""
+    def process(self, goal_state: GoalState, retry: bool = False) -> None:
+        """Run the lifecycle for a new extensions goal state (``retry``: again for the handlers a full disk
+        stopped, see :meth:`retry_due`); never raises."""
         egs = goal_state.extensions_goal_state
         seq = egs.svd_sequence_number or goal_state.incarnation
         self._wait_for_certificates = goal_state.wait_for_certificates_named
@@ -135,8 +148,13 @@ class ExtensionsManager:
                               f"{egs.source} activity: {egs.activity_id} correlation {egs.correlation_id} "
                               f"created: {egs.created_on_timestamp}]")
         error: Optional[str] = None
+        only = set(self.disk_full) if retry else None
+        if not retry:
+            self.disk_full.clear()
+            self._retry_delay = DISK_FULL_RETRY_FIRST
         try:
-            self._process(egs)
+            self._process(egs, only)
+            self._schedule_retry()
             if not self.unsupported:
                 self.gs_status = goal_state_aggregate_status(seq)
         except Exception as e:
@@ -157,6 +175,19 @@ class ExtensionsManager:
         log.info("{0}", message)
         events.add_event(op, message=message, lib_dir=self.lib_dir)
 
+    def retry_due(self) -> bool:
+        """A full disk stopped some handlers of the current goal state and their next attempt is due."""
+        return bool(self.disk_full) and self._retry_at is not None and time.monotonic() >= self._retry_at
+
+    def _schedule_retry(self) -> None:
+        if not self.disk_full:
+            self._retry_at = None
+            return
+        log.warn("The disk is full: {0} will be processed again in {1} s", ", ".join(sorted(self.disk_full)),
+                 int(self._retry_delay))
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, DISK_FULL_RETRY_MAX)
+
     def goal_state_status(self) -> Optional[dict]:
         """``vmArtifactsAggregateStatus.goalStateAggregateStatus`` for build_vm_status (03 §11)."""
         return self.gs_status
@@ -172,7 +203,7 @@ class ExtensionsManager:
         return True
 
     # --- processing --------------------------------------------------------------------------------------------
-    def _process(self, egs: ExtensionsGoalState) -> None:
+    def _process(self, egs: ExtensionsGoalState, only: Optional[set] = None) -> None:
         self._manifests, self._uninstall_exit, self._done, self._refused = {}, {}, set(), {}
         signing.report_signed(egs, self.lib_dir)
         if egs.on_hold and self.conf.enable_over_provisioning:
@@ -201,6 +232,8 @@ class ExtensionsManager:
             return
         policy_error = self._load_policy()
         pairs = ordered_pairs(egs.extensions)
+        if only is not None:
+            pairs = [p for p in pairs if p[1].name in only]
         max_key = max((p[0] for p in pairs), default=0)
         start = time.monotonic()
         blocked: Optional[str] = None
@@ -285,6 +318,7 @@ class ExtensionsManager:
                 self._disable(ext, settings)
             else:
                 raise ExtensionError(f"Unknown requested state {ext.state!r}", code=-1)
+            self.disk_full.pop(ext.name, None)
             return True
         except signing.PackageValidationError as e:  # the policy requires a signature: treated as disallowed
             self._disallow(ext, settings, e.code, e.msg)
@@ -294,8 +328,16 @@ class ExtensionsManager:
                 err = ExtensionError(e.upstream_text, code=e.code)
             else:
                 err = e if isinstance(e, ExtensionError) else ExtensionError(f"{type(e).__name__}: {e}", code=-1)
+            version = self._version_for_report(ext)
+            if disk_full(e):
+                err = ExtensionError(f"The disk is full; the handler's files could not be written (nothing "
+                                     f"half-written is kept, it is processed again): {err.msg}", code=err.code)
+                self.disk_full[ext.name] = err
+                if self.ctx.event is not None:
+                    self.ctx.event(DISK_FULL_EVENT, name=ext.name, version=version, is_success=False,
+                                   message=err.msg)
             log.error("[{0}] {1}", ext.name, err.msg)
-            self._report(ext, settings, err, self._version_for_report(ext))
+            self._report(ext, settings, err, version)
             return False
 
     def _refuse(self, ext: Extension, settings: Optional[ExtensionSettings]) -> None:
@@ -546,6 +588,9 @@ class ExtensionsManager:
         message = hs.get("message")
         if state != NOT_INSTALLED:
             message = self._heartbeat(files, base, message)
+        full = self.disk_full.get(ext.name)
+        if full is not None:  # the HandlerStatus file may be stale: the disk refused the new one
+            base["status"], base["code"], message = "NotReady", full.code, full.msg
         if message is not None:
             base["formattedMessage"] = {"lang": "en-US", "message": message}
         mc = ext.supports_multi_config
@@ -560,10 +605,13 @@ class ExtensionsManager:
             if mc and s.state == "disabled" and files.ext_state(s.name) == "disabled":
                 continue
             path = files.status_file(s.sequence_number, s.name if mc else None)
-            if state == NOT_INSTALLED and not system.exists(path):
+            if state == NOT_INSTALLED and not system.exists(path) and full is None:
                 out.append(dict(base))
                 continue
-            rs: dict = {"settingsStatus": ext_status.read_status(path, s.name), "sequenceNumber": s.sequence_number}
+            settings_status = (ext_status.error_status(s.name or ext.name, full.code, full.msg)
+                               if full is not None and not system.exists(path) else
+                               ext_status.read_status(path, s.name))
+            rs: dict = {"settingsStatus": settings_status, "sequenceNumber": s.sequence_number}
             if mc:
                 rs["extensionName"] = s.name
             out.append(dict(base, runtimeSettingsStatus=rs))

@@ -103,6 +103,11 @@ def _simple(name: str, status: str, code: int, message: str, operation: Optional
             "version": 1.0, "timestampUTC": utc_seconds()}
 
 
+def error_status(name: str, code: int, message: str) -> dict:
+    """A ``settingsStatus`` in error the agent reports for an extension that could not run."""
+    return _simple(name, "error", code, message)
+
+
 def read_status(path: str, name: str, retry: bool = True) -> Optional[dict]:
     """The reported ``settingsStatus`` for one status file, whatever is (or is not) in it."""
     real = system.path(path)
