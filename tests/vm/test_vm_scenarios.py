@@ -8,6 +8,10 @@ import json
 
 from vmtier.platform import default_scenario
 
+from guestagent.lab import doctorfaults
+from guestagent.osutil import gpa, kvp
+from guestagent.provisioning import marker
+
 PASSWORD = "VmTier-Passw0rd!"
 
 
@@ -144,3 +148,33 @@ def test_systemd_restarts_daemon_and_daemon_restarts_child_after_kill9(azure_vm)
     restarts = vm.run(["systemctl", "show", "-p", "NRestarts", "--value", "walinuxagent.service"]).out.strip()
     assert restarts == "1", restarts
     print(f"daemon {daemon} -> {new_daemon}; child {child} -> {new_child}")
+
+
+def test_doctor_healthy_then_gpa_fault_and_kvp_report(azure_vm):
+    """One boot: the provisioning report in the KVP pool, `guestagent doctor` clean on the healthy VM
+    (exit 0), then naming an injected fault (the GPA's listener stopped in its status.json, exit 1)."""
+    vm = azure_vm(kvp=True).start()
+    vm.wait_ready()
+    vm.wait_provisioned()
+    pool = vm.machine.read(kvp.POOL_FILE)
+    reports = [v for k, v in kvp.decode_records(pool) if k == kvp.REPORT_KEY]
+    assert len(reports) == 1, (len(pool), reports)
+    fields = dict(f.split("=", 1) for f in reports[0].split("|"))
+    assert fields["result"] == "success" and fields["agent"].startswith("WALinuxAgent/"), fields
+    # the VM id as the platform knows it: SMBIOS's UUID with its first three groups byte-swapped
+    assert fields["vm_id"].lower() == marker.correct_instance_id(vm.machine.cfg.vm_uuid).lower(), fields
+    # the doctor's status check needs the ext-handler's first status upload
+    vm.machine.wait_for("the first status upload", lambda: vm.fabric.status_blob, 240, 3)
+
+    healthy = vm.run(["guestagent", "doctor"], check=False, timeout=240)
+    print(healthy.out)
+    assert healthy.rc == 0, healthy.out + healthy.err
+    assert "no problems found" in healthy.out
+
+    vm.run(["mkdir", "-p", gpa.LOG_DIR])
+    vm.machine.write(gpa.STATUS_FILE, doctorfaults.shape("gpa-listener").text.encode())
+    faulty = vm.run(["guestagent", "doctor"], check=False, timeout=240)
+    print(faulty.out)
+    assert faulty.rc == 1, faulty.out + faulty.err
+    line = next((ln for ln in faulty.out.splitlines() if "gpa.proxyListenerStatus" in ln), "")
+    assert line.startswith("[FAIL]") and doctorfaults.LISTENER_FAILURE in line, faulty.out

@@ -43,12 +43,15 @@ def start_fabric(scenario, state_dir: Path):
 
 class AzureVM:
     def __init__(self, work: Path, images: tuple, scenario: Optional[dict] = None, conf: Optional[dict] = None,
-                 cpus: int = 1, timeout: float = 900, resource_disk_mb: int = 1024):
+                 cpus: int = 1, timeout: float = 900, resource_disk_mb: int = 1024, kvp: bool = False):
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.base, self.agent_disk = images
         self.conf = dict(BASE_CONF, **(conf or {}))
         self.cpus, self.timeout, self.resource_disk_mb = cpus, timeout, resource_disk_mb
+        # kvp: the guest setup creates /var/lib/hyperv before the agent starts (the KVP daemon's folder
+        # on Azure; without it the agent writes no KVP report)
+        self.kvp = kvp
         self.fabric = None
         self.machine: Optional[Machine] = None
         self.ready_seconds: Optional[float] = None   # qemu start → the fabric saw Ready (last boot)
@@ -92,12 +95,16 @@ class AzureVM:
         conf_file = self.work / "waagent.conf"
         conf_file.write_text(devices.waagent_conf((REPO / "config/waagent.conf").read_text(), self.conf))
         self.ssh_port = net.free_port()
+        fw_cfg = {"waagent.conf": conf_file}
+        if self.kvp:
+            fw_cfg["kvp"] = self.work / "kvp"
+            fw_cfg["kvp"].write_text("1\n")
         cfg = MachineConfig(image_dir=self.base, disk=self.agent_disk, work=self.work, cpus=self.cpus,
                             dvd=self.make_dvd(self.scenario),
                             resource_disk=devices.make_resource_disk(self.work / "resource.img",
                                                                      self.resource_disk_mb),
                             forwards=self._forwards(), ssh_port=self.ssh_port,
-                            fw_cfg={"waagent.conf": conf_file}, timeout=self.timeout)
+                            fw_cfg=fw_cfg, timeout=self.timeout)
         self.machine = Machine(cfg)
         self.t_start = time.monotonic()
         self.machine.boot()
