@@ -347,6 +347,8 @@ def test_hostile_extension_name(agent, row):
 def test_huge_plugin_list(agent, row):
     t0 = time.monotonic()
     incarnation = agent.step(STEP["d5"])
-    agent.wait(lambda: agent.processed(incarnation), 30, "20 000 plugins processed within 30 s")  # was 99 s
+    # 11-19 s on 2 quiet cores, over 30 s under heavy load; the quadratic parse took 99 s of CPU for the
+    # parse alone. Linearity itself is asserted by bench/test_bench.py (a ratio, not a wall clock).
+    agent.wait(lambda: agent.processed(incarnation), 75, "20 000 plugins processed within 75 s")
     row.note(f"processed in {time.monotonic() - t0:.1f} s")
     healthy(agent, row)
