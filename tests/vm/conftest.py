@@ -86,7 +86,8 @@ def vm_images():
 
 @pytest.fixture
 def azure_vm(request, vm_images):
-    """Factory: ``azure_vm(scenario=None, conf=None)`` → a not yet started AzureVM; call ``.start()``.
+    """Factory: ``azure_vm(scenario=None, conf=None, images=None)`` → a not yet started AzureVM; call
+    ``.start()``. ``images`` = (base, layer) boots another layer (``image.package_layer`` + ``agent_image``).
     At teardown the guest's logs are collected and it is powered off; on failure the console, the
     agent log and the fabric's request log are printed and the work folder is kept."""
     vms = []
@@ -95,7 +96,7 @@ def azure_vm(request, vm_images):
         name = f"{request.node.name[:48]}-{len(vms)}".replace("[", "-").replace("]", "").replace(",", "_")
         work = WORK / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
         shutil.rmtree(work, ignore_errors=True)
-        vm = AzureVM(work, vm_images, cpus=kw.pop("cpus", CPUS), **kw)
+        vm = AzureVM(work, kw.pop("images", vm_images), cpus=kw.pop("cpus", CPUS), **kw)
         vms.append(vm)
         return vm
 

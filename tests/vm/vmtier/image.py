@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List, Optional, Sequence
 
 from .machine import Machine, MachineConfig
 
@@ -91,7 +93,7 @@ def _layer(backing: Path, out: Path, base: Path, files: dict, script: str, what:
     m = Machine(MachineConfig(image_dir=base, disk=backing, work=work, cpus=2, timeout=600))
     try:
         m.boot()
-        m.run(["mkdir", "-p", "/var/tmp/guestagent-install"])
+        m.run(["mkdir", "-p", "/var/tmp/guestagent-install", *sorted({str(Path(p).parent) for p in files})])
         for path, data in files.items():
             m.write(path, data)
         res = m.run(script, timeout=400)
@@ -107,15 +109,16 @@ def _layer(backing: Path, out: Path, base: Path, files: dict, script: str, what:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def agent_image(base: Path, force: bool = False) -> Path:
-    """The agent layer for the current sources, built if missing: a qcow2 layer on the base with the
-    project's .deb installed by apt."""
+def agent_image(base: Path, force: bool = False, backing: Optional[Path] = None) -> Path:
+    """The agent layer for the current sources, built if missing: a qcow2 layer on the base (or on
+    ``backing``, a package layer of the base) with the project's .deb installed by apt."""
     import fcntl
 
     CACHE.mkdir(parents=True, exist_ok=True)
+    under = backing or base / "base.qcow2"
     with open(CACHE / ".agent-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions build one layer at a time
-        key = f"{base.name}-{source_key()}"
+        key = f"{base.name}-{source_key()}" if backing is None else f"{backing.stem}-{source_key()}"
         out = CACHE / f"agent-{key}.qcow2"
         if out.exists() and not force:
             return out
@@ -125,10 +128,78 @@ def agent_image(base: Path, force: bool = False) -> Path:
             deb = build_deb(wdir)
             log(f"package: {deb.name}")
             files = {f"/var/tmp/guestagent-install/{deb.name}": deb.read_bytes()}
-            _layer(base / "base.qcow2", out, base, files, INSTALL_SH, "agent")
+            _layer(under, out, base, files, INSTALL_SH, "agent")
             for old in CACHE.glob("agent-*.qcow2"):
                 # sources change all the time: drop old layers, but not ones a parallel run may use
                 if old != out and time.time() - old.stat().st_mtime > 3 * 3600:
+                    old.unlink()
+            return out
+        finally:
+            shutil.rmtree(wdir, ignore_errors=True)
+
+
+PACKAGES_SH = r"""
+set -eu
+D=/var/tmp/guestagent-packages
+# an image build: install, never start (deb-systemd-invoke honours policy-rc.d)
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+if ls "$D"/*.deb >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$D"/*.deb >/dev/null
+fi
+rm -f /usr/sbin/policy-rc.d
+"""
+
+
+def _resolve(base: Path, packages: Sequence[str], dest: Path) -> List[Path]:
+    """Download ``packages`` and whatever of their dependencies the base lacks, from the host's apt
+    (the guest has no network but the fabric): the host's apt resolves them against the base's dpkg
+    status (saved by build-image), then ``apt-get download`` fetches exactly those versions."""
+    status = base / "dpkg-status"
+    # a simulation, not --print-uris: that one leaves out what the host's own apt cache already holds
+    proc = subprocess.run(["apt-get", "install", "-s", "-q", "--no-install-recommends",
+                           "-o", f"Dir::State::status={status}", "-o", "Debug::NoLocking=1",
+                           "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", *packages],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"apt-get could not resolve {' '.join(packages)}:\n{proc.stderr[-2000:]}")
+    wanted = [f"{m.group(1)}={m.group(2)}"
+              for m in re.finditer(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ", proc.stdout, re.M)]
+    dest.mkdir(parents=True, exist_ok=True)
+    if wanted:
+        proc = subprocess.run(["apt-get", "download", *wanted], cwd=dest, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"apt-get download failed:\n{proc.stderr[-2000:]}")
+    return sorted(dest.glob("*.deb"))
+
+
+def package_layer(base: Path, packages: Sequence[str], script: str = "", keep_debs: str = "") -> Path:
+    """A layer on the base with Debian ``packages`` installed offline with apt (enabled by their
+    postinst, started by nothing: a policy-rc.d forbids it during the install), then ``script`` run
+    as root in the guest (to mask a service the scenario starts itself, say). With ``keep_debs`` (a
+    guest folder) the .debs stay in the guest, for a scenario that installs them again later.
+    Cached per base, package set and script; scenarios put the agent layer on it with
+    ``agent_image(base, backing=layer)``."""
+    import fcntl
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".agent-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        h = hashlib.sha256("\0".join([*sorted(packages), script, keep_debs, PACKAGES_SH]).encode())
+        out = CACHE / f"pkg-{base.name}-{h.hexdigest()[:12]}.qcow2"
+        if out.exists():
+            return out
+        wdir = CACHE / f".debs-{os.getpid()}"
+        shutil.rmtree(wdir, ignore_errors=True)
+        try:
+            debs = _resolve(base, packages, wdir)
+            log(f"package layer: {len(debs)} .debs for {' '.join(packages)}")
+            files = {f"/var/tmp/guestagent-packages/{d.name}": d.read_bytes() for d in debs}
+            keep = f"mkdir -p {keep_debs} && cp /var/tmp/guestagent-packages/*.deb {keep_debs}/\n" if keep_debs else ""
+            _layer(base / "base.qcow2", out, base, files,
+                   PACKAGES_SH + keep + "rm -rf /var/tmp/guestagent-packages\n" + script, "packages")
+            for old in CACHE.glob("pkg-base-*.qcow2"):
+                if not old.name.startswith(f"pkg-{base.name}-"):   # layers of an older base
                     old.unlink()
             return out
         finally:

@@ -43,7 +43,8 @@ def start_fabric(scenario, state_dir: Path):
 
 class AzureVM:
     def __init__(self, work: Path, images: tuple, scenario: Optional[dict] = None, conf: Optional[dict] = None,
-                 cpus: int = 1, timeout: float = 900, resource_disk_mb: int = 1024, kvp: bool = False):
+                 cpus: int = 1, timeout: float = 900, resource_disk_mb: int = 1024, kvp: bool = False,
+                 os_release: Optional[str] = None):
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.base, self.agent_disk = images
@@ -52,6 +53,9 @@ class AzureVM:
         # kvp: the guest setup creates /var/lib/hyperv before the agent starts (the KVP daemon's folder
         # on Azure; without it the agent writes no KVP report)
         self.kvp = kvp
+        # os_release: the text of /etc/os-release for this boot (written before the agent starts): Debian
+        # running another family's network stack, named as that family
+        self.os_release = os_release
         self.fabric = None
         self.machine: Optional[Machine] = None
         self.ready_seconds: Optional[float] = None   # qemu start → the fabric saw Ready (last boot)
@@ -99,6 +103,9 @@ class AzureVM:
         if self.kvp:
             fw_cfg["kvp"] = self.work / "kvp"
             fw_cfg["kvp"].write_text("1\n")
+        if self.os_release is not None:
+            fw_cfg["os-release"] = self.work / "os-release"
+            fw_cfg["os-release"].write_text(self.os_release)
         cfg = MachineConfig(image_dir=self.base, disk=self.agent_disk, work=self.work, cpus=self.cpus,
                             dvd=self.make_dvd(self.scenario),
                             resource_disk=devices.make_resource_disk(self.work / "resource.img",
