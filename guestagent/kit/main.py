@@ -1,12 +1,13 @@
-"""``guestagent ext-test DIR``: run an extension handler folder through its whole contract.
+"""``guestagent ext-test DIR``: run an extension handler folder through its whole contract, inside the lab's
+namespace sandbox (root only).
 
-The handler is packaged and published by the fabric emulator on 127.0.0.1, which also delivers the goal
-states and encrypts the protected settings to its tenant certificate; the agent's own pieces (a Config, the
-WireProtocol, the ExtensionsManager the ext-handler runs) fetch them over real HTTP and drive the handler
-through: install + enable with public and protected settings → enable with a new sequence number → update to a second version
-→ disable → uninstall. Every command is reported with its environment, duration, exit code and output, and
-the contract is checked (HandlerManifest fields, status file shape, heartbeat, exit codes, timing).
-Everything lives in a temporary directory; nothing on the host is touched and nothing leaves 127.0.0.1.
+The sandbox (:class:`guestagent.lab.sandbox.Sandbox`) is a throwaway overlay of this machine with its own
+mount, PID and network namespaces: only loopback, where the fabric emulator listens. In it the handler runs
+as on a VM, as root, at its real paths: ``/var/lib/waagent`` (the goal state's certificates as
+``<THUMBPRINT>.crt``/``.prv`` beside the handler directory), ``/var/log/azure``, ``/etc`` (users, sudoers,
+sshd_config: the sandbox's copies). Nothing it writes reaches the host; the report folder (``--report``)
+receives the kit's report, each command's output, the status files after each step and the handler's logs.
+The flow and its checks are :mod:`guestagent.kit.flow`.
 """
 
 from __future__ import annotations
@@ -15,201 +16,24 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
-import tempfile
 import time
-from typing import Optional, TextIO
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
 
-from guestagent.exthandler.extensions.manifest import HandlerManifest
-from guestagent.exthandler.extensions.runner import CommandResult
-from guestagent.fabric.scenario import ExtensionSpec, SettingsSpec
-from guestagent.kit.lab import ExtensionLab
+from guestagent import log
+from guestagent.kit.flow import SETTLE, Json, KitOptions, run_ext_test
+from guestagent.lab.errors import SandboxUnavailable
+from guestagent.lab.image import SSHD_CONFIG
+from guestagent.lab.sandbox import Sandbox, interpreter
 
-#: Commands taking longer than this are flagged (the platform's budget is the 04 §6.3 timeout).
-SLOW_COMMAND = 60.0
-
-#: A JSON document as decoded (settings given with --settings / --protected-settings).
-Json = object
-
-
-# --- the report -----------------------------------------------------------------------------------------
-class Report:
-    def __init__(self, out: Optional[TextIO] = None):
-        self.out = out or sys.stdout
-        self.problems: list[str] = []
-        self.commands: list[CommandResult] = []
-
-    def command(self, result: CommandResult) -> None:
-        self.commands.append(result)
-        w = self.out.write
-        w(f"  -- {result.op}: exit code {result.exit_code}{' (TIMED OUT)' if result.timed_out else ''} "
-          f"in {result.duration:.3f} s\n     command: {result.command}\n")
-        for k, v in sorted(result.env.items()):
-            w(f"     env {k}={v}\n")
-        for line in result.output.splitlines():
-            w(f"     | {line}\n")
-        if result.duration > SLOW_COMMAND:
-            self.problem(f"{result.op} took {result.duration:.1f} s (over {SLOW_COMMAND:.0f} s)")
-
-    def step(self, title: str) -> None:
-        self.out.write(f"\n== {title}\n")
-
-    def problem(self, text: str) -> None:
-        self.problems.append(text)
-        self.out.write(f"  !! {text}\n")
-
-    def note(self, text: str) -> None:
-        self.out.write(f"  {text}\n")
-
-
-def check_manifest(folder: str, report: Report) -> Optional[HandlerManifest]:
-    from guestagent.errors import ExtensionError
-    from guestagent.exthandler.extensions.manifest import COMMANDS, load_handler_manifest
-
-    try:
-        manifest = load_handler_manifest(os.path.join(folder, "HandlerManifest.json"))
-    except ExtensionError as e:
-        report.problem(f"HandlerManifest.json: {e.msg} (code {e.code})")
-        return None
-    for op in COMMANDS:
-        try:
-            cmd = manifest.command(op)
-        except ExtensionError:
-            report.problem(f"handlerManifest.{op}Command is missing")
-            continue
-        script = os.path.join(folder, cmd.lstrip("/").split()[0])
-        if not os.path.isfile(script):
-            report.problem(f"{op}Command {cmd!r}: {script} does not exist in the package (commands are paths "
-                           f"relative to the package root)")
-    for key in manifest.non_boolean:
-        report.problem(f"handlerManifest.{key} should be a JSON boolean, not {manifest.handler[key]!r}")
-    report.note(f"updateMode={'UpdateWithInstall' if manifest.update_with_install else 'UpdateWithoutInstall'} "
-                f"reportHeartbeat={manifest.report_heartbeat} continueOnUpdateFailure="
-                f"{manifest.continue_on_update_failure} supportsMultipleExtensions={manifest.supports_multiple_extensions}")
-    return manifest
-
-
-def check_status(lab: ExtensionLab, name: str, expect_seq: Optional[int], report: Report) -> None:
-    entries = [e for e in lab.manager.handler_statuses() if e["handlerName"] == name]
-    if expect_seq is None:
-        if entries:
-            report.problem(f"{name} is still reported after uninstall")
-        else:
-            report.note("handler no longer reported (removed)")
-        return
-    if not entries:
-        report.problem("no handler status reported")
-        return
-    e = entries[0]
-    msg = e.get("formattedMessage", {}).get("message")
-    report.note(f"handler status: {e['status']} code {e['code']} version {e['handlerVersion']}: {msg}")
-    rs = e.get("runtimeSettingsStatus")
-    if not rs:
-        report.problem("no extension status reported")
-        return
-    st = rs["settingsStatus"]["status"]
-    fm = (st.get("formattedMessage") or {}).get("message")
-    report.note(f"extension status (seq {rs['sequenceNumber']}): {st['status']} code {st['code']} "
-                f"operation {st.get('operation')}: {fm}")
-    if rs["sequenceNumber"] != expect_seq:
-        report.problem(f"status reported for sequence number {rs['sequenceNumber']}, expected {expect_seq}")
-    if st["status"] not in ("success", "transitioning", "warning"):
-        report.problem(f"extension reported {st['status']} (code {st['code']}): {fm}")
-    if st["code"] == 1012:
-        report.problem("the status file is invalid (04 §10)")
-
-
-def run_ext_test(folder: str, name: Optional[str] = None, version2: Optional[str] = None,
-                 out: Optional[TextIO] = None, fast_track: bool = False, public: Json = None,
-                 protected_settings: Optional[dict] = None) -> int:
-    """The kit flow; returns 0 when every step kept the contract.
-
-    ``public`` / ``protected_settings`` replace the kit's own settings (a real handler such as
-    CustomScript needs its own, e.g. ``commandToExecute``); the fabric encrypts the protected ones to
-    its tenant certificate and every command's output is checked for their values."""
-    report = Report(out)
-    folder = os.path.abspath(folder)
-    report.step(f"HandlerManifest.json of {folder}")
-    manifest = check_manifest(folder, report)
-    if manifest is None:
-        return 1
-    name = name or f"Kit.{manifest.data.get('name') or os.path.basename(folder)}"
-    v1, v2 = "1.0.0", version2 or "1.1.0"
-    secret = protected_settings if protected_settings is not None else \
-        {"password": f"kit-{os.getpid()}-{time.time_ns()}"}
-    work = tempfile.mkdtemp(prefix="guestagent-ext-test-")
-    lab = ExtensionLab(work, sink=report.command)
-    try:
-        lab.publish(name, {v1: lab.prepare(folder, v1), v2: lab.prepare(folder, v2)})
-
-        def spec(version: str, seq: int, state: str = "enabled") -> ExtensionSpec:
-            settings = public if public is not None else {"kit": "public", "seq": seq}
-            return ExtensionSpec(name, version, state=state,
-                                 settings=[SettingsSpec(seq_no=seq, public=settings, protected=secret)])
-
-        steps = [(f"install + enable {v1} (seq 0, public + protected settings)", spec(v1, 0), 0),
-                 (f"enable {v1} with a new sequence number (seq 1)", spec(v1, 1), 1),
-                 (f"update {v1} -> {v2} (seq 2)", spec(v2, 2), 2),
-                 (f"disable {v2}", spec(v2, 2, "disabled"), 2),
-                 (f"uninstall {v2}", spec(v2, 2, "uninstall"), None)]
-        for title, ext, seq in steps:
-            report.step(title)
-            lab.apply([ext], fast_track=fast_track)
-            report.note(f"goal state fetched in {lab.fetch_seconds:.3f} s, processed in {lab.process_seconds:.3f} s")
-            check_status(lab, name, seq, report)
-            if seq is not None:
-                _check_files(lab, ext, manifest, secret, report)
-        _check_order(report)
-    finally:
-        lab.close()
-        shutil.rmtree(work, ignore_errors=True)
-    report.step("result")
-    if report.problems:
-        report.note(f"{len(report.problems)} problem(s):")
-        for p in report.problems:
-            report.note(f"  - {p}")
-        return 1
-    report.note("the handler kept the contract")
-    return 0
-
-
-def _check_files(lab: ExtensionLab, ext: ExtensionSpec, manifest: HandlerManifest, secret: dict,
-                 report: Report) -> None:
-    from guestagent.errors import CryptError
-    from guestagent.exthandler.extensions.state import HandlerFiles
-    from guestagent.protocol.certificates import decrypt_protected_settings
-
-    files = HandlerFiles(lab.lib_dir, ext.name, lab.manager.versions.get(ext.name, ext.version), lab.log_root)
-    path = files.settings_file(ext.settings[0].seq_no)
-    try:
-        mode = os.stat(path).st_mode & 0o777
-        with open(path, encoding="utf-8") as f:
-            hs = json.load(f)["runtimeSettings"][0]["handlerSettings"]
-        if mode != 0o600:
-            report.problem(f"{path} has mode {mode:o}, expected 600")
-        plain = json.loads(decrypt_protected_settings(hs["protectedSettings"], hs["protectedSettingsCertThumbprint"],
-                                                      lab.lib_dir))
-        if plain != secret:
-            report.problem("protected settings do not decrypt to what was sent")
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        report.problem(f"settings file {path}: {e}")
-    except CryptError as e:  # reported, not fatal
-        report.problem(f"protected settings could not be decrypted: {e}")
-    leaks = [str(v) for v in _leaf_values(secret) if len(str(v)) >= 6]
-    for command in report.commands:
-        if any(v in command.output for v in leaks):
-            report.problem(f"{command.op} printed the protected settings in clear text")
-    if manifest.report_heartbeat and not os.path.exists(files.heartbeat_file):
-        report.problem("reportHeartbeat is true but heartbeat.log was not written")
-
-
-def _leaf_values(doc: Json) -> list[Json]:
-    """Every scalar in a JSON document: the values a handler must never print."""
-    if isinstance(doc, dict):
-        return [v for item in doc.values() for v in _leaf_values(item)]
-    if isinstance(doc, list):
-        return [v for item in doc for v in _leaf_values(item)]
-    return [] if doc is None or isinstance(doc, bool) else [doc]
+PROG = "guestagent ext-test"
+#: Inside the sandbox: the handler folder as copied in, and the report the flow writes (copied out at the end).
+INSIDE = "/run/guestagent-kit"
+LIB_DIR, LOG_ROOT, AGENT_LOG = "/var/lib/waagent", "/var/log/azure", "/var/log/waagent.log"
+HOSTNAME = "ext-test"
+SHOWN_CHANGES = 25
 
 
 def _json_option(value: Optional[str], what: str) -> Json:
@@ -225,38 +49,135 @@ def _json_option(value: Optional[str], what: str) -> Json:
         raise ValueError(f"{what} is not a JSON document: {e}") from None
 
 
-def _check_order(report: Report) -> None:
-    ops = [c.op for c in report.commands]
-    report.step("command order")
-    report.note(" -> ".join(ops))
-    failed = [c for c in report.commands if c.exit_code != 0]
-    for c in failed:
-        report.problem(f"{c.op} exited with {c.exit_code}")
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Run an extension handler folder through the handler "
+                                "contract, inside a throwaway namespace sandbox (root)")
+    p.add_argument("folder", help="handler folder (with HandlerManifest.json at its root)")
+    p.add_argument("--name", help="handler name (Publisher.Type); default Kit.<manifest name>")
+    p.add_argument("--versions", default="1.0.0,1.1.0", metavar="V1,V2",
+                   help="the two versions the folder is published as (install V1, update to V2; default 1.0.0,1.1.0)")
+    p.add_argument("--fast-track", action="store_true", help="deliver goal states as vmSettings (FastTrack)")
+    p.add_argument("--wait", type=float, default=SETTLE, metavar="S",
+                   help=f"seconds each step waits for a final (not transitioning) status (default {SETTLE:.0f})")
+    p.add_argument("--settings", metavar="JSON|@FILE", help="public settings for every step (default: the kit's)")
+    p.add_argument("--protected-settings", metavar="JSON|@FILE",
+                   help="protected settings (a JSON object), encrypted by the fabric to its tenant certificate")
+    p.add_argument("--report", metavar="DIR", help="folder for the report, each command's output, the status files "
+                   "and the handler's logs (default: a new ext-test-<name>-<time> folder here)")
+    p.add_argument("--inside", help=argparse.SUPPRESS)  # the sandbox side: the report folder inside
+    return p
 
 
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="guestagent ext-test",
-                                     description="Run an extension handler folder through the handler contract")
-    parser.add_argument("folder", help="handler folder (with HandlerManifest.json at its root)")
-    parser.add_argument("--name", help="handler name (Publisher.Type); default Kit.<manifest name>")
-    parser.add_argument("--fast-track", action="store_true", help="deliver goal states as vmSettings (FastTrack)")
-    parser.add_argument("--settings", metavar="JSON|@FILE", help="public settings for every step (default: the kit's)")
-    parser.add_argument("--protected-settings", metavar="JSON|@FILE",
-                        help="protected settings (a JSON object), encrypted by the fabric to its tenant certificate")
-    args = parser.parse_args(argv)
+def _options(args: argparse.Namespace) -> KitOptions:
+    public = _json_option(args.settings, "--settings")
+    protected = _json_option(args.protected_settings, "--protected-settings")
+    if protected is not None and not isinstance(protected, dict):
+        raise ValueError("--protected-settings must be a JSON object")
+    versions = tuple(v.strip() for v in args.versions.split(","))
+    if len(versions) != 2 or not all(versions):
+        raise ValueError("--versions takes two versions, e.g. 1.0.0,1.1.0")
+    return KitOptions(name=args.name, versions=(versions[0], versions[1]), fast_track=args.fast_track,
+                      settle=args.wait, public=public, protected=protected)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(list(argv) if argv is not None else None)
     try:
-        public = _json_option(args.settings, "--settings")
-        protected = _json_option(args.protected_settings, "--protected-settings")
-        if protected is not None and not isinstance(protected, dict):
-            raise ValueError("--protected-settings must be a JSON object")
+        options = _options(args)
     except ValueError as e:
-        print(f"guestagent ext-test: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     if not os.path.isfile(os.path.join(args.folder, "HandlerManifest.json")):
-        print(f"{args.folder}: no HandlerManifest.json", file=sys.stderr)
+        print(f"{PROG}: {args.folder}: no HandlerManifest.json", file=sys.stderr)
         return 2
-    return run_ext_test(args.folder, name=args.name, fast_track=args.fast_track, public=public,
-                        protected_settings=protected)
+    if args.inside:
+        return _inside(args.folder, args.inside, options)
+    if os.geteuid() != 0:
+        print(f"{PROG} needs root: the handler runs as root inside a namespace sandbox (mounts, its own "
+              f"network); run it with sudo.", file=sys.stderr)
+        return 2
+    report = Path(args.report or f"ext-test-{args.name or Path(args.folder).resolve().name}-"
+                                 f"{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    try:
+        report.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"{PROG}: cannot create the report folder {report}: {e}", file=sys.stderr)
+        return 2
+    try:
+        return run_in_sandbox(Path(args.folder).resolve(), args, report, sys.stdout)
+    except SandboxUnavailable as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+
+
+def run_in_sandbox(folder: Path, args: argparse.Namespace, report: Path, out: TextIO) -> int:
+    """Copy the handler into a fresh sandbox, run the flow there (its output streamed to ``out`` and to
+    ``report/report.txt``), copy the report out; the sandbox and all it wrote are gone afterwards."""
+    inner = [interpreter(), "-m", "guestagent.kit.main", f"{INSIDE}/handler/{folder.name}", "--inside",
+             f"{INSIDE}/report", "--versions", args.versions, "--wait", str(args.wait)]
+    inner += ["--name", args.name] if args.name else []
+    inner += ["--fast-track"] if args.fast_track else []
+    # Settings are read here (an @FILE may be invisible inside) and passed on as JSON text.
+    for flag, value in (("--settings", args.settings), ("--protected-settings", args.protected_settings)):
+        if value is not None:
+            inner += [flag, json.dumps(_json_option(value, flag))]
+    t0 = time.monotonic()
+    with Sandbox(hostname=HOSTNAME, loopback_addrs=(), eth0=False) as sb, \
+            open(report / "report.txt", "w", encoding="utf-8") as text:
+        def say(line: str) -> None:
+            out.write(line)
+            out.flush()
+            text.write(line)
+
+        say(f"{PROG}: sandbox ready in {sb.startup_seconds:.2f} s (init pid {sb.init_pid}; network: loopback "
+            f"only); report folder {report}\n")
+        # A pristine VM: no agent state (the host's, seen through the overlay, is hidden, not touched).
+        sb.run(["rm", "-rf", LIB_DIR, LOG_ROOT, AGENT_LOG])
+        if not sb.host_path("/etc/ssh/sshd_config").exists():
+            sb.write_file("/etc/ssh/sshd_config", SSHD_CONFIG)  # a VM image has openssh-server; this host may not
+        shutil.copytree(folder, sb.host_path(f"{INSIDE}/handler/{folder.name}"), symlinks=True)
+        proc = sb.spawn(inner, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/")
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                say(raw.decode("utf-8", errors="replace"))
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            inside = sb.host_path(f"{INSIDE}/report")
+            if inside.is_dir():
+                shutil.copytree(inside, report, symlinks=True, dirs_exist_ok=True)
+            changes = _changes(sb, report)
+        say(f"\nwritten in the sandbox outside {LIB_DIR}, {LOG_ROOT}, /run, /tmp ({len(changes)}; never on the "
+            f"host; all in changes.txt):\n")
+        for path, what in changes[:SHOWN_CHANGES]:
+            say(f"  {what:<8} {path}\n")
+        if len(changes) > SHOWN_CHANGES:
+            say(f"  ... and {len(changes) - SHOWN_CHANGES} more\n")
+        say(f"\n{PROG}: exit {code} in {time.monotonic() - t0:.1f} s; report, command outputs, status files "
+            f"and the handler's logs in {report}\n")
+    return code
+
+
+def _changes(sb: Sandbox, report: Path) -> list[tuple[str, str]]:
+    """What the run wrote into the sandbox's copy of this machine (all of it in ``changes.txt``); returns the
+    entries outside the agent's own folders: what the handler did to the "VM" (users, sshd_config, ...)."""
+    changes = sb.change_set()
+    (report / "changes.txt").write_text("".join(f"{what} {path}\n" for path, what in changes.items()),
+                                        encoding="utf-8")
+    own = (LIB_DIR, LOG_ROOT, AGENT_LOG, "/root/.cache")
+    return [(p, w) for p, w in changes.items() if not any(p == o or p.startswith(o + "/") for o in own)]
+
+
+def _inside(folder: str, report_dir: str, options: KitOptions) -> int:
+    """The sandbox side: the flow at the real paths, the agent's log in /var/log/waagent.log."""
+    log.add_appender("file", log.FileAppender(log.INFO, AGENT_LOG))
+    os.makedirs(report_dir, exist_ok=True)
+    options.lib_dir, options.log_root, options.report_dir = LIB_DIR, LOG_ROOT, report_dir
+    options.extra_logs = [AGENT_LOG]
+    return run_ext_test(folder, options)
 
 
 if __name__ == "__main__":  # pragma: no cover
