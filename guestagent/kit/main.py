@@ -91,13 +91,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: {args.folder}: no HandlerManifest.json", file=sys.stderr)
         return 2
     if args.inside:
+        if not _in_sandbox():  # at the host's real paths the flow would write /var/lib/waagent: never
+            print(f"{PROG}: --inside is the sandbox's side of ext-test, not for use on a host", file=sys.stderr)
+            return 2
         return _inside(args.folder, args.inside, options)
     if os.geteuid() != 0:
         print(f"{PROG} needs root: the handler runs as root inside a namespace sandbox (mounts, its own "
               f"network); run it with sudo.", file=sys.stderr)
         return 2
-    report = Path(args.report or f"ext-test-{args.name or Path(args.folder).resolve().name}-"
-                                 f"{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    label = (args.name or Path(args.folder).resolve().name).replace(os.sep, "_")
+    report = Path(args.report or f"ext-test-{label}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     try:
         report.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -108,6 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SandboxUnavailable as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the sandbox is gone already (its processes killed); the report folder stays
+        print(f"\n{PROG}: interrupted; what was collected is in {report}", file=sys.stderr)
+        return 130
 
 
 def run_in_sandbox(folder: Path, args: argparse.Namespace, report: Path, out: TextIO) -> int:
@@ -169,6 +175,15 @@ def _changes(sb: Sandbox, report: Path) -> list[tuple[str, str]]:
                                         encoding="utf-8")
     own = (LIB_DIR, LOG_ROOT, AGENT_LOG, "/root/.cache")
     return [(p, w) for p, w in changes.items() if not any(p == o or p.startswith(o + "/") for o in own)]
+
+
+def _in_sandbox() -> bool:
+    """PID 1 here is the sandbox's init (forked from its keeper, whose command line it shares)."""
+    try:
+        with open("/proc/1/cmdline", "rb") as f:
+            return b"keeper_main" in f.read()
+    except OSError:
+        return False
 
 
 def _inside(folder: str, report_dir: str, options: KitOptions) -> int:

@@ -113,3 +113,6 @@ def test_bad_options_are_usage_errors(tmp_path, capsys):
     assert kit.main([str(SAMPLE), "--protected-settings", f"@{tmp_path}/missing.json"]) == 2
     assert kit.main([str(SAMPLE), "--versions", "1.0.0"]) == 2
     assert "--versions takes two versions" in capsys.readouterr().err
+    # the sandbox's side of the command would write the real /var/lib/waagent: refused outside a sandbox
+    assert kit.main([str(SAMPLE), "--inside", str(tmp_path / "report")]) == 2
+    assert "not for use on a host" in capsys.readouterr().err and not (tmp_path / "report").exists()
