@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST_PATHS = ("/var/lib/waagent", "/var/log/waagent.log", "/var/log/azure", "/etc/passwd", "/etc/shadow")
 
 #: A handler of ours that reads its certificate as CustomScript's HandlerUtil does: the thumbprint from
-#: config/<seq>.settings, the files from the hard-coded /var/lib/waagent, ``openssl cms -decrypt``.
+#: config/<seq>.settings, the files from the hard-coded /var/lib/waagent, ``openssl cms -decrypt``; like its
+#: bundled waagent 2.0.16 it also appends to /var/log/waagent.log (the old kit let that reach the host).
 HANDLER = r'''#!/usr/bin/env python3
 import base64, hashlib, json, os, subprocess, sys, time
 op, seq = sys.argv[1], os.environ.get("ConfigSequenceNumber", "0")
@@ -42,6 +43,8 @@ if res.returncode == 0:
 else:
     state, message = "error", f"cannot decrypt with {prv}: {res.stderr.decode()[-200:]}"
 print(f"enable seq {seq}: {state}")
+with open("/var/log/waagent.log", "a") as log:  # as CustomScript's bundled waagent 2.0.16 does
+    log.write(f"cert-reader: enable seq {seq}: {state}\n")
 status = [{"version": 1.0, "timestampUTC": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "status": {"name": "Kit.CertReader", "operation": "Enable", "status": state, "code": 0,
                       "formattedMessage": {"lang": "en-US", "message": message}}}]
@@ -109,7 +112,8 @@ def test_handler_reads_its_certificate_at_the_real_path_and_the_host_is_untouche
     assert status[0]["status"]["status"] == "success"
     log = (report / "logs" / "Kit.CertReader" / "CommandExecution.log").read_text()
     assert "handler.py enable" in log and token not in log
-    assert "Executing command" in (report / "logs" / "waagent.log").read_text()
+    agent_log = (report / "logs" / "waagent.log").read_text()
+    assert "Executing command" in agent_log and "cert-reader: enable seq 2: success" in agent_log
     assert "/var/lib/waagent/" in (report / "changes.txt").read_text()
 
 
