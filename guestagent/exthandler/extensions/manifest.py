@@ -114,8 +114,10 @@ def parse_handler_manifest(text: str) -> HandlerManifest:
         doc = json.loads(text.lstrip("\ufeff"))
     except ValueError as e:
         raise ExtensionError(f"Malformed HandlerManifest.json: {e}", code=CODE_MANIFEST_INVALID) from None
-    if isinstance(doc, list):
-        doc = doc[0] if doc else None
+    if not isinstance(doc, list) or not doc:  # upstream reads data[0]: an object or an empty list fails there
+        raise ExtensionError("Malformed HandlerManifest.json: expected a list, [{\"handlerManifest\": {...}}]",
+                             code=CODE_MANIFEST_INVALID)
+    doc = doc[0]
     if not isinstance(doc, dict) or not isinstance(doc.get("handlerManifest"), dict):
         raise ExtensionError("Malformed HandlerManifest.json: expected [{\"handlerManifest\": {...}}]",
                              code=CODE_MANIFEST_INVALID)
