@@ -11,7 +11,7 @@ from guestagent.version import AGENT_VERSION, GUESTAGENT_VERSION
 COMMANDS = {
     "fabric": ("guestagent.fabric.cli", "Run the fabric emulator (WireServer, HostGAPlugin, IMDS) or show what it saw"),
     "lab": ("guestagent.lab.main", "Run the real daemon against the fabric in a throwaway sandbox (root)"),
-    "ext-test": ("guestagent.kit.main", "Run an extension handler folder through its whole lifecycle"),
+    "ext-test": ("guestagent.kit.main", "Run an extension handler through its whole lifecycle in a throwaway sandbox (root)"),
     "doctor": ("guestagent.doctor.main", "Diagnose this VM like support would (read-only; --json for tools)"),
 }
 
