@@ -22,6 +22,9 @@ from guestagent.protocol import xml
 
 CODE_MANIFEST_NOT_FOUND = 1002
 CODE_MANIFEST_INVALID = 1003
+# upstream reports an error it did not foresee with code -1; a manifest of the wrong shape is one
+# (its data[0] / ['handlerManifest'] raise KeyError, IndexError or TypeError)
+CODE_MANIFEST_SHAPE = -1
 COMMANDS = ("install", "enable", "disable", "uninstall", "update")
 
 # --- the extension's package manifest (XML) --------------------------------------------------------------
@@ -109,18 +112,19 @@ class HandlerManifest:
 
 
 def parse_handler_manifest(text: str) -> HandlerManifest:
-    """Parse HandlerManifest.json text (BOM tolerated); errors carry code 1003."""
+    """Parse HandlerManifest.json text (BOM tolerated): text that is not JSON fails with code 1003, JSON
+    of the wrong shape with -1, the codes upstream reports for each."""
     try:
         doc = json.loads(text.lstrip("\ufeff"))
     except ValueError as e:
         raise ExtensionError(f"Malformed HandlerManifest.json: {e}", code=CODE_MANIFEST_INVALID) from None
     if not isinstance(doc, list) or not doc:  # upstream reads data[0]: an object or an empty list fails there
         raise ExtensionError("Malformed HandlerManifest.json: expected a list, [{\"handlerManifest\": {...}}]",
-                             code=CODE_MANIFEST_INVALID)
+                             code=CODE_MANIFEST_SHAPE)
     doc = doc[0]
     if not isinstance(doc, dict) or not isinstance(doc.get("handlerManifest"), dict):
         raise ExtensionError("Malformed HandlerManifest.json: expected [{\"handlerManifest\": {...}}]",
-                             code=CODE_MANIFEST_INVALID)
+                             code=CODE_MANIFEST_SHAPE)
     handler = doc["handlerManifest"]
     odd = [k for k in ("reportHeartbeat", "continueOnUpdateFailure", "supportsMultipleExtensions")
            if k in handler and not isinstance(handler[k], bool)]

@@ -35,9 +35,10 @@ def test_manifest_merges_internal_plugins_and_skips_garbage_versions():
     assert select_package(packages, "1").version == "1.10"
 
 
-@pytest.mark.parametrize("text,code", [("{", 1003), ("[]", 1003), ('[{"handlerManifest": 3}]', 1003),
-                                       # an object, not a list: upstream's load_manifest reads data[0] and fails
-                                       ('{"handlerManifest": {"enableCommand": "e.sh"}}', 1003)])
+# not JSON: upstream's 'Malformed manifest file' (1003); JSON of the wrong shape: upstream's data[0] or
+# ['handlerManifest'] raises, and its catch-all reports code -1
+@pytest.mark.parametrize("text,code", [("{", 1003), ("[]", -1), ('[{"handlerManifest": 3}]', -1),
+                                       ('{"handlerManifest": {"enableCommand": "e.sh"}}', -1)])
 def test_bad_handler_manifest_codes(text, code):
     with pytest.raises(ExtensionError) as e:
         parse_handler_manifest(text)
