@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from faultlab import FaultAgent, find_key
+from faultlab import FaultAgent
 from hostile import write_all
 
 from guestagent.fabric import faults as fabric_faults
 from guestagent.fabric.scenario import BUILTIN_DIR
 from guestagent.lab.sandbox import SandboxUnavailable
+from tests.sandbox.agentlab import find_key
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = "GuestAgent.Fabric.Sample"
@@ -240,7 +241,7 @@ def test_hung_handler(agent, row):
     agent.step(STEP["hung"])
     agent.wait_log(r"Executing command: \S+Fabric\.Faults\.Hung-1\.0\.0/bin/ext\.sh enable", mark)
     time.sleep(3)
-    assert agent.daemon() and agent.child(), "the agent died while a command hung"
+    assert agent.daemon_pid() and agent.child(), "the agent died while a command hung"
     # The loop waits for the command (enable's timeout is 300 s, as upstream); its end, however it comes,
     # is reported and the loop goes on. The timeout itself is tests/unit (runner) territory.
     agent.sb.run(["pkill", "-KILL", "-f", "^sleep 100000$"], check=False)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from faultlab import FABRIC_STATE, FaultAgent
+from faultlab import FaultAgent
 
 from guestagent.lab.sandbox import SandboxUnavailable
+from tests.sandbox.agentlab import FABRIC_STATE
 
 
 @pytest.mark.fault("D6 ovf-env UserName ../x")

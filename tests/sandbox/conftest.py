@@ -59,6 +59,23 @@ def sandbox():
         yield sb
 
 
+@pytest.fixture
+def agent(tmp_path, request):
+    """The daemon's sandbox (tests/sandbox/agentlab.py), prepared and not started; indirect
+    parametrisation (``request.param``) gives one test its own waagent.conf settings."""
+    from guestagent.lab.sandbox import SandboxUnavailable
+    from tests.sandbox.agentlab import Agent
+
+    try:
+        a = Agent(tmp_path, getattr(request, "param", None))
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield a
+    finally:
+        a.close()
+
+
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     for item in items:

@@ -9,178 +9,20 @@ GoalStatePeriod is 1 s so a "period" is short. Nothing here touches the host.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
-from pathlib import Path
-from typing import Any, Callable, Optional
 
 import pytest
 
 from guestagent.lab import main as lab
-from guestagent.lab.sandbox import Sandbox, SandboxUnavailable, interpreter
+from guestagent.lab.sandbox import interpreter
+from tests.sandbox.agentlab import FABRIC_STATE, LIB, PERIOD, RUN, Agent
 
 pytestmark = pytest.mark.sandbox
 
-PERIOD = 1
-LIB = "/var/lib/waagent"
 PID_FILE = "/var/run/waagent.pid"
-#: /var/run is an absolute symlink to /run: read through the latter (host_path does not follow links inside)
-RUN = "/run"
-AGENT_LOG = "/var/log/waagent.log"
-FABRIC_STATE = f"{lab.LAB_RUN}/fabric"
 DAEMON_CMD = [interpreter(), "-u", "-m", "guestagent.cli", "-daemon"]
-CONTROL = ("import sys, urllib.request as u\n"
-           "m, a, b = sys.argv[1:4]\n"
-           "r = u.Request('http://" + lab.WIRE_HOST + "/fabric/' + a, data=b.encode() if b else None, method=m)\n"
-           "print(u.urlopen(r, timeout=10).read().decode())\n")
-
-
-class Agent:
-    """One sandbox with the fabric running and the image prepared; the daemon started on demand."""
-
-    def __init__(self, workdir: Path, conf: Optional[dict[str, str]] = None, scenario: str = "default"):
-        self.workdir = workdir
-        self.lab = lab.Lab(scenario, out=io.StringIO(), resource_disk_mb=0)  # no resource disk: not our subject
-        self.sb = self.lab.sb = Sandbox(hostname=lab.IMAGE_HOSTNAME, loopback_addrs=(lab.WIRE_HOST, lab.IMDS_HOST))
-        scenario = self.lab._load_scenario()
-        path = self.lab._make_visible(self.sb, scenario)
-        self.lab._prepare(self.sb, scenario, workdir)
-        self.set_conf({"Extensions.GoalStatePeriod": str(PERIOD), "Logs.Verbose": "y", **(conf or {})})
-        self.conf_text = self.sb.read_text("/etc/waagent.conf")
-        self.lab._start_fabric(self.sb, path, with_ovf=True)
-        self.lab._attach_dvd(self.sb, workdir)
-        self.daemon: Any = None
-
-    def close(self) -> None:
-        self.sb.close()
-
-    # -- control ------------------------------------------------------------------------------------
-    def set_conf(self, settings: dict[str, str]) -> None:
-        self.sb.write_file("/etc/waagent.conf", lab.adapt_conf(self.sb.read_text("/etc/waagent.conf"), settings))
-
-    def start_daemon(self) -> None:
-        """``waagent -daemon`` as the lab (and systemd) starts it; output in daemon.out."""
-        self.lab._start_daemon(self.sb)
-        self.daemon = self.lab.daemon
-
-    def start(self) -> tuple[int, int]:
-        """Start the daemon and wait for steady state: (daemon pid, child pid) inside the sandbox."""
-        self.start_daemon()
-        child = self.wait_child()
-        self.wait_log(r"Goal State Period: 1 sec")
-        self.wait(lambda: self.uploads(), 20, "a first status upload")
-        return self.daemon_pid(), child
-
-    def kill(self, pid: int, sig: str) -> None:
-        self.sb.run(["kill", f"-{sig}", str(pid)])
-
-    def fabric(self, method: str, action: str, body: Optional[dict] = None) -> dict:
-        res = self.sb.run([interpreter(), "-c", CONTROL, method, action,
-                           json.dumps(body) if body is not None else ""])
-        return json.loads(res.stdout)
-
-    def fault(self, **spec: Any) -> None:
-        self.fabric("POST", "faults", {"kind": "goalstate", **spec})
-
-    # -- observation --------------------------------------------------------------------------------
-    def log(self) -> str:
-        try:
-            return self.sb.read_text(AGENT_LOG)
-        except FileNotFoundError:
-            return ""
-
-    def mark(self) -> int:
-        return len(self.log())
-
-    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                tail = "\n".join(self.log().splitlines()[-40:])
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n--- waagent.log tail:\n{tail}"
-                                     f"\n--- processes: {self.sb.processes()}")
-            time.sleep(0.1)
-
-    def wait_log(self, pattern: str, since: int = 0, timeout: float = 20) -> re.Match:
-        rx = re.compile(pattern)
-        return self.wait(lambda: rx.search(self.log(), since), timeout, f"log line /{pattern}/")
-
-    def text(self, path: str) -> Optional[str]:
-        try:
-            return self.sb.read_text(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
-    def daemon_pid(self) -> Optional[int]:
-        text = (self.text(f"{RUN}/waagent.pid") or "").strip()
-        return int(text) if text.isdigit() else None
-
-    def alive(self, pid: int) -> bool:
-        stat = self.text(f"/proc/{pid}/stat")
-        return stat is not None and ") Z " not in stat
-
-    def children(self) -> list[int]:
-        return [pid for pid, cmd in self.sb.processes() if "-run-exthandlers" in cmd and self.alive(pid)]
-
-    def wait_child(self, old: tuple[int, ...] = (), timeout: float = 20) -> int:
-        """The one live ext-handler (not in ``old``) once it has written its pid file."""
-
-        def ready() -> Optional[int]:
-            kids = [p for p in self.children() if p not in old]
-            if len(kids) == 1 and str(kids[0]) in self.child_pid_files().values():
-                return kids[0]
-            return None
-
-        return self.wait(ready, timeout, f"a new ext-handler (old: {old})")
-
-    def child_pid_files(self) -> dict[str, str]:
-        run = self.sb.host_path(RUN)
-        return {p.name: p.read_text().strip() for p in run.glob("*_waagent.pid")}
-
-    def rss_kb(self, pid: int) -> int:
-        m = re.search(r"^VmRSS:\s+(\d+) kB", self.text(f"/proc/{pid}/status") or "", re.M)
-        assert m, f"no VmRSS for {pid}"
-        return int(m.group(1))
-
-    def requests(self, *kinds: str) -> list[dict]:
-        text = self.text(f"{FABRIC_STATE}/requests.jsonl") or ""
-        reqs = [json.loads(line) for line in text.splitlines() if line.strip()]
-        return [r for r in reqs if not kinds or r["kind"] in kinds]
-
-    def uploads(self) -> list[dict]:
-        """Status uploads the fabric accepted (through HostGAPlugin or straight to the blob)."""
-        return [r for r in self.requests("hgap_status", "status_blob")
-                if r["method"] == "PUT" and r["status"] in (200, 201)]
-
-    def status(self) -> dict:
-        """The last status document the fabric accepted."""
-        return json.loads(self.text(f"{FABRIC_STATE}/status.json") or "{}")
-
-    def events(self) -> list[dict]:
-        """Agent events still on disk plus those already sent to the fabric, as {param: value}."""
-        out = []
-        for f in sorted(self.sb.host_path(f"{LIB}/events").glob("*.tld")):
-            try:
-                doc = json.loads(f.read_text())
-            except (OSError, ValueError):
-                continue  # collected (deleted) while we looked
-            out.append({p["name"]: p["value"] for p in doc.get("parameters", [])})
-        text = self.text(f"{FABRIC_STATE}/telemetry.jsonl") or ""
-        out += [json.loads(line).get("params", {}) for line in text.splitlines() if line.strip()]
-        return out
-
-    def event(self, op: str, text: str, success: Optional[bool] = None) -> Optional[dict]:
-        for ev in self.events():
-            ok = ev.get("OperationSuccess")
-            if ev.get("Operation") == op and text in str(ev.get("Message")) and (
-                    success is None or str(ok).lower() == str(success).lower()):
-                return ev
-        return None
 
 
 #: Modules the lean supervisor must not hold beyond what the interpreter itself loads (a .pth file may
@@ -193,18 +35,6 @@ LEAN_ABSENT = ["typing", "dataclasses", "subprocess", "json", "threading", "re",
 def switches(agent: Agent, pid: int) -> int:
     status = agent.text(f"/proc/{pid}/status") or ""
     return sum(int(n) for n in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)", status, re.M))
-
-
-@pytest.fixture
-def agent(tmp_path, request):
-    try:  # indirect parametrisation (request.param) gives one test its own waagent.conf settings
-        a = Agent(tmp_path, getattr(request, "param", None))
-    except SandboxUnavailable as e:
-        pytest.skip(str(e))
-    try:
-        yield a
-    finally:
-        a.close()
 
 
 # ------------------------------------------------------------------------------------ 1. start sequence
@@ -370,7 +200,7 @@ def test_goal_state_errors_are_logged_and_the_loop_recovers(agent):
     daemon, child = agent.start()
     for spec, expected in HARD_FAULTS:
         mark = agent.mark()
-        agent.fault(**spec)
+        agent.fault("goalstate", **spec)
         line = agent.wait_log(r"ERROR ExtHandler ExtHandler Error fetching the goal state: (.*(\nInner error: .*)?)",
                               mark, 20)
         assert re.search(expected, line.group(1)), (spec, line.group(0))
@@ -386,7 +216,7 @@ def test_a_child_without_a_first_goal_state_waits_quietly_and_still_notices_the_
     daemon, child = agent.start()
     mark = agent.mark()
     agent.kill(child, "KILL")
-    agent.fault(status=410, count=0)  # every goal-state request fails from now on (before the next child starts)
+    agent.fault("goalstate", status=410, count=0)  # every goal-state request fails from now on (before the next child starts)
     child2 = agent.wait(lambda: [p for p in agent.children() if p != child], 10, "a new child")[0]
     agent.wait(lambda: len(re.findall("Error fetching the goal state", agent.log()[mark:])) >= 3, 10, "3 errors")
     time.sleep(4 * PERIOD)  # still failing: no more lines
@@ -398,7 +228,7 @@ def test_a_child_without_a_first_goal_state_waits_quietly_and_still_notices_the_
     # again without a goal state, and now the daemon dies: the child must not wait forever
     mark = agent.mark()
     agent.kill(child2, "KILL")
-    agent.fault(status=410, count=0)
+    agent.fault("goalstate", status=410, count=0)
     child3 = agent.wait(lambda: [p for p in agent.children() if p not in (child, child2)], 10, "a third child")[0]
     agent.wait_log("Error fetching the goal state", mark, 10)
     agent.kill(daemon, "KILL")
@@ -428,7 +258,7 @@ def test_transient_goal_state_faults_are_retried_without_disturbing_the_loop(age
     for faults in (TRANSIENT_FAULTS, [SLOW]):  # SLOW: beyond the 10 s timeout, then a good answer
         mark, seen = agent.mark(), len(agent.requests())
         for spec, _ in faults:
-            agent.fault(**spec)
+            agent.fault("goalstate", **spec)
 
         def recovered(seen: int = seen, count: int = len(faults)) -> bool:
             reqs = [r for r in agent.requests()[seen:] if r["kind"] == "goalstate"]

@@ -18,9 +18,9 @@ import pytest
 from guestagent.lab import doctorfaults
 from guestagent.lab import main as lab
 from guestagent.lab.doctorfaults import GPA_SHAPES, shape
-from guestagent.lab.sandbox import SandboxUnavailable, interpreter, project_root
+from guestagent.lab.sandbox import interpreter, project_root
 from guestagent.osutil import gpa, kvp
-from tests.sandbox.test_daemon import Agent
+from tests.sandbox.agentlab import Agent
 
 pytestmark = pytest.mark.sandbox
 
@@ -54,18 +54,6 @@ def finding(doc: dict, check: str) -> dict:
 
 def problems(doc: dict) -> list[str]:
     return [f"{f['check']}: {f['found']}" for f in doc["findings"] if f["level"] in ("warn", "fail")]
-
-
-@pytest.fixture
-def agent(tmp_path):
-    try:
-        a = Agent(tmp_path)
-    except SandboxUnavailable as e:
-        pytest.skip(str(e))
-    try:
-        yield a
-    finally:
-        a.close()
 
 
 def test_doctor_clean_then_names_each_injected_fault(agent):

@@ -14,7 +14,7 @@ import pytest
 
 from guestagent.exthandler.extensions import signing
 from guestagent.lab.sandbox import SandboxUnavailable
-from tests.sandbox.test_daemon import FABRIC_STATE, LIB, Agent
+from tests.sandbox.agentlab import FABRIC_STATE, LIB, Agent
 
 pytestmark = pytest.mark.sandbox
 
