@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import pytest
 
-import guestagent.protocol.wire
 from guestagent import conf
 from guestagent.exthandler import main as child_main
 from guestagent.exthandler.extensions.manager import ExtensionsManager
@@ -25,37 +24,28 @@ from guestagent.protocol.wire import WireProtocol
 
 
 @pytest.fixture
-def fabric(tmp_path, monkeypatch):
-    from guestagent.fabric.server import Fabric
-
-    monkeypatch.setattr(guestagent.protocol.wire, "_direct_is_primary", True)
-    with Fabric(state_dir=tmp_path / "fabric") as fab:
-        yield fab
-
-
-@pytest.fixture
 def lines(log_lines):
     return log_lines
 
 
 @pytest.fixture
-def child(fabric, tmp_path):
+def child(fab, tmp_path):
     """An ExtHandler wired to the fabric (what run() does before its loop, minus threads and pid files)."""
     lib = str(tmp_path / "lib")
     os.makedirs(lib)
     ensure_transport_cert(lib)
     config = conf.parse(f"Lib.Dir={lib}\nExtensions.GoalStatePeriod=1\nPid.File={tmp_path}/waagent.pid\n")
     handler = child_main.ExtHandler(SimpleNamespace(debug=False), config)
-    handler.protocol = WireProtocol("127.0.0.1", lib, config, wire_port=fabric.wire_port,
-                                    hgap_port=fabric.hgap_port, sleep=lambda s: None)
+    handler.protocol = WireProtocol("127.0.0.1", lib, config, wire_port=fab.wire_port,
+                                    hgap_port=fab.hgap_port, sleep=lambda s: None)
     handler.extensions = ExtensionsManager(config, handler.protocol, log_root=str(tmp_path / "log"),
                                            event=lambda *a, **k: None)
     handler.protocol.update_goal_state()
     return handler
 
 
-def uploads(fabric) -> int:
-    return len(fabric.status_uploads)
+def uploads(fab) -> int:
+    return len(fab.status_uploads)
 
 
 def events(lib: str, op: str) -> list[dict]:
@@ -68,24 +58,24 @@ def events(lib: str, op: str) -> list[dict]:
     return out
 
 
-def test_status_goes_out_on_change_and_on_refresh_only(child, fabric):
+def test_status_goes_out_on_change_and_on_refresh_only(child, fab):
     assert child.status_refresh == 10  # 10 goal-state periods of 1 s (60 s at the default 6 s)
     child.iterate()
-    assert uploads(fabric) == 1
-    seq0 = fabric.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]["runtimeSettingsStatus"]
+    assert uploads(fab) == 1
+    seq0 = fab.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]["runtimeSettingsStatus"]
     assert seq0["sequenceNumber"] == 0
     for _ in range(5):
         child.iterate()
-    assert uploads(fabric) == 1, "an unchanged status was uploaded again before the refresh period"
+    assert uploads(fab) == 1, "an unchanged status was uploaded again before the refresh period"
     child.last_status_upload -= child.status_refresh  # the refresh period has passed
     child.iterate()
-    assert uploads(fabric) == 2
+    assert uploads(fab) == 2
     child.iterate()
-    assert uploads(fabric) == 2
-    fabric.advance()
+    assert uploads(fab) == 2
+    fab.advance()
     child.iterate()
-    assert uploads(fabric) == 3
-    seq = fabric.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]["runtimeSettingsStatus"]
+    assert uploads(fab) == 3
+    seq = fab.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]["runtimeSettingsStatus"]
     assert seq["sequenceNumber"] == 1
 
 
@@ -95,14 +85,14 @@ def test_default_refresh_is_a_minute_and_long_periods_do_not_stretch_it(tmp_path
         assert handler.status_refresh == expected, text
 
 
-def test_goal_state_errors_logged_three_in_a_row_then_throttled_and_recovery_resets(child, fabric, lines,
+def test_goal_state_errors_logged_three_in_a_row_then_throttled_and_recovery_resets(child, fab, lines,
                                                                                    monkeypatch):
     from guestagent.protocol import goalstate_updater
 
     monkeypatch.setattr(goalstate_updater, "WIRE_SERVER_POLL", 0.0)  # the WireServer is asked every iteration here
     lib = child.lib_dir
     child.iterate()
-    fabric.faults.add("goalstate", status=410, count=5)
+    fab.faults.add("goalstate", status=410, count=5)
     for _ in range(5):
         child.iterate()
     errors = lines.matching("Error fetching the goal state: [ResourceGoneError]")
@@ -113,28 +103,28 @@ def test_goal_state_errors_logged_three_in_a_row_then_throttled_and_recovery_res
     child.iterate()  # the fault is gone
     assert lines.matching("Fetching the goal state recovered from previous errors (5 in a row)")
     # after a recovery the next error is news again
-    fabric.faults.add("goalstate", body="malformed", count=4)
+    fab.faults.add("goalstate", body="malformed", count=4)
     for _ in range(4):
         child.iterate()
     assert len(lines.matching("Error fetching the goal state: [ProtocolError] Fetched an invalid goal state")) == 3
     child.next_gs_error_log = 0.0  # 6 hours later
-    fabric.faults.add("goalstate", body="malformed", count=1)
+    fab.faults.add("goalstate", body="malformed", count=1)
     child.iterate()
     assert len(lines.matching("Fetching the goal state is still failing: [ProtocolError]")) == 1
     ops = [e["Message"] for e in events(lib, "FetchGoalState")]
     assert sum("recovered" in m for m in ops) == 1 and sum("still failing" in m for m in ops) == 1
 
 
-def test_a_failed_status_upload_is_logged_once_and_retried_next_iteration(child, fabric, lines):
-    fabric.faults.add("status_blob", status=500, count=0)
-    fabric.faults.add("hgap_status", status=500, count=0)
+def test_a_failed_status_upload_is_logged_once_and_retried_next_iteration(child, fab, lines):
+    fab.faults.add("status_blob", status=500, count=0)
+    fab.faults.add("hgap_status", status=500, count=0)
     child.iterate()
     child.iterate()
-    assert uploads(fabric) == 0
+    assert uploads(fab) == 0
     assert len(lines.matching("Failed to report status")) == 1
-    fabric.faults.clear()
+    fab.faults.clear()
     child.iterate()  # not deferred to the refresh period: the last upload failed
-    assert uploads(fabric) == 1
+    assert uploads(fab) == 1
 
 
 def test_dead_worker_thread_is_restarted(child, lines):

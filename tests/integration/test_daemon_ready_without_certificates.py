@@ -13,12 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
-server = pytest.importorskip("guestagent.fabric.server")
-
-from guestagent.conf import Config  # noqa: E402
-from guestagent.protocol.wire import from_files  # noqa: E402
+from guestagent.conf import Config
+from guestagent.protocol.wire import from_files
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = "/var/lib/waagent"
@@ -41,14 +37,6 @@ DAEMON = textwrap.dedent("""
 """)
 
 
-@pytest.fixture
-def fabric(tmp_path):
-    fab = server.Fabric(host="127.0.0.1", wire_port=0, hgap_port=0, imds_port=0, state_dir=str(tmp_path / "fabric"))
-    fab.start()
-    yield fab
-    fab.stop()
-
-
 def run_daemon_part(tmp_root: Path, fab, conf_text: str) -> dict:
     (tmp_root / "sys/class/dmi/id").mkdir(parents=True, exist_ok=True)
     (tmp_root / "sys/class/dmi/id/product_uuid").write_text("544CDFD0-CB4E-4B4A-9954-5BDF3ED5C3B8\n")
@@ -61,34 +49,34 @@ def run_daemon_part(tmp_root: Path, fab, conf_text: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_disabled_provisioning_reports_ready_without_certificates_and_the_child_gets_them(tmp_root, fabric):
-    out = run_daemon_part(tmp_root, fabric, "Provisioning.Agent=disabled\n")
+def test_disabled_provisioning_reports_ready_without_certificates_and_the_child_gets_them(tmp_root, fab):
+    out = run_daemon_part(tmp_root, fab, "Provisioning.Agent=disabled\n")
     print(f"detection + Ready in {out['ready_s']:.3f} s (imports included)")
     assert out["crypto_at_ready"] == [] and out["pending"] is True
     assert out["pending_after"] is False  # finish_detection made the pair (cryptography imported only then)
-    kinds = [r["kind"] for r in fabric.requests]
+    kinds = [r["kind"] for r in fab.requests]
     assert kinds == ["versions", "goalstate", "health"], kinds  # no Certificates, no vmSettings, no configs
-    assert fabric.health_reports[-1]["state"] == "Ready"
+    assert fab.health_reports[-1]["state"] == "Ready"
     lib = tmp_root / LIB.lstrip("/")
     assert (lib / "TransportPrivate.pem").stat().st_mode & 0o777 == 0o600
     assert (lib / "TransportCert.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert (lib / "provisioned").exists() and (lib / "WireServerEndpoint").read_text() == "127.0.0.1"
     assert not list(lib.glob("*.prv")) and not list(lib.glob("*.crt"))
     # the ext-handler child: protocol from the files, whole goal state, certificates decrypted
-    child = from_files(Config(), LIB, wire_port=fabric.wire_port, hgap_port=fabric.hgap_port)
+    child = from_files(Config(), LIB, wire_port=fab.wire_port, hgap_port=fab.hgap_port)
     gs = child.update_goal_state()
-    cert_requests = [r for r in fabric.requests if r["kind"] == "certificates"]
+    cert_requests = [r for r in fab.requests if r["kind"] == "certificates"]
     assert cert_requests and cert_requests[0]["status"] == 200
     assert gs.certs and all((lib / f"{c.thumbprint}.crt").exists() for c in gs.certs)
     assert all((lib / f"{c.thumbprint}.prv").stat().st_mode & 0o777 == 0o600 for c in gs.certs if c.has_private_key)
 
 
-def test_provisioning_that_needs_certificates_still_detects_with_them(tmp_root, fabric):
+def test_provisioning_that_needs_certificates_still_detects_with_them(tmp_root, fab):
     """The health report paths of a flow that sets ``certificates`` use the full detection (unchanged)."""
     from guestagent.protocol.wire import detect
 
-    proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fabric.wire_port, hgap_port=fabric.hgap_port,
+    proto = detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                    sleep=lambda s: None, certificates=True)
     assert proto.transport_cert_pending is False
-    assert "certificates" in [r["kind"] for r in fabric.requests]
+    assert "certificates" in [r["kind"] for r in fab.requests]
     assert proto.goal_state.certs

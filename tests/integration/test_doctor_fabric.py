@@ -9,13 +9,6 @@ from guestagent import conf
 from guestagent.doctor import network
 from guestagent.doctor.context import DoctorContext
 from guestagent.doctor.report import FAIL, OK, WARN
-from guestagent.fabric.server import Fabric
-
-
-@pytest.fixture
-def fab(tmp_path):
-    with Fabric(state_dir=tmp_path / "state") as f:
-        yield f
 
 
 @pytest.fixture

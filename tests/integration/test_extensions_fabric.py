@@ -8,22 +8,10 @@ import json
 import os
 import time
 
-import pytest
-
-import guestagent.protocol.wire
 from guestagent.conf import Config
 from guestagent.exthandler.extensions.manager import ExtensionsManager
 from guestagent.protocol.status import build_vm_status
 from guestagent.protocol.wire import WireProtocol
-
-
-@pytest.fixture
-def fabric(tmp_path, monkeypatch):
-    from guestagent.fabric.server import Fabric
-
-    monkeypatch.setattr(guestagent.protocol.wire, "_direct_is_primary", True)
-    with Fabric(state_dir=tmp_path / "fabric") as fab:
-        yield fab
 
 
 def cycle(protocol, manager):
@@ -37,13 +25,13 @@ def cycle(protocol, manager):
     return gs, elapsed
 
 
-def test_enable_reenable_and_fast_track_upgrade_against_the_fabric(fabric, tmp_path):
+def test_enable_reenable_and_fast_track_upgrade_against_the_fabric(fab, tmp_path):
     from guestagent.protocol.certificates import decrypt_protected_settings, ensure_transport_cert
 
     lib = str(tmp_path / "lib")
     os.makedirs(lib)
     ensure_transport_cert(lib)
-    protocol = WireProtocol("127.0.0.1", lib, wire_port=fabric.wire_port, hgap_port=fabric.hgap_port,
+    protocol = WireProtocol("127.0.0.1", lib, wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                             sleep=lambda s: None)
     manager = ExtensionsManager(Config({"Lib.Dir": lib}), protocol, log_root=str(tmp_path / "log"),
                                 event=lambda *a, **k: None)
@@ -51,7 +39,7 @@ def test_enable_reenable_and_fast_track_upgrade_against_the_fabric(fabric, tmp_p
 
     gs, _ = cycle(protocol, manager)
     assert gs.extensions_goal_state.source == "Fabric"
-    handler = fabric.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]
+    handler = fab.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]
     assert (handler["handlerName"], handler["handlerVersion"], handler["status"]) == (name, "1.0.0", "Ready")
     assert handler["runtimeSettingsStatus"]["sequenceNumber"] == 0
     settings = json.load(open(os.path.join(lib, f"{name}-1.0.0", "config", "0.settings")))
@@ -60,19 +48,19 @@ def test_enable_reenable_and_fast_track_upgrade_against_the_fabric(fabric, tmp_p
     assert plain == {"secret": "fabric-protected-value"}
     assert (os.stat(os.path.join(lib, f"{name}-1.0.0", "config", "0.settings")).st_mode & 0o777) == 0o600
 
-    fabric.advance()
+    fab.advance()
     cycle(protocol, manager)
-    handler = fabric.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]
+    handler = fab.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]
     assert handler["runtimeSettingsStatus"]["sequenceNumber"] == 1
 
-    fabric.advance()
+    fab.advance()
     gs, elapsed = cycle(protocol, manager)
     assert gs.extensions_goal_state.source == "FastTrack"
-    handler = fabric.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]
+    handler = fab.status_blob["aggregateStatus"]["handlerAggregateStatus"][0]
     assert handler["handlerVersion"] == "1.1.0" and handler["status"] == "Ready"
     assert handler["runtimeSettingsStatus"]["sequenceNumber"] == 2
     assert not os.path.exists(os.path.join(lib, f"{name}-1.0.0"))
-    gsa = fabric.status_blob["aggregateStatus"]["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]
+    gsa = fab.status_blob["aggregateStatus"]["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]
     assert gsa["status"] == "Success" and gsa["code"] == 0
     assert elapsed < 1.0, f"update from fetched goal state took {elapsed:.3f} s"
-    assert "fabric-protected-value" not in json.dumps(fabric.status_blob)
+    assert "fabric-protected-value" not in json.dumps(fab.status_blob)

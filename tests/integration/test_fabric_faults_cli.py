@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from guestagent.fabric import cli
-from guestagent.fabric.server import Fabric
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,12 +25,6 @@ def http(url, method="GET", body=None, headers=None, timeout=10):
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-@pytest.fixture
-def fab(tmp_path):
-    with Fabric(state_dir=tmp_path / "state") as f:
-        yield f
 
 
 def test_status_fault_with_count_then_recovery(fab):

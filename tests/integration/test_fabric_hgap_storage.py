@@ -24,12 +24,6 @@ def http(url, method="GET", body=None, headers=None):
         return e.code, e.read(), {k.lower(): v for k, v in e.headers.items()}
 
 
-@pytest.fixture
-def fab(tmp_path):
-    with Fabric(state_dir=tmp_path / "state") as f:
-        yield f
-
-
 def hgap(fab, path):
     return f"http://127.0.0.1:{fab.hgap_port}{path}"
 

@@ -25,12 +25,6 @@ def http(url, method="GET", body=None, headers=None):
         return e.code, e.read(), dict(e.headers)
 
 
-@pytest.fixture
-def fab(tmp_path):
-    with Fabric(state_dir=tmp_path / "state") as f:
-        yield f
-
-
 def _url(goal_state: bytes, tag: str) -> str:
     m = re.search(rf"<{tag}>(.*?)</{tag}>".encode(), goal_state, re.S)
     assert m, f"{tag} missing"

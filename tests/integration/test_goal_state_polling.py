@@ -12,7 +12,6 @@ import os
 
 import pytest
 
-import guestagent.protocol.wire
 from guestagent.errors import ProtocolError
 from guestagent.protocol.goalstate_updater import WIRE_SERVER_POLL
 from guestagent.protocol.wire import WireProtocol
@@ -39,16 +38,12 @@ def _scenario(vm_settings: str = "supported"):
 
 
 @pytest.fixture
-def make(tmp_path, monkeypatch):
-    from guestagent.fabric.server import Fabric
-
-    monkeypatch.setattr(guestagent.protocol.wire, "_direct_is_primary", True)
-    started = []
+def make(tmp_path, fabrics):
+    count = iter(range(1000))
 
     def make(vm_settings: str = "supported"):
-        fab = Fabric(_scenario(vm_settings), state_dir=tmp_path / f"fabric{len(started)}").start()
-        started.append(fab)
-        lib = str(tmp_path / f"lib{len(started)}")
+        fab = fabrics(_scenario(vm_settings))
+        lib = str(tmp_path / f"lib{next(count)}")
         os.makedirs(lib)
         from guestagent.protocol.certificates import ensure_transport_cert
 
@@ -60,9 +55,7 @@ def make(tmp_path, monkeypatch):
         proto.update_goal_state()
         return fab, proto, clock
 
-    yield make
-    for fab in started:
-        fab.stop()
+    return make
 
 
 def kinds(fab, since: int = 0) -> dict:

@@ -17,9 +17,8 @@ from guestagent.provisioning import preprovisioned as pps
 
 
 @pytest.fixture
-def fab(tmp_path):
-    with Fabric(scenario=load_scenario("pps-running"), state_dir=tmp_path / "state") as f:
-        yield f
+def fab(fabrics):
+    return fabrics(load_scenario("pps-running"))
 
 
 def _client(fab: Fabric) -> imds.ImdsClient:

@@ -1,6 +1,6 @@
 """The protocol client against the fabric emulator over loopback (written independently of the client).
 
-Skips until guestagent.fabric.server lands. Sleeps are injected (fast); the slow-answer case uses a
+Sleeps are injected (fast); the slow-answer case uses a
 short client timeout so the real timeout path is exercised.
 """
 
@@ -9,12 +9,10 @@ import time
 
 import pytest
 
-server = pytest.importorskip("guestagent.fabric.server")
-
-from guestagent.conf import Config  # noqa: E402
-from guestagent.errors import ProtocolError, ResourceGoneError  # noqa: E402
-from guestagent.protocol.status import build_vm_status  # noqa: E402
-from guestagent.protocol.wire import detect, from_files  # noqa: E402
+from guestagent.conf import Config
+from guestagent.errors import ProtocolError, ResourceGoneError
+from guestagent.protocol.status import build_vm_status
+from guestagent.protocol.wire import detect, from_files
 
 LIB = "/var/lib/waagent"
 
@@ -27,22 +25,6 @@ def _scenario(blob_type="BlockBlob", fast_track=False):
                            Step(incarnation="2", status_blob_type=blob_type, fast_track=fast_track)])
 
 
-@pytest.fixture
-def make_fabric(tmp_path):
-    started = []
-
-    def make(scenario=None):
-        fab = server.Fabric(scenario=scenario, host="127.0.0.1", wire_port=0, hgap_port=0, imds_port=0,
-                            state_dir=str(tmp_path / f"fabric{len(started)}"))
-        fab.start()
-        started.append(fab)
-        return fab
-
-    yield make
-    for fab in started:
-        fab.stop()
-
-
 def _detect(fab, **kw):
     return detect(Config(), LIB, endpoint_ip="127.0.0.1", wire_port=fab.wire_port, hgap_port=fab.hgap_port,
                   sleep=lambda s: None, **kw)
@@ -52,8 +34,8 @@ def _status(proto):
     return build_vm_status(Config(), proto.goal_state, [], computer_name="vm", os_name="debian", os_version="12")
 
 
-def test_detect_goal_state_and_ready(tmp_root, make_fabric):
-    fab = make_fabric(_scenario())
+def test_detect_goal_state_and_ready(tmp_root, fabrics):
+    fab = fabrics(_scenario())
     proto = _detect(fab)
     gs = proto.goal_state
     assert gs.incarnation == "1" and gs.container_id and gs.role_instance_id
@@ -66,8 +48,8 @@ def test_detect_goal_state_and_ready(tmp_root, make_fabric):
     assert again.update_goal_state().incarnation == "1"
 
 
-def test_new_incarnation_after_advance(tmp_root, make_fabric):
-    fab = make_fabric(_scenario())
+def test_new_incarnation_after_advance(tmp_root, fabrics):
+    fab = fabrics(_scenario())
     proto = _detect(fab)
     fab.advance()
     assert proto.update_goal_state().incarnation == "2"
@@ -76,16 +58,16 @@ def test_new_incarnation_after_advance(tmp_root, make_fabric):
 @pytest.mark.parametrize("fault", [dict(status=500, count=2), dict(status=503), dict(status=429), dict(reset=True),
                                    dict(body="truncated"), dict(delay=0.6)],
                          ids=["500", "503", "429", "reset", "truncated", "slow"])
-def test_goal_state_retries(tmp_root, make_fabric, fault):
-    fab = make_fabric(_scenario())
+def test_goal_state_retries(tmp_root, fabrics, fault):
+    fab = fabrics(_scenario())
     proto = _detect(fab)
     proto.http.timeout = 0.3
     fab.faults.add("goalstate", **fault)
     assert proto.update_goal_state(force=True).incarnation == "1"
 
 
-def test_410_and_malformed(tmp_root, make_fabric):
-    fab = make_fabric(_scenario())
+def test_410_and_malformed(tmp_root, fabrics):
+    fab = fabrics(_scenario())
     proto = _detect(fab)
     fab.faults.add("goalstate", status=410)
     with pytest.raises(ResourceGoneError):
@@ -102,8 +84,8 @@ def test_410_and_malformed(tmp_root, make_fabric):
 
 @pytest.mark.parametrize("blob_type", ["BlockBlob", "PageBlob"])
 @pytest.mark.parametrize("channel", ["HostGAPlugin", "Direct"])
-def test_status_upload(tmp_root, make_fabric, blob_type, channel):
-    fab = make_fabric(_scenario(blob_type))
+def test_status_upload(tmp_root, fabrics, blob_type, channel):
+    fab = fabrics(_scenario(blob_type))
     proto = _detect(fab)
     if channel == "Direct":
         fab.faults.add("hgap_status", status=500, count=0)
@@ -113,8 +95,8 @@ def test_status_upload(tmp_root, make_fabric, blob_type, channel):
     assert fab.status_blob["timestampUTC"] == status["timestampUTC"]
 
 
-def test_fast_track_goal_state(tmp_root, make_fabric):
-    fab = make_fabric(_scenario(fast_track=True))
+def test_fast_track_goal_state(tmp_root, fabrics):
+    fab = fabrics(_scenario(fast_track=True))
     proto = _detect(fab)
     gs = proto.goal_state
     etag = proto.host_plugin._vm_settings_cache.etag

@@ -13,26 +13,16 @@ import shutil
 
 import pytest
 
-server = pytest.importorskip("guestagent.fabric.server")
-
-from guestagent import events  # noqa: E402
-from guestagent.conf import Config  # noqa: E402
-from guestagent.errors import HttpError  # noqa: E402
-from guestagent.exthandler import extevents, monitor, telemetry  # noqa: E402
-from guestagent.protocol import activity  # noqa: E402
-from guestagent.protocol.http import HttpClient  # noqa: E402
-from guestagent.protocol.imds import ImdsClient  # noqa: E402
-from guestagent.protocol.wire import detect  # noqa: E402
+from guestagent import events
+from guestagent.conf import Config
+from guestagent.errors import HttpError
+from guestagent.exthandler import extevents, monitor, telemetry
+from guestagent.protocol import activity
+from guestagent.protocol.http import HttpClient
+from guestagent.protocol.imds import ImdsClient
+from guestagent.protocol.wire import detect
 
 LIB = "/var/lib/waagent"
-
-
-@pytest.fixture
-def fab(tmp_path):
-    f = server.Fabric(host="127.0.0.1", wire_port=0, hgap_port=0, imds_port=0, state_dir=str(tmp_path / "fabric"))
-    f.start()
-    yield f
-    f.stop()
 
 
 @pytest.fixture

@@ -16,19 +16,12 @@ from guestagent.conf import Config
 from guestagent.errors import HttpError
 from guestagent.exthandler import cgroups, monitor, telemetry
 from guestagent.exthandler.context import ThreadContext
-from guestagent.fabric.server import Fabric
 from guestagent.protocol import activity
 from guestagent.protocol.http import HttpClient
 from guestagent.protocol.imds import QUICK_TIMEOUT, ImdsClient
 from guestagent.protocol.wire import detect
 
 LIB = "/var/lib/waagent"
-
-
-@pytest.fixture
-def fab(tmp_path):
-    with Fabric(host="127.0.0.1", state_dir=str(tmp_path / "fabric")) as f:
-        yield f
 
 
 @pytest.fixture
