@@ -13,18 +13,15 @@ from typing import Any, Callable, Iterable, Optional
 
 from guestagent import events, log
 from guestagent.conf import Config
-from guestagent.errors import AgentError, ExtensionError, disk_full
+from guestagent.errors import ExtensionError, disk_full
 from guestagent.exthandler.cgroups import CGroupConfigurator
-from guestagent.exthandler.extensions import policy, signing
+from guestagent.exthandler.extensions import diskfull, policy, signing
 from guestagent.exthandler.extensions import status as ext_status
+from guestagent.exthandler.extensions.download import Downloads
 from guestagent.exthandler.extensions.handler import NOT_RUN, Context, Handler, run_update
-from guestagent.exthandler.extensions.manifest import (
-    load_handler_manifest,
-    parse_plugin_manifest,
-    select_package,
-)
+from guestagent.exthandler.extensions.manifest import load_handler_manifest, select_package
 from guestagent.exthandler.extensions.orphans import LeftCommands
-from guestagent.exthandler.extensions.package import initialize_layout, install_package, zip_path
+from guestagent.exthandler.extensions.package import initialize_layout
 from guestagent.exthandler.extensions.runner import CommandFailed
 from guestagent.exthandler.extensions.state import (
     ENABLED,
@@ -51,11 +48,6 @@ DEPENDENCY_POLL = 5.0
 DEPENDENCY_DEADLINE = 90 * 60
 #: Requested state → (the operation named in a disallowed extension's message, its terminal error code).
 DISALLOWED = {"enabled": ("run", 1009), "uninstall": ("uninstall", 1010), "disabled": ("uninstall", 1010)}
-#: Handlers whose files a full disk refused are processed again after this many seconds, doubling up to
-#: DISK_FULL_RETRY_MAX, until the goal state changes (issue 13 W2).
-DISK_FULL_RETRY_FIRST = 5.0
-DISK_FULL_RETRY_MAX = 300.0
-DISK_FULL_EVENT = "ExtensionProcessing"
 DISABLED_MESSAGE = ("Extension will not be processed since extension processing is disabled. To enable extension "
                     "processing, set Extensions.Enabled=y in '/etc/waagent.conf'")
 
@@ -101,16 +93,12 @@ class ExtensionsManager:
         self.unsupported = False
         self.processed_goal_states = 0
         self._wait_for_certificates: Optional[CertificatesWait] = None
-        self._manifests: dict = {}
         self._uninstall_exit: dict = {}
         self._done: set = set()
         self._policy = policy.PolicyEngine()
         self._refused: dict = {}   # handler name → its status entry, for handlers refused at the edge
-        #: handler name -> the disk-full error of its last attempt: reported from memory (HandlerStatus could
-        #: not be written either) and retried at ``_retry_at``
-        self.disk_full: dict[str, ExtensionError] = {}
-        self._retry_at: Optional[float] = None
-        self._retry_delay = DISK_FULL_RETRY_FIRST
+        self.disk_full = diskfull.DiskFullRetry()
+        self.downloads = Downloads(protocol, self.ctx)
         self._startup()
 
     # --- seams ---------------------------------------------------------------------------------------------
@@ -148,13 +136,12 @@ class ExtensionsManager:
                               f"{egs.source} activity: {egs.activity_id} correlation {egs.correlation_id} "
                               f"created: {egs.created_on_timestamp}]")
         error: Optional[str] = None
-        only = set(self.disk_full) if retry else None
+        only = self.disk_full.names() if retry else None
         if not retry:
-            self.disk_full.clear()
-            self._retry_delay = DISK_FULL_RETRY_FIRST
+            self.disk_full.new_goal_state()
         try:
             self._process(egs, only)
-            self._schedule_retry()
+            self.disk_full.schedule()
             if not self.unsupported:
                 self.gs_status = goal_state_aggregate_status(seq)
         except Exception as e:
@@ -177,16 +164,7 @@ class ExtensionsManager:
 
     def retry_due(self) -> bool:
         """A full disk stopped some handlers of the current goal state and their next attempt is due."""
-        return bool(self.disk_full) and self._retry_at is not None and time.monotonic() >= self._retry_at
-
-    def _schedule_retry(self) -> None:
-        if not self.disk_full:
-            self._retry_at = None
-            return
-        log.warn("The disk is full: {0} will be processed again in {1} s", ", ".join(sorted(self.disk_full)),
-                 int(self._retry_delay))
-        self._retry_at = time.monotonic() + self._retry_delay
-        self._retry_delay = min(self._retry_delay * 2, DISK_FULL_RETRY_MAX)
+        return self.disk_full.due()
 
     def goal_state_status(self) -> Optional[dict]:
         """``vmArtifactsAggregateStatus.goalStateAggregateStatus`` for build_vm_status (03 §11)."""
@@ -204,7 +182,8 @@ class ExtensionsManager:
 
     # --- processing --------------------------------------------------------------------------------------------
     def _process(self, egs: ExtensionsGoalState, only: Optional[set] = None) -> None:
-        self._manifests, self._uninstall_exit, self._done, self._refused = {}, {}, set(), {}
+        self._uninstall_exit, self._done, self._refused = {}, set(), {}
+        self.downloads.new_goal_state()
         signing.report_signed(egs, self.lib_dir)
         if egs.on_hold and self.conf.enable_over_provisioning:
             self._agent_event("Extension handling is on hold")
@@ -318,7 +297,7 @@ class ExtensionsManager:
                 self._disable(ext, settings)
             else:
                 raise ExtensionError(f"Unknown requested state {ext.state!r}", code=-1)
-            self.disk_full.pop(ext.name, None)
+            self.disk_full.succeeded(ext.name)
             return True
         except signing.PackageValidationError as e:  # the policy requires a signature: treated as disallowed
             self._disallow(ext, settings, e.code, e.msg)
@@ -330,11 +309,9 @@ class ExtensionsManager:
                 err = e if isinstance(e, ExtensionError) else ExtensionError(f"{type(e).__name__}: {e}", code=-1)
             version = self._version_for_report(ext)
             if disk_full(e):
-                err = ExtensionError(f"The disk is full; the handler's files could not be written (nothing "
-                                     f"half-written is kept, it is processed again): {err.msg}", code=err.code)
-                self.disk_full[ext.name] = err
+                err = self.disk_full.record(ext.name, err)
                 if self.ctx.event is not None:
-                    self.ctx.event(DISK_FULL_EVENT, name=ext.name, version=version, is_success=False,
+                    self.ctx.event(diskfull.EVENT, name=ext.name, version=version, is_success=False,
                                    message=err.msg)
             log.error("[{0}] {1}", ext.name, err.msg)
             self._report(ext, settings, err, version)
@@ -385,20 +362,8 @@ class ExtensionsManager:
             return ext.version
         return self.versions.get(ext.name) or (installed_versions(self.lib_dir, ext.name) or [ext.version])[-1]
 
-    def _packages(self, ext: Extension) -> tuple:
-        if ext.name not in self._manifests:
-            try:
-                text = self.protocol.download_manifest(list(ext.manifest_uris))
-                packages = parse_plugin_manifest(text)
-            except Exception as e:
-                raise ExtensionError(f"Failed to get ext handler pkgs: {e.msg if isinstance(e, AgentError) else e}",
-                                     code=-1) from None
-            self.protocol.history.save(f"{ext.name}.manifest.xml", text)
-            self._manifests[ext.name] = (packages, self.protocol.manifest_location)
-        return self._manifests[ext.name]
-
     def _enable(self, ext: Extension, settings: Optional[ExtensionSettings]) -> None:
-        packages, location = self._packages(ext)
+        packages, location = self.downloads.packages(ext)
         pkg = select_package(packages, ext.version)
         if pkg is None:
             raise ExtensionError(f"Unable to find version {ext.version} in manifest for extension {ext.name}",
@@ -414,7 +379,7 @@ class ExtensionsManager:
             checks = signing.SignatureCheck(ext.name, pkg.version, ext.encoded_signature, self.lib_dir,
                                             validate=self.conf.debug_enable_signature_validation, enforce=enforce,
                                             policy_file=self.conf.policy_file_path)
-            self._download(target, ext, pkg.version, pkg.uris, location, checks)
+            self.downloads.install(target.files, ext, pkg.version, pkg.uris, location, checks)
             if checks.validated:
                 signing.save_validated(target.files.base_dir, self.lib_dir)
             target.check_multi_config()
@@ -445,29 +410,6 @@ class ExtensionsManager:
         except ExtensionError as e:
             target.log.warn("Disable of {0} failed (ignored): {1}", settings.name, e.msg)
         target.files.remove_mc_extension_files(settings.name)
-
-    def _download(self, target: Handler, ext: Extension, version: str, uris: list, location: Optional[str],
-                  checks: signing.SignatureCheck) -> None:
-        """Download and unpack the package; a Download event either way, as upstream sends it."""
-        began = time.monotonic()
-        package = zip_path(self.lib_dir, ext.name, version)
-        existing = system.exists(package)
-        if existing:
-            log.info("Using existing extension package: {0}", package)
-            self._extension_event(events.WALAEventOperation.Download, ext.name, version, True,
-                                  f"Using existing extension package: {package}")
-        try:
-            install_package(self.protocol, target.files, uris, location, checks)
-        except ExtensionError as e:
-            self._extension_event(events.WALAEventOperation.Download, ext.name, version, False, e.msg)
-            raise
-        if not existing:
-            self._extension_event(events.WALAEventOperation.Download, ext.name, version, True, "Download succeeded",
-                                  int((time.monotonic() - began) * 1000))
-
-    def _extension_event(self, op: str, name: str, version: str, ok: bool, message: str, ms: int = 0) -> None:
-        if self.ctx.event is not None:
-            self.ctx.event(op, name=name, version=version, is_success=ok, message=message, duration=ms)
 
     def _uninstall(self, ext: Extension) -> None:
         if ext.name in self._done:
@@ -588,7 +530,7 @@ class ExtensionsManager:
         message = hs.get("message")
         if state != NOT_INSTALLED:
             message = self._heartbeat(files, base, message)
-        full = self.disk_full.get(ext.name)
+        full = self.disk_full.error(ext.name)
         if full is not None:  # the HandlerStatus file may be stale: the disk refused the new one
             base["status"], base["code"], message = "NotReady", full.code, full.msg
         if message is not None:
