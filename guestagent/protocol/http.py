@@ -12,7 +12,6 @@ deadline: each socket read may wait only for the time left.
 from __future__ import annotations
 
 import http.client
-import io
 import os
 import re
 import socket
@@ -25,8 +24,6 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 try:
     import ssl  # noqa: F401  (requests imports it too, when this Python has it)
@@ -38,6 +35,7 @@ except ImportError:  # a Python built without ssl: OS.AllowHTTP decides whether 
 from guestagent import log
 from guestagent.errors import HttpError, InvalidContainerError, ResourceGoneError
 from guestagent.protocol import activity
+from guestagent.protocol.httpdeadline import Deadline, DeadlineAdapter, active
 from guestagent.version import AGENT_NAME, AGENT_VERSION
 
 DEFAULT_MAX_RETRY = 6
@@ -51,8 +49,6 @@ HOST_PLUGIN_PORT = 32526
 KNOWN_WIRESERVER_IP = "168.63.129.16"
 #: Read size while streaming a body.
 CHUNK = 64 * 1024
-#: The longest line read (http.client asks for its 64 KiB limit + 1 to detect a longer one).
-LINE_CAP = 64 * 1024 + 1
 
 Sleep = Callable[[float], None]
 
@@ -242,135 +238,6 @@ def select_proxy(url: str, proxy_host: Optional[str] = None, proxy_port: Optiona
     return chosen
 
 
-# --- the overall deadline ---------------------------------------------------------------------------------
-class _Deadline:
-    """The moment one exchange must be over; hands out socket timeouts no longer than the time left."""
-
-    def __init__(self, seconds: float):
-        self.at = time.monotonic() + seconds
-
-    def passed(self) -> bool:
-        return time.monotonic() >= self.at
-
-    def timeout(self, per_read: Optional[float]) -> float:
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("overall deadline passed")
-        return left if per_read is None else min(per_read, left)
-
-
-class _Active(threading.local):
-    """The exchange the current thread is making: its deadline (read when the response is built), and
-    whether its request went out on a kept connection."""
-
-    deadline: Optional[_Deadline] = None
-    reused = False
-
-
-_active = _Active()
-
-
-class _DeadlineReader(io.RawIOBase):
-    """The socket's raw reader, each read waiting at most min(per-read timeout, time left)."""
-
-    def __init__(self, sock: socket.socket, deadline: _Deadline):
-        super().__init__()
-        self._sock = sock
-        self._raw = sock.makefile("rb", buffering=0)  # a SocketIO: keeps the fd alive as http.client expects
-        self._per_read = sock.gettimeout()
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray) -> Optional[int]:  # type: ignore[override]
-        self._sock.settimeout(self._deadline.timeout(self._per_read))
-        return self._raw.readinto(b)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-class _LineCappedReader(io.BufferedReader):
-    """urllib3 reads chunk-size and trailer lines with an unbounded readline(): cap every line."""
-
-    def readline(self, size: Optional[int] = -1) -> bytes:
-        return super().readline(LINE_CAP if size is None or size < 0 else min(size, LINE_CAP))
-
-
-class _DeadlineSocket:
-    """What http.client's response needs of the socket (``makefile``), answering a deadline-bound reader."""
-
-    def __init__(self, sock: socket.socket, deadline: _Deadline):
-        self._sock = sock
-        self._deadline = deadline
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return _LineCappedReader(_DeadlineReader(self._sock, self._deadline))
-
-
-class _DeadlineResponse(http.client.HTTPResponse):
-    """Status line, headers and body all read under the exchange's deadline (a trickled header too)."""
-
-    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: Optional[str] = None,
-                 url: Optional[str] = None):
-        deadline = _active.deadline
-        source = sock if deadline is None else _DeadlineSocket(sock, deadline)
-        super().__init__(source, debuglevel, method, url)  # type: ignore[arg-type]
-
-
-class _DeadlineConnection:
-    """Mixed into urllib3's connections: the deadline-bound response, sends bounded by the time left, and
-    a note of whether the connection was already open (kept from an earlier exchange)."""
-
-    response_class = _DeadlineResponse
-    sock: Optional[socket.socket]
-    timeout: Optional[float]
-
-    def request(self, *args: object, **kwargs: object) -> None:
-        _active.reused = self.sock is not None
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
-    def send(self, data: bytes) -> None:
-        deadline = _active.deadline
-        if deadline is not None and self.sock is not None:
-            self.sock.settimeout(deadline.timeout(self.timeout))
-        super().send(data)  # type: ignore[misc]
-
-
-class _HttpConnection(_DeadlineConnection, urllib3.connection.HTTPConnection):
-    pass
-
-
-class _HttpsConnection(_DeadlineConnection, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _HttpPool(HTTPConnectionPool):
-    ConnectionCls = _HttpConnection
-
-
-class _HttpsPool(HTTPSConnectionPool):
-    ConnectionCls = _HttpsConnection
-
-
-_POOLS = {"http": _HttpPool, "https": _HttpsPool}
-
-
-class _Adapter(HTTPAdapter):
-    """requests' adapter with the deadline-bound connections, direct and through a proxy."""
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kw: object) -> None:
-        super().init_poolmanager(connections, maxsize, block, **kw)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
-
-    def proxy_manager_for(self, proxy: str, **kw: object) -> urllib3.ProxyManager:
-        manager = super().proxy_manager_for(proxy, **kw)
-        manager.pool_classes_by_scheme = _POOLS
-        return manager
-
-
 # --- the session ------------------------------------------------------------------------------------------
 _session: Optional[requests.Session] = None
 _session_pid = 0
@@ -390,7 +257,7 @@ def session() -> requests.Session:
             s.trust_env = False
             s.headers.clear()
             s.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-            adapter = _Adapter()
+            adapter = DeadlineAdapter()
             s.mount("http://", adapter)
             s.mount("https://", adapter)
             _session, _session_pid = s, os.getpid()
@@ -423,19 +290,19 @@ def _closed_by_peer(error: BaseException) -> bool:
 
 
 def _open(method: str, url: str, body: Optional[bytes], headers: Mapping[str, str],
-          proxies: Optional[dict[str, str]], timeout: float, deadline: _Deadline) -> requests.Response:
+          proxies: Optional[dict[str, str]], timeout: float, deadline: Deadline) -> requests.Response:
     """Send and read the response head. A kept connection the server closed meanwhile (its close crossed
     our request) is not a failure of the server: the request goes again at once on a new connection, as
     upstream's always-new connection would have carried it."""
     def send() -> requests.Response:
-        _active.reused = False
+        active.reused = False
         return session().request(method, url, data=body, headers=headers, proxies=proxies, stream=True,
                                  allow_redirects=False, timeout=(deadline.timeout(timeout), timeout))
 
     try:
         return send()
     except requests.ConnectionError as e:
-        if not (_active.reused and _closed_by_peer(e)):
+        if not (active.reused and _closed_by_peer(e)):
             raise
         log.verbose("[HTTP] {0} {1}: the kept connection was closed by the server; sending on a new one",
                     method, log.redact(url))
@@ -466,7 +333,7 @@ def _describe(error: BaseException) -> str:
     return log.redact(text if text.startswith(name) else f"{name}: {text}" if text else name)
 
 
-def _read_body(resp: requests.Response, kind: Kind, deadline: _Deadline, method: str, shown: str) -> bytes:
+def _read_body(resp: requests.Response, kind: Kind, deadline: Deadline, method: str, shown: str) -> bytes:
     """The body, streamed: refused as soon as it is known to pass the cap, never read whole."""
     too_large = f"Response too large: {method} {shown} -- more than {kind.cap} bytes, the cap for a {kind.name}"
     declared_text = resp.headers.get("content-length", "").strip()
@@ -502,10 +369,10 @@ def send_once(method: str, url: str, body: Optional[bytes] = None, headers: Opti
         scheme = "http"
     if scheme not in ("http", "https"):
         raise HttpError(f"Unsupported URL scheme: {scheme!r}")
-    deadline = _Deadline(kind.deadline)
+    deadline = Deadline(kind.deadline)
     proxies = {"http": proxy.url, "https": proxy.url} if proxy is not None else None
     resp: Optional[requests.Response] = None
-    _active.deadline = deadline
+    active.deadline = deadline
     try:
         resp = _open(method, url, body, hdrs, proxies, timeout, deadline)
         data = _read_body(resp, kind, deadline, method, shown)
@@ -523,7 +390,7 @@ def send_once(method: str, url: str, body: Optional[bytes] = None, headers: Opti
                             f"(the overall deadline of a {kind.name})") from None
         raise _classify(e, method, shown) from None
     finally:
-        _active.deadline = None
+        active.deadline = None
         if resp is not None:
             resp.close()  # after a whole body the connection is back in the pool already; else it is dropped
 
