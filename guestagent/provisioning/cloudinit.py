@@ -1,15 +1,20 @@
-"""Is cloud-init provisioning this VM? (spec 05 §3.1) And waiting for what it produces (§3.4)."""
+"""Is cloud-init provisioning this VM? (spec 05 §3.1) And waiting for what it produces (§3.4).
+
+The question is asked at every start (Provisioning.Agent=auto); the waits only when cloud-init
+provisions, so what they need (the ovf-env.xml model, SSH key files) loads with them."""
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 from guestagent import log
 from guestagent.errors import CommandError, ProtocolError, ProvisionError
-from guestagent.osutil import ssh, system
-from guestagent.provisioning.ovfenv import OvfEnv, parse_ovf_env
+from guestagent.osutil import system
+
+if TYPE_CHECKING:
+    from guestagent.provisioning.ovfenv import OvfEnv
 
 WAIT_SECONDS = 1800
 T = TypeVar("T")
@@ -70,6 +75,8 @@ def _poll_for(path: str, read: Callable[[str], Optional[T]], waiting: str, not_e
 def wait_for_ovf_env(lib_dir: str, max_retry: int = WAIT_SECONDS, sleep_time: float = 1.0,
                      sleep: Callable[[float], None] = time.sleep) -> OvfEnv:
     """Poll for the ovf-env.xml cloud-init copies into ``lib_dir``; parse it (errors → ProvisionError)."""
+    from guestagent.provisioning.ovfenv import parse_ovf_env
+
     path = os.path.join(lib_dir, "ovf-env.xml")
 
     def read(p: str) -> OvfEnv:
@@ -89,6 +96,8 @@ def wait_for_ovf_env(lib_dir: str, max_retry: int = WAIT_SECONDS, sleep_time: fl
 def wait_for_host_key(ssh_dir: str, key_type: str, max_retry: int = WAIT_SECONDS, sleep_time: float = 1.0,
                       sleep: Callable[[float], None] = time.sleep) -> str:
     """Poll for ``ssh_host_<type>_key.pub`` (cloud-init generates it) and return its thumbprint."""
+    from guestagent.osutil import ssh
+
     key_type = "rsa" if key_type == "auto" else key_type
     path = os.path.join(ssh_dir, f"ssh_host_{key_type}_key.pub")
 

@@ -22,7 +22,6 @@ from guestagent.errors import AgentError, ProtocolError, ProvisionError
 from guestagent.osutil import distros, kvp, system
 from guestagent.protocol import wire
 from guestagent.provisioning import cloudinit, marker
-from guestagent.provisioning.deprovision import run_changed_unique_id
 from guestagent.version import AGENT_NAME, AGENT_VERSION
 
 if TYPE_CHECKING:  # ovfenv loads minidom: only a daemon that provisions imports it
@@ -130,6 +129,7 @@ class _Flow:
                        "result in unexpected behavior from the guest agent -- clearing cached state")
                 log.warn("{0}", msg)
                 self.event(msg)
+                from guestagent.provisioning.deprovision import run_changed_unique_id
 
                 run_changed_unique_id(self.conf, self.distro or distros.detect())
             self.write_provisioned()
@@ -168,16 +168,29 @@ class AgentFlow(_Flow):
             self.report_ready()
             self.result.ok = self.result.skipped = True
             return self.result
-        from guestagent.provisioning import preprovisioned
-        from guestagent.provisioning.dvd import copy_ovf_env
-        from guestagent.provisioning.provision import Provisioner
-
         start = datetime.now(timezone.utc)
         try:
             if self.check_provisioned_file():
                 log.info("Provisioning already completed, skipping.")
                 self.result.ok = self.result.skipped = True
                 return self.result
+            self._provision(start)
+        except (ProtocolError, ProvisionError) as e:
+            msg = f"Provisioning failed: {e} ({_uptime()}s)"
+            log.error("{0}", msg)
+            self.result.error = str(e)
+            self.report_to_host(str(e))
+            self.report_not_ready("ProvisioningFailed", str(e))
+            self.event(msg)
+        return self.result
+
+    def _provision(self, start: datetime) -> None:
+        """From the DVD's ovf-env.xml (through the pre-provisioned pool when it says so) to Ready."""
+        from guestagent.provisioning import preprovisioned
+        from guestagent.provisioning.dvd import copy_ovf_env
+        from guestagent.provisioning.provision import Provisioner
+
+        try:
             log.info("Running default provisioning handler")
             if cloudinit.cloud_init_is_enabled():
                 raise ProvisionError("cloud-init appears to be installed and enabled, this is not expected, "
@@ -211,14 +224,6 @@ class AgentFlow(_Flow):
             log.warn("{0}", e)
             self.result.error = str(e)
             self.event(str(e), op=preprovisioned.OPERATION)
-        except (ProtocolError, ProvisionError) as e:
-            msg = f"Provisioning failed: {e} ({_uptime()}s)"
-            log.error("{0}", msg)
-            self.result.error = str(e)
-            self.report_to_host(str(e))
-            self.report_not_ready("ProvisioningFailed", str(e))
-            self.event(msg)
-        return self.result
 
 
 class CloudInitFlow(_Flow):

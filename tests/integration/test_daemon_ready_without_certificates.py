@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from guestagent.conf import Config
 from guestagent.protocol.wire import from_files
 
@@ -30,7 +32,8 @@ DAEMON = textwrap.dedent("""
 
     protocol = provision(conf.parse(sys.argv[1]), detect=on_loopback)
     crypto = lambda: sorted({m.split(".")[0] for m in sys.modules} & {"cryptography", "asn1crypto"})
-    out = {"ready_s": time.monotonic() - t0, "crypto_at_ready": crypto(), "pending": protocol.transport_cert_pending}
+    out = {"ready_s": time.monotonic() - t0, "crypto_at_ready": crypto(), "pending": protocol.transport_cert_pending,
+           "modules_at_ready": sorted(sys.modules)}
     protocol.finish_detection()
     out.update(crypto_after=crypto(), pending_after=protocol.transport_cert_pending)
     print(json.dumps(out))
@@ -69,6 +72,27 @@ def test_disabled_provisioning_reports_ready_without_certificates_and_the_child_
     assert cert_requests and cert_requests[0]["status"] == 200
     assert gs.certs and all((lib / f"{c.thumbprint}.crt").exists() for c in gs.certs)
     assert all((lib / f"{c.thumbprint}.prv").stat().st_mode & 0o777 == 0o600 for c in gs.certs if c.has_private_key)
+
+
+#: What a start that provisions nothing must not load before Ready: the provisioning steps, the ovf-env.xml
+#: model, the pre-provisioned pool (and pyroute2 with it), deprovision's clean-up, users and SSH.
+PROVISIONING_MODULES = {"guestagent.provisioning.provision", "guestagent.provisioning.preprovisioned",
+                        "guestagent.provisioning.dvd", "guestagent.provisioning.ovfenv",
+                        "guestagent.provisioning.deprovision", "guestagent.osutil.users", "guestagent.osutil.ssh",
+                        "guestagent.osutil.network", "pyroute2"}
+
+
+@pytest.mark.parametrize("agent", ["disabled", "waagent"])
+def test_a_start_that_provisions_nothing_loads_no_provisioning_module_before_ready(tmp_root, fab, agent):
+    """Provisioning.Agent=disabled (Ready reported), and a VM already provisioned (the marker holds this VM's
+    id: the daemon only detects the protocol; the ext-handler reports Ready)."""
+    (tmp_root / LIB.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    (tmp_root / LIB.lstrip("/") / "provisioned").write_text("544CDFD0-CB4E-4B4A-9954-5BDF3ED5C3B8")
+    out = run_daemon_part(tmp_root, fab, f"Provisioning.Agent={agent}\n")
+    assert [h["state"] for h in fab.health_reports] == (["Ready"] if agent == "disabled" else [])
+    assert "goalstate" in [r["kind"] for r in fab.requests]
+    assert PROVISIONING_MODULES.isdisjoint(out["modules_at_ready"]), \
+        sorted(PROVISIONING_MODULES.intersection(out["modules_at_ready"]))
 
 
 def test_provisioning_that_needs_certificates_still_detects_with_them(tmp_root, fab):

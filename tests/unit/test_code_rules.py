@@ -83,6 +83,11 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("guestagent/provisioning/handler.py", "guestagent.provisioning.dvd"): PROVISION,
     ("guestagent/provisioning/handler.py", "guestagent.provisioning.provision"): PROVISION,
     ("guestagent/provisioning/handler.py", "guestagent.provisioning.preprovisioned"): PROVISION,
+    ("guestagent/provisioning/handler.py", "guestagent.provisioning.deprovision"):
+        "the cached-state clean-up only when the VM id changed, not at every start",
+    ("guestagent/provisioning/cloudinit.py", "guestagent.provisioning.ovfenv"): PROVISION,
+    ("guestagent/provisioning/cloudinit.py", "guestagent.osutil.ssh"):
+        "SSH key files only while cloud-init provisions: every start asks whether cloud-init is enabled",
 }
 
 #: (file, object probed) → why a getattr/hasattr/setattr is right there.
