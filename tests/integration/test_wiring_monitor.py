@@ -20,6 +20,7 @@ from guestagent.protocol import activity
 from guestagent.protocol.http import HttpClient
 from guestagent.protocol.imds import QUICK_TIMEOUT, ImdsClient
 from guestagent.protocol.wire import detect
+from tests.loopback import LoopbackListener
 
 LIB = "/var/lib/waagent"
 
@@ -40,28 +41,19 @@ def clean_state():
     activity.reset()
 
 
-class BlackHole:
+class BlackHole(LoopbackListener):
     """A loopback listener that accepts connections and never answers (an IMDS that hangs)."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.connections: list = []
+        super().__init__()
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
+    def accepted(self, conn):
+        self.connections.append(conn)
 
     def close(self):
-        self.sock.close()
-        for c in self.accepted:
+        super().close()
+        for c in self.connections:
             c.close()
 
 
@@ -109,11 +101,11 @@ def test_imds_single_attempt_mode_costs_one_short_try(tmp_root, clean_state):
         assert client.probe(single_attempt=True)[0]  # a hanging IMDS is not blamed for this minute
         elapsed = time.monotonic() - start
         assert QUICK_TIMEOUT - 0.1 <= elapsed < QUICK_TIMEOUT + 1.0
-        assert len(hole.accepted) == 1
+        assert len(hole.connections) == 1
         start = time.monotonic()
         with pytest.raises(HttpError):
             client.get_compute(single_attempt=True)
-        assert time.monotonic() - start < QUICK_TIMEOUT + 1.0 and len(hole.accepted) == 2
+        assert time.monotonic() - start < QUICK_TIMEOUT + 1.0 and len(hole.connections) == 2
     finally:
         hole.close()
 

@@ -1,52 +1,42 @@
 """The HTTP policy over real loopback sockets: retry codes, back-off, throttling, errors, proxies."""
 
 import socket
-import threading
 import time
 
 import pytest
 
 from guestagent.errors import HttpError, InvalidContainerError, ResourceGoneError
 from guestagent.protocol import http
+from tests.loopback import LoopbackListener
 
 
-class Script:
+class Script(LoopbackListener):
     """A raw TCP server answering each connection with the next scripted action."""
 
     def __init__(self, actions):
         self.actions = list(actions)
         self.requests = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/machine/?comp=goalstate"
-        threading.Thread(target=self._loop, daemon=True).start()
+        super().__init__()
 
-    def _loop(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            data = b""
-            conn.settimeout(5)
-            try:
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        n = int(line.split(b":")[1])
-                        while len(body) < n:
-                            body += conn.recv(65536)
-                self.requests.append((head.decode(), body))
-                action = self.actions.pop(0) if self.actions else ("status", 200, b"ok")
-                self._act(conn, action)
-            except OSError:
-                pass
-            finally:
-                conn.close()
+    def accepted(self, conn):
+        data = b""
+        conn.settimeout(5)
+        try:
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+                    while len(body) < n:
+                        body += conn.recv(65536)
+            self.requests.append((head.decode(), body))
+            action = self.actions.pop(0) if self.actions else ("status", 200, b"ok")
+            self._act(conn, action)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     @staticmethod
     def _act(conn, action):
@@ -63,9 +53,6 @@ class Script:
         elif kind == "delay":
             time.sleep(action[1])
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ every body within its cap (never read whole), and connections are reused when th
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -15,12 +14,13 @@ import pytest
 
 from guestagent.errors import HttpError
 from guestagent.protocol import http, xml
+from tests.loopback import LoopbackListener
 
 REPO = Path(__file__).resolve().parents[3]
 MB = 1024 * 1024
 
 
-class Server:
+class Server(LoopbackListener):
     """A raw TCP server: reads each request head and hands the socket to ``answer(conn, head)``;
     ``answer`` returns True to keep the connection for the next request."""
 
@@ -29,21 +29,11 @@ class Server:
         self.connections = 0
         self.heads: list[str] = []
         self.sent = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/machine/?comp=goalstate"
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def accepted(self, conn):
+        self.connections += 1
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
         buf = b""
@@ -66,9 +56,6 @@ class Server:
     def send(self, conn, data: bytes) -> None:
         conn.sendall(data)
         self.sent += len(data)
-
-    def close(self):
-        self.sock.close()
 
 
 def keep_alive(server, conn, head):
