@@ -37,6 +37,7 @@ from guestagent.osutil import distros, processes, system
 from guestagent.osutil.osrelease import distro_info
 from guestagent.osutil.processes import pid_alive
 from guestagent.periodic import PeriodicThread
+from guestagent.protocol import history
 from guestagent.protocol.goalstate import GoalState
 from guestagent.protocol.status import build_vm_status
 from guestagent.protocol.wire import WireProtocol, from_files
@@ -128,6 +129,7 @@ class ExtHandler:
         self._check_sentinel()
         startup.send_configuration_changes(self.config, self.lib_dir)
         self._make_secrets_read_only()
+        history.purge_legacy(self.lib_dir)
         signing.write_root_certificate(self.lib_dir)
         self.updates.log_start()
         # from now on a new certificate bundle is decrypted beside the loop (waited for only where needed)

@@ -22,6 +22,14 @@ MAX_ENTRIES = 50
 FOLDER_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}__[^/]+$")
 PLACEHOLDER = "<xml>empty placeholder file</xml>"
 
+# What older agents (2.7.3, Debian's package) saved beside the state in <lib>: copies of goal-state
+# documents and status. Upstream deletes them at each ext-handler start; SharedConfig.xml stays (other
+# tools read it), and so does the GoalState.1.xml placeholder.
+LEGACY_PATTERNS = (re.compile(r"^VmSettings\.\d+\.json$"), re.compile(r"^.*\.\d+\.agentsManifest$", re.I),
+                   re.compile(r"^.*\.\d+\.manifest\.xml$", re.I), re.compile(r"^.*\.\d+\.xml$", re.I),
+                   re.compile(r"^HostingEnvironmentConfig\.xml$", re.I), re.compile(r"^RemoteAccess\.xml$", re.I),
+                   re.compile(r"^waagent_status\.\d+\.json$"))
+
 _BLOB_XML = re.compile(r"(<(StatusUploadBlob|InVMArtifactsProfileBlob)\b[^>]*>[^<?]*\?)[^<]*(</\2>)")
 _PROTECTED_JSON = re.compile(r'("protectedSettings"\s*:\s*")((?:[^"\\]|\\.)*)(")')
 _STATUS_BLOB_JSON = re.compile(r'("statusUploadBlob"\s*:\s*\{[^{}]*?"value"\s*:\s*"[^"?]*\?)((?:[^"\\]|\\.)*)(")')
@@ -36,6 +44,24 @@ def redact_extensions_config(text: str) -> str:
 def redact_vm_settings(text: str) -> str:
     text = _STATUS_BLOB_JSON.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
     return _PROTECTED_JSON.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
+
+
+def purge_legacy(lib_dir: str) -> None:
+    """Delete an older agent's goal-state copies from ``lib_dir`` (an agent taking over from 2.7.3
+    leaves none of them stale beside its own files); a file that cannot go is logged, not fatal."""
+    try:
+        names = os.listdir(system.path(lib_dir))
+    except OSError as e:
+        log.warn("Error removing legacy history files: {0}", e)
+        return
+    for name in sorted(names):
+        full = os.path.join(lib_dir, name)
+        if name != "GoalState.1.xml" and any(p.match(name) for p in LEGACY_PATTERNS) \
+                and not system.path(full).is_dir():
+            try:
+                system.remove(full)
+            except OSError as e:
+                log.warn("Cannot delete legacy history file '{0}': {1}", full, e)
 
 
 def folder_name(tag: str, now: Optional[float] = None) -> str:

@@ -90,6 +90,25 @@ def test_history_names_purge_and_archive(tmp_root):
         assert zf.namelist() == ["GoalState.xml"]
 
 
+def test_legacy_goal_state_copies_of_an_older_agent_are_purged(tmp_root):
+    """What 2.7.3 (Debian's waagent) left beside the state when this agent took over, as seen in the VM
+    tier's takeover: upstream's ext-handler deletes these copies at start, keeping SharedConfig.xml
+    (other tools read it), the GoalState.1.xml placeholder and everything else."""
+    lib = tmp_root / "var/lib/waagent"
+    legacy = ["ExtensionsConfig.1.xml", "GoalState.3.xml", "Prod.1.manifest.xml", "HostingEnvironmentConfig.xml",
+              "GuestAgent.Fabric.Sample.1.manifest.xml", "VmSettings.639320995438515048.json",
+              "waagent_status.3.json", "RemoteAccess.xml", "WALinuxAgent.2.agentsManifest"]
+    kept = ["GoalState.1.xml", "SharedConfig.xml", "Certificates.xml", "Certificates.pem", "Incarnation",
+            "ovf-env.xml", "provisioned", "waagent_status.json", "TransportCert.pem", "Protocol"]
+    (lib / "GuestAgent.Fabric.Sample-1.0.0").mkdir(parents=True)
+    (lib / "Odd.1.xml").mkdir()   # a folder is never removed
+    for name in legacy + kept:
+        (lib / name).write_text("x")
+    history.purge_legacy("/var/lib/waagent")
+    assert sorted(os.listdir(lib)) == sorted([*kept, "GuestAgent.Fabric.Sample-1.0.0", "Odd.1.xml"])
+    history.purge_legacy("/var/lib/waagent/missing")   # logged, never raises
+
+
 def test_history_disabled_and_errors_never_raise(tmp_root):
     h = history.History("/var/lib/waagent", enabled=False)
     assert h.start("1") is None
