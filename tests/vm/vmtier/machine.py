@@ -102,7 +102,8 @@ class Machine:
              "-device", "virtio-serial-pci,id=vser0",
              "-chardev", f"socket,id=ctl,path={self.ctl_sock},server=on,wait=off",
              "-device", "virtserialport,bus=vser0.0,chardev=ctl,name=vmctl",
-             "-chardev", f"socket,id=qmp,path={self.qmp_sock},server=on,wait=off", "-mon", "chardev=qmp,mode=control"]
+             "-chardev", f"socket,id=qmp,path={self.qmp_sock},server=on,wait=off",
+             "-mon", "chardev=qmp,mode=control"]
         if c.accel == "kvm":
             a += ["-accel", "kvm", "-cpu", "host"]
         else:  # qemu64 boots ~15 % faster than "max" under TCG
