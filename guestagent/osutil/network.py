@@ -184,6 +184,15 @@ def primary_interface() -> str:
         return _primary(nl.routes())
 
 
+def configured_primary() -> str:
+    """The primary interface once it also has an IPv4 address, else ''. A default route alone does not
+    make it usable: systemd-networkd adds a static ``Gateway=`` route at carrier, before the DHCP lease
+    gives the address, and a connection opened then has no source address to answer to."""
+    with Netlink() as nl:
+        primary = _primary(nl.routes())
+        return primary if primary in nl.ipv4_addresses() else ""
+
+
 def first_interface() -> Interface:
     """Upstream's ``get_first_if``: the primary interface when it has an IPv4 address, else the first
     non-loopback interface that has one; name, MAC (upper-case hex, no colons, as upstream) and IPv4.

@@ -78,7 +78,7 @@ class Pool:
                  imds_client: Optional[imds.ImdsClient] = None, sleep: Callable[[float], None] = time.sleep,
                  watch: Callable[[], network.LinkWatch] = network.LinkWatch,
                  interface: Callable[[], str] = network.interface_name,
-                 primary: Callable[[], str] = network.primary_interface):
+                 primary: Callable[[], str] = network.configured_primary):
         self.lib_dir = lib_dir
         self._report_ready = report_ready
         self.imds = imds_client or imds.ImdsClient()
@@ -171,8 +171,9 @@ class Pool:
             attached: list[str] = []
 
             def primary_attached(t: float) -> bool:
-                """Collect hot-attached NICs, bringing each up, until one carries the default route (the
-                primary: cloud-init asks each attached NIC for a DHCP lease until the primary answers)."""
+                """Collect hot-attached NICs, bringing each up, until one carries the default route and has
+                its address (the primary: cloud-init asks each attached NIC for a DHCP lease until the
+                primary answers)."""
                 deadline = time.monotonic() + t
                 while time.monotonic() < deadline:
                     link = watch.wait_attach(attached, min(ATTACH_POLL, max(deadline - time.monotonic(), 0.0)))

@@ -127,3 +127,43 @@ def test_reprovisiondata_that_is_not_an_ovf_env_fails_provisioning_and_stays_in_
     assert re.search(r"provisioning failed after the claim: .*The re-provisioning data is not a valid ovf-env.xml", out)
     assert "/var/lib/waagent/reported_ready" in out and "/var/lib/waagent/provisioned" not in out
     assert "/home/customer" not in out
+
+
+SAVABLE_NETWORKD_ORDER = r"""
+import json, subprocess, tempfile, threading, time
+from guestagent.provisioning import preprovisioned as pps
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True)
+
+address_at = []
+
+def hot_unplug_and_attach():
+    time.sleep(0.5)
+    ip("link", "del", "eth0")
+    time.sleep(0.3)
+    ip("link", "add", "eth0", "type", "veth", "peer", "name", "fabric0")
+    ip("link", "set", "fabric0", "up")
+    ip("link", "set", "eth0", "up")
+    # systemd-networkd's order: the static Gateway= route at carrier, the DHCP lease's address later
+    ip("route", "add", "default", "via", "10.0.0.1", "dev", "eth0", "onlink")
+    time.sleep(1.5)
+    address_at.append(time.monotonic())
+    ip("addr", "add", "10.0.0.4/24", "dev", "eth0")
+
+threading.Thread(target=hot_unplug_and_attach, daemon=True).start()
+pool = pps.Pool(tempfile.mkdtemp(), lambda: None, 30)
+pool._savable()
+done = time.monotonic()
+print("RESULT " + json.dumps({"address_at": address_at[0] if address_at else None, "done": done}))
+"""
+
+
+def test_savable_waits_for_the_primary_nics_address_not_only_its_route(sandbox):
+    """Seen in the VM tier: networkd puts the static default route on the hot-attached NIC before DHCP
+    gives it an address; taking the route alone as "primary attached" sent the first reprovisiondata
+    request with no source address, and it hung for its whole 30-s timeout."""
+    res = sandbox.python(SAVABLE_NETWORKD_ORDER, timeout=60, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout.split("RESULT ", 1)[1])
+    assert out["address_at"] is not None and out["done"] >= out["address_at"], out

@@ -109,7 +109,8 @@ def azure_vm(request, vm_images):
         _timing({"test": request.node.name, "passed": not failed, "wall": round(time.monotonic() - t0, 1),
                  "boots": m.boots if m else 0, "cpus": vm.cpus,
                  "guest_boot": round(getattr(m, "boot_seconds", 0) or 0, 1),
-                 "ready": round(vm.ready_seconds, 1) if vm.ready_seconds else None})
+                 "ready": round(vm.ready_seconds, 1) if vm.ready_seconds else None,
+                 **({"claim_to_ready": round(vm.claim_to_ready, 1)} if vm.claim_to_ready else {})})
         report = vm.close(failed)
         if failed:
             print(f"\n===== VM {vm.work.name} =====\n{report}", file=sys.stderr)

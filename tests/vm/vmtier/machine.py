@@ -3,7 +3,9 @@
 Disks sit on one virtio-scsi controller, vendor "Msft" model "Virtual Disk" as on Azure: LUN 0 the
 OS disk (a copy-on-write overlay, /dev/sda), LUN 1 the resource disk (/dev/sdb), LUN 2 the DVD
 (/dev/sr0). SMBIOS carries the VM id (system UUID) and Azure's chassis asset tag. The serial console
-goes to console.log (appended across boots); the control channel is a virtio-serial port.
+goes to console.log (appended across boots); the control channel is a virtio-serial port. The NIC
+(device ``nic0`` on netdev ``n0``, hot-pluggable on the PCI root bus through ACPI) and the machine itself
+are driven through QEMU's monitor (QMP, :mod:`vmtier.monitor`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from typing import Optional
 
 from . import net
 from .control import Control, ControlError, Result
+from .monitor import Monitor
+
+#: the NIC's model; a scenario re-plugs it with ``device_add`` (driver=NIC_DEVICE, netdev=n0, id=nic0)
+NIC_DEVICE = "virtio-net-pci"
 
 
 class VMError(Exception):
@@ -68,6 +74,7 @@ class Machine:
         self.overlay = self.work / "os-disk.qcow2"
         self.proc: Optional[subprocess.Popen] = None
         self.ctl: Optional[Control] = None
+        self.monitor: Optional[Monitor] = None
         self.boots = 0
         self._deadline = time.monotonic() + cfg.timeout
         self.timed_out = False
@@ -75,6 +82,7 @@ class Machine:
                         str(Path(cfg.disk).resolve()), str(self.overlay)], check=True)
         # a unix socket path has at most 107 bytes: keep it short, outside the work folder
         self.ctl_sock = Path(tempfile.mkdtemp(prefix="vmctl-", dir="/tmp")) / "ctl.sock"
+        self.qmp_sock = self.ctl_sock.parent / "qmp.sock"
 
     # --- life cycle -------------------------------------------------------------------------------
     def argv(self) -> list:
@@ -93,7 +101,9 @@ class Machine:
              "-chardev", f"file,id=con,path={self.console},append=on", "-serial", "chardev:con",
              "-device", "virtio-serial-pci,id=vser0",
              "-chardev", f"socket,id=ctl,path={self.ctl_sock},server=on,wait=off",
-             "-device", "virtserialport,bus=vser0.0,chardev=ctl,name=vmctl"]
+             "-device", "virtserialport,bus=vser0.0,chardev=ctl,name=vmctl",
+             "-chardev", f"socket,id=qmp,path={self.qmp_sock},server=on,wait=off",
+             "-mon", "chardev=qmp,mode=control"]
         if c.accel == "kvm":
             a += ["-accel", "kvm", "-cpu", "host"]
         else:  # qemu64 boots ~15 % faster than "max" under TCG
@@ -114,7 +124,7 @@ class Machine:
                    f" - TCP:127.0.0.1:{f.host_port}")
         if c.ssh_port:
             nd += f",hostfwd=tcp:127.0.0.1:{c.ssh_port}-:22"
-        a += ["-netdev", nd, "-device", f"virtio-net-pci,netdev=n0,romfile=,mac={net.GUEST_MAC}"]
+        a += ["-netdev", nd, "-device", f"{NIC_DEVICE},netdev=n0,id=nic0,romfile=,mac={net.GUEST_MAC}"]
         for name, path in c.fw_cfg.items():
             a += ["-fw_cfg", f"name=opt/vmtest/{name},file={path}"]
         return a
@@ -130,6 +140,10 @@ class Machine:
         if self.alive():
             raise VMError("already running")
         self.ctl_sock.unlink(missing_ok=True)
+        self.qmp_sock.unlink(missing_ok=True)
+        if self.monitor:
+            self.monitor.close()
+        self.monitor = Monitor(self.qmp_sock)
         self.boots += 1
         with open(self.console, "ab") as con:
             con.write(f"\n===== vmtier: boot {self.boots} (qemu start) =====\n".encode())
@@ -194,6 +208,8 @@ class Machine:
             self._kill(self.proc)
         if self.ctl:
             self.ctl.close()
+        if self.monitor:
+            self.monitor.close()
         shutil.rmtree(self.ctl_sock.parent, ignore_errors=True)
 
     # --- in the guest -----------------------------------------------------------------------------

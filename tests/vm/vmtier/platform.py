@@ -59,6 +59,7 @@ class AzureVM:
         self.fabric = None
         self.machine: Optional[Machine] = None
         self.ready_seconds: Optional[float] = None   # qemu start → the fabric saw Ready (last boot)
+        self.claim_to_ready: Optional[float] = None  # a pooled VM: the claim → the customer's Ready
         self.ssh_key = self.work / "id_ed25519"
         if not self.ssh_key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmtier", "-f", str(self.ssh_key)],
