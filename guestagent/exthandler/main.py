@@ -10,9 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-import platform
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -34,14 +32,13 @@ from guestagent.exthandler.remoteaccess import RemoteAccessHandler
 from guestagent.exthandler.selfupdate import AgentUpdateReporter
 from guestagent.exthandler.summary import GoalStateProgress
 from guestagent.osutil import distros, processes, system
-from guestagent.osutil.osrelease import distro_info
 from guestagent.osutil.processes import pid_alive
 from guestagent.periodic import PeriodicThread
 from guestagent.protocol import history
 from guestagent.protocol.goalstate import GoalState
 from guestagent.protocol.status import build_vm_status
 from guestagent.protocol.wire import WireProtocol, from_files
-from guestagent.version import AGENT_LONG_NAME, AGENT_VERSION
+from guestagent.version import AGENT_LONG_NAME
 
 HEARTBEAT_PERIOD = 30 * 60.0
 #: A status that did not change is uploaded again at this cadence (at most; 10 goal-state periods when
@@ -111,20 +108,15 @@ class ExtHandler:
 
     # -- start-up ----------------------------------------------------------------------------------
     def run(self) -> int:
-        py = ".".join(str(v) for v in sys.version_info[:3])
-        log.info("Azure Linux Agent (Goal State Agent version {0})", AGENT_VERSION)
-        log.info("OS: {0}", distro_info())
-        log.info("Python: {0}", py)
-        log.info("CPU Arch: {0}", platform.machine())
-        log.info("Distro: {0}; OSUtil: guestagent; AgentService: walinuxagent; Python: {1}; Arch: {2}; "
-                 "systemd: {3};", distro_info(), py, platform.machine(), system.exists("/run/systemd/system"))
+        distro = distros.detect()
+        os_info = startup.log_start(distro)
         events.set_lib_dir(self.lib_dir)
         self.protocol = self._get_protocol()
         if not self._initialize_goal_state():
             log.info("Agent {0} is an orphan -- exiting", AGENT_LONG_NAME)
             return 0
         events.update_common_from_goal_state(self.protocol.goal_state)
-        startup.send_identity(self.protocol.endpoint, distros.detect(), self.lib_dir)
+        startup.send_identity(self.protocol.endpoint, os_info, self.lib_dir)
         self._write_pid_file()
         self._check_sentinel()
         startup.send_configuration_changes(self.config, self.lib_dir)

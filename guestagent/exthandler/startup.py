@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import Callable
 
 from guestagent import events, log
 from guestagent.conf import BY_KEY, Config
 from guestagent.errors import CommandError
 from guestagent.osutil import system
 from guestagent.osutil.distros import Distro, osutil_name
-from guestagent.version import AGENT_NAME, AGENT_VERSION
+from guestagent.osutil.osrelease import distro_info
+from guestagent.version import AGENT_LONG_NAME, AGENT_NAME, AGENT_VERSION
 
 KNOWN_WIRESERVER_IP = "168.63.129.16"
 ABSENT, FAILED = "Absent", "Failed"
@@ -74,16 +74,26 @@ def configuration_changes(config: Config) -> list[str]:
     return out
 
 
-def send_identity(endpoint: str, distro: Distro, lib_dir: str,
-                  os_info: Callable[[Distro, str], str] = os_info_message) -> None:
-    """After the first goal state: ProtocolEndpoint (an unusual WireServer address), then OSInfo."""
+def log_start(distro: Distro) -> str:
+    """The ext-handler's first lines, as upstream's: agent, OS, Python, CPU, then the OSInfo message naming
+    the family's OS-util class and agent service (returned: the OSInfo event sends it later)."""
+    log.info("{0} (Goal State Agent version {1})", AGENT_LONG_NAME, AGENT_VERSION)
+    log.info("OS: {0}", distro_info())
+    log.info("Python: {0}", ".".join(str(v) for v in sys.version_info[:3]))
+    log.info("CPU Arch: {0}", platform.machine())
+    message = os_info_message(distro, distro.service_name)
+    log.info("{0}", message)
+    return message
+
+
+def send_identity(endpoint: str, os_info: str, lib_dir: str) -> None:
+    """After the first goal state: ProtocolEndpoint (an unusual WireServer address), then OSInfo (the
+    message :func:`log_start` logged)."""
     if endpoint and endpoint != KNOWN_WIRESERVER_IP:
         message = f"Protocol endpoint ({endpoint}) is not known wireserver ip: {KNOWN_WIRESERVER_IP}"
         log.info("{0}", message)
         events.add_event(events.WALAEventOperation.ProtocolEndpoint, message=message, lib_dir=lib_dir)
-    message = os_info(distro, distro.service_name)
-    log.info("{0}", message)
-    events.add_event(events.WALAEventOperation.OSInfo, message=message, name=AGENT_NAME, version=AGENT_VERSION,
+    events.add_event(events.WALAEventOperation.OSInfo, message=os_info, name=AGENT_NAME, version=AGENT_VERSION,
                      lib_dir=lib_dir)
 
 

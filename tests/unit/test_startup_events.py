@@ -3,10 +3,11 @@ ConfigurationChange."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
-from guestagent import conf
+from guestagent import conf, log
 from guestagent.exthandler import startup
 from guestagent.osutil.distros import make, osutil_name
 
@@ -20,8 +21,9 @@ def _events(lib_dir) -> list:
 
 
 def test_identity_events(tmp_path):
-    startup.send_identity("127.0.0.1", make("debian", "12"), str(tmp_path))
-    startup.send_identity(startup.KNOWN_WIRESERVER_IP, make("debian", "12"), str(tmp_path))
+    info = startup.os_info_message(make("debian", "12"), "walinuxagent")
+    startup.send_identity("127.0.0.1", info, str(tmp_path))
+    startup.send_identity(startup.KNOWN_WIRESERVER_IP, info, str(tmp_path))
     (op1, ok1, m1), (op2, _, m2), (op3, _, _) = _events(tmp_path)
     assert (op1, ok1, m1) == ("ProtocolEndpoint", True,
                               "Protocol endpoint (127.0.0.1) is not known wireserver ip: 168.63.129.16")
@@ -29,6 +31,21 @@ def test_identity_events(tmp_path):
     assert re.fullmatch(r"Distro: debian-12; OSUtil: DebianOSModernUtil; AgentService: walinuxagent; "
                         r"Python: \d+\.\d+\.\d+; Arch: \S+; systemd: (True|False); systemd_version: [^;]*; "
                         r"LISDrivers: [^;]*; logrotate: [^;]*;", m2), m2
+
+
+def test_start_log_names_the_familys_osutil_and_service(tmp_path):
+    """The ext-handler's first lines say which upstream OS-util the distribution got and its agent
+    service, as upstream's do (a RHEL 9 VM: RedhatOSModernUtil, waagent), not a fixed text."""
+    stream = io.StringIO()
+    log.add_appender("test", log.StreamAppender(log.INFO, stream))
+    try:
+        message = startup.log_start(make("rhel", "9.4"))
+    finally:
+        log.remove_appender("test")
+    assert message.startswith("Distro: rhel-9.4; OSUtil: RedhatOSModernUtil; AgentService: waagent; "), message
+    lines = stream.getvalue()
+    assert "Goal State Agent version" in lines and "CPU Arch: " in lines
+    assert lines.count("OSUtil: ") == 1 and message in lines, lines
 
 
 def test_osutil_names_follow_upstreams_factory():
