@@ -1,8 +1,10 @@
 """Takeover and rollback against the real agent, on one VM: Debian's own ``waagent`` package (2.7.3,
 from Debian's archive) provisions the VM and installs + enables the sample extension; this project's
-.deb is installed over it with apt (its conffile kept; a copy of /var/lib/waagent kept first, since
-Debian's postrm deletes the folder), handles a new sequence number and an update to a new version; then
-Debian's ``waagent`` is installed back over ours and does the same. Neither switch provisions again or
+.deb and the transitional ``waagent`` built beside it are installed over it with one plain ``apt-get
+install`` (its conffile kept): dpkg UPGRADES Debian's waagent to the transitional package, running its
+postrm with ``upgrade`` (never ``remove``, which deletes /var/lib/waagent: no copy of the state is made);
+ours handles a new sequence number and an update to a new version; then Debian's ``waagent`` is
+installed back (a downgrade of the transitional package, guestagent removed) and does the same. Neither switch provisions again or
 reinstalls the extension; each new agent runs the extension's enable once for the unchanged sequence
 number (as upstream does on every start of its ext-handler) and the handler's status stays
 Ready/success in the uploaded status blob across the switch. Cost: one 2-vCPU VM, ~7-8 min (TCG)."""
@@ -14,16 +16,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import List
 
 import pytest
 from test_vm_scenarios import _handler_status
 from vmtier import image
 from vmtier.platform import SAMPLE_HANDLER, default_scenario
 
+from guestagent.version import AGENT_VERSION, GUESTAGENT_VERSION
+
 HANDLER = "GuestAgent.Fabric.Sample"
+TRANSITIONAL = f"{AGENT_VERSION}+guestagent{GUESTAGENT_VERSION}"   # scripts/build-deb's waagent
 UPSTREAM_DEBS = "/var/tmp/upstream-waagent"   # in the guest: Debian's .debs, kept for the rollback
-APT = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
-       "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold ")
+# dpkg --debug=2 prints every maintainer script it runs with its arguments (checked below)
+APT = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades "
+       "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--debug=2 ")
 
 # Debian's walinuxagent.service has ConditionVirtualization=microsoft: systemd skips it unless the
 # hypervisor is Hyper-V. The VM tier's QEMU is not Hyper-V (it emulates Azure's devices and fabric, not
@@ -42,10 +49,10 @@ def upstream_layer(vm_images):
 
 
 @pytest.fixture(scope="module")
-def our_deb():
+def our_debs():
+    """guestagent's .deb and the transitional waagent's: (name, bytes) each."""
     with tempfile.TemporaryDirectory() as d:
-        deb = image.build_deb(Path(d))
-        yield deb.name, deb.read_bytes()
+        yield [(deb.name, deb.read_bytes()) for deb in image.build_debs(Path(d))]
 
 
 def _scenario(vm) -> dict:
@@ -136,16 +143,20 @@ def _state(vm, what: str) -> None:
         check=False).out)
 
 
-def _switch(vm, debs: str, what: str, agent: str, version: str, seq: int, before: dict, first: str = "") -> None:
-    """``apt-get install`` ``debs`` over the running agent (after the shell command ``first``); the new
-    agent runs enable once for the unchanged sequence number, provisions nothing, and the status
-    stays continuous."""
+def _switch(vm, debs: str, what: str, agent: str, version: str, seq: int, before: dict) -> List[str]:
+    """``apt-get install`` ``debs`` over the running agent; the new agent runs enable once for the
+    unchanged sequence number, provisions nothing, and the status stays continuous. Returns the
+    maintainer scripts dpkg ran, with their arguments."""
     _state(vm, f"before the {what}")
     cmds = _commands(vm)
     watch = BlobWatch(vm)
     t0 = time.monotonic()
-    out = vm.run(first + APT + debs, timeout=400).out
-    print(f"{what}: apt-get {time.monotonic() - t0:.0f}s; {_package(vm)}\n{out[-1500:]}")
+    out = vm.run(APT + debs + " 2>&1", timeout=400).out
+    scripts = re.findall(r"fork/exec (\S+) \((.*?) \)", out)
+    calls = [f"{Path(path).name}{args}" for path, args in scripts]
+    print(f"{what}: apt-get {time.monotonic() - t0:.0f}s; {_package(vm)}\n"
+          + "\n".join(line for line in out.splitlines() if "fork/exec" not in line)[-1500:]
+          + f"\n{what}: maintainer scripts: {calls}")
     vm.machine.wait_for(f"{what}: the new agent's upload after its enable",
                         lambda: _reported(vm, version, seq, agent) and len(_commands(vm)) > len(cmds), 420, 2)
     print(f"{what}: the new agent's status {time.monotonic() - t0:.0f}s after apt-get started")
@@ -158,6 +169,7 @@ def _switch(vm, debs: str, what: str, agent: str, version: str, seq: int, before
     assert _identity(vm) == before, f"{what}: provisioned again"
     assert vm.run(["systemctl", "is-active", "walinuxagent.service"]).out.strip() == "active"
     _state(vm, f"after the {what}")
+    return calls
 
 
 def _next(vm, what: str, agent: str, version: str, seq: int, expect: list) -> None:
@@ -168,7 +180,7 @@ def _next(vm, what: str, agent: str, version: str, seq: int, expect: list) -> No
     assert _commands(vm)[len(cmds):] == expect, (what, _commands(vm)[len(cmds):])
 
 
-def test_takeover_from_debian_waagent_and_rollback(azure_vm, upstream_layer, vm_images, our_deb):
+def test_takeover_from_debian_waagent_and_rollback(azure_vm, upstream_layer, vm_images, our_debs):
     t0 = time.monotonic()
     vm = azure_vm(images=(vm_images[0], upstream_layer), conf={"ResourceDisk.Format": "n"}, timeout=1700)
     vm.scenario_dict = _scenario(vm)
@@ -184,24 +196,30 @@ def test_takeover_from_debian_waagent_and_rollback(azure_vm, upstream_layer, vm_
     assert legacy <= set(vm.run("ls /var/lib/waagent").out.split())
     print(f"2.7.3 provisioned and enabled the extension in {time.monotonic() - t0:.0f}s")
 
-    name, data = our_deb
-    vm.machine.write(f"/var/tmp/{name}", data)
-    # Debian's waagent deletes /var/lib/waagent in its postrm and apt removes it before unpacking ours:
-    # the documented takeover keeps a copy for our postinst to put back (docs/compatibility.md)
-    _switch(vm, f"/var/tmp/{name}", "takeover", "2.15", "1.0.0", 0, before,
-            first="cp -a /var/lib/waagent /var/lib/waagent.takeover && ")
+    for name, data in our_debs:
+        vm.machine.write(f"/var/tmp/{name}", data)
+    # plain apt: Debian's waagent is upgraded to the transitional package, so its postrm gets "upgrade"
+    # (its "remove" branch deletes /var/lib/waagent) and its prerm does not stop its agent (ours restarts)
+    calls = _switch(vm, " ".join(f"/var/tmp/{name}" for name, _ in our_debs), "takeover", "2.15", "1.0.0", 0,
+                    before)
+    old = [c for c in calls if c.startswith("waagent.p")]
+    assert f"waagent.postrm upgrade {TRANSITIONAL}" in old and not [c for c in old if " remove" in c], calls
     assert not vm.exists("/var/lib/waagent.takeover")
     # 2.7.3's goal-state copies beside the state are gone (upstream's ext-handler purges them at start)
     left = set(vm.run("ls /var/lib/waagent").out.split())
     assert not left & legacy and {"SharedConfig.xml", "GoalState.1.xml"} <= left, sorted(left)
-    assert _package(vm).startswith("guestagent "), _package(vm)
+    assert sorted(" ".join(p.split()) for p in _package(vm).splitlines()) == [f"guestagent {GUESTAGENT_VERSION} ii", f"waagent {TRANSITIONAL} ii"], \
+        _package(vm)
     assert "2.15" in vm.run("/usr/sbin/waagent -version").out
     _next(vm, "ours", "2.15", "1.0.0", 1, ["enable 1"])
     # an update: the old version's disable and uninstall get the new goal state's sequence number
     _next(vm, "ours", "2.15", "1.1.0", 2, ["disable 2", "update 2", "uninstall 2", "install 2", "enable 2"])
 
-    _switch(vm, f"{UPSTREAM_DEBS}/*.deb", "rollback", "2.7.3", "1.1.0", 2, before)
-    assert _package(vm).startswith("waagent 2.7.3"), _package(vm)
+    # the rollback: Debian's waagent downgrades the transitional package; guestagent, which Breaks it, is
+    # removed (its postrm keeps /var/lib/waagent)
+    calls = _switch(vm, f"{UPSTREAM_DEBS}/*.deb guestagent-", "rollback", "2.7.3", "1.1.0", 2, before)
+    assert "guestagent.postrm remove" in calls, calls
+    assert [" ".join(p.split()) for p in _package(vm).splitlines()] == ["waagent 2.7.3.0-4.1 ii"], _package(vm)
     _next(vm, "2.7.3 again", "2.7.3", "1.1.0", 3, ["enable 3"])
     _next(vm, "2.7.3 again", "2.7.3", "1.2.0", 4, ["disable 4", "update 4", "uninstall 4", "install 4", "enable 4"])
     print(f"takeover and rollback: {time.monotonic() - t0:.0f}s in all")

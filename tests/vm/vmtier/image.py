@@ -78,10 +78,15 @@ def source_key() -> str:
 
 def build_deb(dest: Path) -> Path:
     """The project's Debian package, built now (it depends on the guest's Debian python3-* packages)."""
+    return build_debs(dest)[0]
+
+
+def build_debs(dest: Path) -> List[Path]:
+    """guestagent's package, then the transitional waagent package that upgrades Debian's to it."""
     proc = subprocess.run([str(REPO / "scripts/build-deb"), str(dest)], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"scripts/build-deb failed:\n{proc.stderr[-4000:]}")
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return [Path(line) for line in proc.stdout.strip().splitlines()]
 
 
 def _layer(backing: Path, out: Path, base: Path, files: dict, script: str, what: str) -> Path:
