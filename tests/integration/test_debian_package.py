@@ -20,15 +20,25 @@ DEPENDS = ["python3 (>= 3.9)", "python3-requests", "python3-lxml", "python3-pyro
            "python3-cryptography", "python3-asn1crypto"]
 
 
+TRANSITIONAL = f"{AGENT_VERSION}+guestagent{GUESTAGENT_VERSION}"
+DEBIAN_WAAGENT = "2.7.3.0-4.1"   # bookworm's; trixie's and a later 2.15.0.1-N must stay below too
+
+
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory) -> Path:
+def debs(tmp_path_factory) -> list:
     out = tmp_path_factory.mktemp("dist")
     res = subprocess.run([str(REPO / "scripts" / "build-deb"), str(out)], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
-    path = Path(res.stdout.strip())
-    assert path == out / f"guestagent_{GUESTAGENT_VERSION}_all.deb" and path.is_file()
-    return path
+    paths = [Path(line) for line in res.stdout.split()]
+    assert paths == [out / f"guestagent_{GUESTAGENT_VERSION}_all.deb", out / f"waagent_{TRANSITIONAL}_all.deb"]
+    assert all(p.is_file() for p in paths)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def deb(debs) -> Path:
+    return debs[0]
 
 
 def dpkg_deb(*args: str) -> str:
@@ -40,9 +50,26 @@ def test_control_fields(deb):
     assert fields["Package"] == "guestagent" and fields["Version"] == GUESTAGENT_VERSION
     assert fields["Architecture"] == "all"
     assert [d.strip() for d in fields["Depends"].split(",")] == DEPENDS
-    assert fields["Conflicts"] == "waagent" and fields["Replaces"] == "waagent"
-    assert fields["Provides"] == f"waagent (= {AGENT_VERSION})"
+    # a rename as Debian does it: Breaks+Replaces below the transitional waagent (never Conflicts, which
+    # makes apt remove Debian's waagent, whose postrm then deletes /var/lib/waagent)
+    assert fields["Breaks"] == fields["Replaces"] == f"waagent (<< {TRANSITIONAL})"
+    assert "Conflicts" not in fields and "Provides" not in fields
     assert "pip" not in dpkg_deb("-I", str(deb))
+
+
+def test_transitional_waagent_upgrades_debian_s(debs, tmp_path):
+    """The transitional waagent: above Debian's versions, depends on exactly this guestagent, ships only
+    its doc, and has no maintainer scripts (Debian's postrm is the one dpkg runs, with "upgrade")."""
+    fields = dict(re.findall(r"^(\S+): (.*)$", dpkg_deb("-f", str(debs[1])), re.M))
+    assert fields["Package"] == "waagent" and fields["Version"] == TRANSITIONAL
+    assert fields["Depends"] == f"guestagent (= {GUESTAGENT_VERSION})" and fields["Architecture"] == "all"
+    assert fields["Section"] == "oldlibs" and "transitional" in fields["Description"]
+    for older in (DEBIAN_WAAGENT, f"{AGENT_VERSION}-1", f"{AGENT_VERSION}-9+deb13u1"):
+        assert subprocess.run(["dpkg", "--compare-versions", TRANSITIONAL, "gt", older]).returncode == 0, older
+    files = sorted(line.split()[-1] for line in dpkg_deb("-c", str(debs[1])).splitlines() if line[0] == "-")
+    assert files == ["./usr/share/doc/waagent/changelog.gz", "./usr/share/doc/waagent/copyright"]
+    subprocess.run(["dpkg-deb", "-e", str(debs[1]), str(tmp_path / "ctrl")], check=True)
+    assert sorted(p.name for p in (tmp_path / "ctrl").iterdir()) == ["control", "md5sums"]
 
 
 def test_files_modes_and_conffiles(deb, tmp_path):
@@ -122,7 +149,7 @@ def test_the_packaged_agent_runs_on_the_system_interpreter(deb, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian not installed")
-def test_lintian_finds_no_error(deb):
-    res = subprocess.run(["lintian", "--no-cfg", str(deb)], capture_output=True, text=True, timeout=300)
+def test_lintian_finds_no_error(debs):
+    res = subprocess.run(["lintian", "--no-cfg", *map(str, debs)], capture_output=True, text=True, timeout=300)
     errors = [line for line in res.stdout.splitlines() if line.startswith("E:")]
     assert errors == [], res.stdout
