@@ -162,10 +162,13 @@ def _resolve(base: Path, packages: Sequence[str], dest: Path) -> List[Path]:
     status (saved by build-image), then ``apt-get download`` fetches exactly those versions."""
     status = base / "dpkg-status"
     # a simulation, not --print-uris: that one leaves out what the host's own apt cache already holds
-    proc = subprocess.run(["apt-get", "install", "-s", "-q", "--no-install-recommends",
-                           "-o", f"Dir::State::status={status}", "-o", "Debug::NoLocking=1",
-                           "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", *packages],
-                          capture_output=True, text=True)
+    argv = ["apt-get", "install", "-s", "-q", "--no-install-recommends", "-o", f"Dir::State::status={status}",
+            "-o", "Debug::NoLocking=1", "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", *packages]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode:
+        # a machine whose apt lists were never fetched (or were cleaned, as container images do): fetch, retry
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"apt-get could not resolve {' '.join(packages)}:\n{proc.stderr[-2000:]}")
     wanted = [f"{m.group(1)}={m.group(2)}"
