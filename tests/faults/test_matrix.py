@@ -181,24 +181,25 @@ def _body_mode(mode: str):
                               reason=f"the fabric's '{mode}' body fault lands with the HTTP stack branch")
 
 
-@_body_mode("huge")
-@pytest.mark.fault("oversize body (200 MB goal state)")
-def test_oversize_body(agent, row):
+def _body_fault(agent, row, body: str) -> None:
+    """The goal state's body turned into ``body``: the agent names the cap it hit and stays healthy."""
     mark = agent.mark()
-    agent.fault("goalstate", body="huge")
+    agent.fault("goalstate", body=body)
     row.note(first_line(agent.wait_log(r"(?:ERROR|WARNING|HTTP).*(?:too large|cap|larger|exceed).*", mark, 60)
                         .group(0)).split(" ", 2)[-1])
     healthy(agent, row)
+
+
+@_body_mode("huge")
+@pytest.mark.fault("oversize body (200 MB goal state)")
+def test_oversize_body(agent, row):
+    _body_fault(agent, row, "huge")
 
 
 @_body_mode("endless")
 @pytest.mark.fault("endless chunked body")
 def test_endless_body(agent, row):
-    mark = agent.mark()
-    agent.fault("goalstate", body="endless")
-    row.note(first_line(agent.wait_log(r"(?:ERROR|WARNING|HTTP).*(?:too large|cap|larger|exceed).*", mark, 60)
-                        .group(0)).split(" ", 2)[-1])
-    healthy(agent, row)
+    _body_fault(agent, row, "endless")
 
 
 # ------------------------------------------------------------------------------ extension packages

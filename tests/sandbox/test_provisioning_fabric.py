@@ -5,6 +5,7 @@ certificates, and the health reports the fabric captured (spec 05 §3.3, 01 §9)
 from __future__ import annotations
 
 import json
+import re
 import stat
 import time
 
@@ -47,28 +48,33 @@ def start_fabric(sb):
     raise AssertionError("fabric did not start")
 
 
-@pytest.mark.parametrize("break_it", [False, True])
-def test_provisioning_reports_to_the_fabric(sandbox, fs_image, break_it):
-    sb = sandbox
+def provision(sb, fs_image, edit) -> tuple:
+    """Start the fabric, put its ovf-env.xml (after ``edit``) on the DVD, run the provisioning handler:
+    (the handler's result, the health reports the fabric captured)."""
     sb.write_file("/etc/waagent.conf", CONF)
     sb.write_file("/etc/ssh/sshd_config", "PasswordAuthentication no\n")
     proc = start_fabric(sb)
     try:
         xml = sb.run(["python3", "-m", "guestagent.tools", "fabric", "ovf", "--state-dir", "/run/fabric"]).stdout
-        if break_it:  # a key the goal state does not carry
-            xml = xml.replace("<Path>$HOME/azureuser/.ssh/authorized_keys</Path>",
-                              "<Path>$HOME/azureuser/.ssh/authorized_keys</Path>", 1)
-            import re
-
-            xml = re.sub(r"<Fingerprint>[0-9A-F]{40}</Fingerprint>", "<Fingerprint>" + "AB" * 20 + "</Fingerprint>",
-                         xml, count=1)
-        sb.attach_image(fs_image({"ovf-env.xml": xml}, fstype="ext4"), device="/dev/sr0")
+        sb.attach_image(fs_image({"ovf-env.xml": edit(xml)}, fstype="ext4"), device="/dev/sr0")
         res = sb.python(DRIVER, timeout=180)
-        result = json.loads(res.stdout.strip().splitlines()[-1])
-        reports = health(sb)
+        return json.loads(res.stdout.strip().splitlines()[-1]), health(sb)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("break_it", [False, True])
+def test_provisioning_reports_to_the_fabric(sandbox, fs_image, break_it):
+    sb = sandbox
+
+    def edit(xml: str) -> str:
+        if break_it:  # a key the goal state does not carry
+            xml = re.sub(r"<Fingerprint>[0-9A-F]{40}</Fingerprint>", "<Fingerprint>" + "AB" * 20 + "</Fingerprint>",
+                         xml, count=1)
+        return xml
+
+    result, reports = provision(sb, fs_image, edit)
     states = [(r.get("state") or r.get("status"), r.get("substatus") or r.get("sub_status"),
                r.get("description")) for r in reports]
     assert "Fabric-Passw0rd!" not in sb.read_text("/var/log/waagent.log")
@@ -93,20 +99,10 @@ def test_a_hostile_username_fails_provisioning_before_any_account_change(sandbox
     """Issue 13 D6: real useradd once made the home /x, a sudoers entry and authorized_keys for ``../x`` and
     the VM reported Ready. The name is refused when ovf-env.xml is read: ProvisioningFailed naming it."""
     sb = sandbox
-    sb.write_file("/etc/waagent.conf", CONF)
-    sb.write_file("/etc/ssh/sshd_config", "PasswordAuthentication no\n")
     passwd, shadow = sb.read_text("/etc/passwd"), sb.read_text("/etc/shadow")
-    proc = start_fabric(sb)
-    try:
-        xml = sb.run(["python3", "-m", "guestagent.tools", "fabric", "ovf", "--state-dir", "/run/fabric"]).stdout
-        xml = xml.replace("<UserName>azureuser</UserName>", f"<UserName>{username}</UserName>")
-        sb.attach_image(fs_image({"ovf-env.xml": xml}, fstype="ext4"), device="/dev/sr0")
-        res = sb.python(DRIVER, timeout=180)
-        result = json.loads(res.stdout.strip().splitlines()[-1])
-        reports = health(sb)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    result, reports = provision(sb, fs_image,
+                                lambda xml: xml.replace("<UserName>azureuser</UserName>",
+                                                        f"<UserName>{username}</UserName>"))
     assert not result["ok"], result
     last = reports[-1]
     assert ((last.get("state") or last.get("status")), last.get("substatus") or last.get("sub_status")) == \
